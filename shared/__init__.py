@@ -1,0 +1,5 @@
+"""Code shared by the web and worker processes: settings, database, job lifecycle,
+request schemas, storage, the Celery app and the model registry.
+
+Nothing in this package imports torch or builds anything at import time.
+"""

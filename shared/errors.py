@@ -1,0 +1,44 @@
+"""Typed errors. Each carries the HTTP status and error code a client sees."""
+from __future__ import annotations
+
+
+class GenqError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_dict(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+
+
+class InvalidRequest(GenqError):
+    status = 400
+    code = "invalid_request"
+
+
+class UnknownModel(GenqError):
+    status = 400
+    code = "unknown_model"
+
+
+class LimitExceeded(GenqError):
+    status = 400
+    code = "limit_exceeded"
+
+
+class NotFound(GenqError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(GenqError):
+    status = 409
+    code = "conflict"
+
+
+class ConfigError(Exception):
+    """The operator's configuration (settings, registry) is wrong: fail at start, loudly."""

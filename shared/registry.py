@@ -1,0 +1,105 @@
+"""The model registry: a YAML file that names every model genq serves.
+
+Example entry::
+
+    models:
+      demo-text:
+        task: text-generation
+        source: ./var/models/demo-text      # a local directory, or a Hugging Face id
+        dtype: float32
+        micro_batch_size: 32
+        defaults: {max_new_tokens: 32}
+        limits: {max_new_tokens: {max: 256}}
+
+A relative `source` is resolved against the registry file's directory. A Hugging Face
+id is resolved from the local cache only: genq never downloads weights at run time.
+"""
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import ConfigError
+
+
+class Task(str, enum.Enum):
+    TEXT_GENERATION = "text-generation"
+    TEXT_TO_IMAGE = "text-to-image"
+    UNCONDITIONAL_IMAGE = "unconditional-image"
+
+    @property
+    def is_image(self) -> bool:
+        return self is not Task.TEXT_GENERATION
+
+
+class Bounds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min: float | None = None
+    max: float | None = None
+
+
+class ModelSpec(BaseModel):
+    """One registry entry. `micro_batch_size` may shrink at run time (out of memory)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str
+    task: Task
+    source: str
+    dtype: str = "float32"
+    micro_batch_size: int = Field(8, ge=1)
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    limits: dict[str, Bounds] = Field(default_factory=dict)
+    runner: str | None = Field(None, description="Import path 'module:Class' of a custom runner.")
+    registry_dir: Path = Field(Path("."), exclude=True)
+
+    def local_source(self) -> Path | None:
+        """The source as a local directory, if it is one."""
+        path = Path(self.source).expanduser()
+        if not path.is_absolute():
+            path = self.registry_dir / path
+        return path if path.exists() else None
+
+
+class Registry:
+    """All models of one registry file, by name."""
+
+    def __init__(self, specs: dict[str, ModelSpec]):
+        self._specs = dict(specs)
+
+    def get(self, name: str) -> ModelSpec | None:
+        return self._specs.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def __iter__(self):
+        return iter(self._specs[name] for name in self.names())
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+
+def load_registry(path: Path | str) -> Registry:
+    """Read and check a registry file; a broken file raises `ConfigError` naming the entry."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"model registry {path} does not exist")
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"model registry {path} is not valid YAML: {exc}") from exc
+    entries = document.get("models") or {}
+    if not isinstance(entries, dict):
+        raise ConfigError(f"model registry {path}: 'models' must be a mapping of name to entry")
+    specs = {}
+    for name, entry in entries.items():
+        try:
+            specs[name] = ModelSpec(name=name, registry_dir=path.resolve().parent, **(entry or {}))
+        except ValidationError as exc:
+            raise ConfigError(f"model registry {path}: entry {name!r} is invalid: {exc}") from exc
+    return Registry(specs)

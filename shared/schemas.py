@@ -1,0 +1,152 @@
+"""Request schemas and the checks every submitted job passes before anything is written.
+
+`validate_job_request` turns a JSON body into a `ValidatedJob` (the model's effective
+parameters and one (prompt, seed) per item) or raises a typed error naming the field.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.errors import InvalidRequest, LimitExceeded, UnknownModel
+from shared.registry import ModelSpec, Registry, Task
+
+MAX_SEED = 2**63 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Prompt = Annotated[str, Field(min_length=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class TextParams(_Strict):
+    max_new_tokens: int = Field(32, ge=1, le=4096)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0, le=100)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: Seed | None = None
+
+
+class ImageParams(_Strict):
+    num_inference_steps: int = Field(20, ge=1, le=1000)
+    guidance_scale: float = Field(7.5, ge=0, le=100)
+    width: int = Field(512, ge=8, le=4096, multiple_of=8)
+    height: int = Field(512, ge=8, le=4096, multiple_of=8)
+    negative_prompt: str | None = None
+    seed: Seed | None = None
+
+
+class UnconditionalImageParams(_Strict):
+    num_inference_steps: int = Field(20, ge=1, le=1000)
+    seed: Seed | None = None
+
+
+PARAMS_BY_TASK: dict[Task, type[_Strict]] = {
+    Task.TEXT_GENERATION: TextParams,
+    Task.TEXT_TO_IMAGE: ImageParams,
+    Task.UNCONDITIONAL_IMAGE: UnconditionalImageParams,
+}
+
+
+class InputItem(_Strict):
+    prompt: Prompt
+    seed: Seed | None = None
+
+
+class JobRequest(_Strict):
+    model: str = Field(min_length=1, max_length=128)
+    prompts: list[Prompt] | None = None
+    inputs: list[InputItem] | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(5, ge=0, le=9)
+
+    @model_validator(mode="after")
+    def _one_input_list(self) -> "JobRequest":
+        if (self.prompts is None) == (self.inputs is None):
+            raise ValueError("give exactly one of 'prompts' or 'inputs'")
+        return self
+
+
+@dataclass(frozen=True)
+class ValidatedJob:
+    spec: ModelSpec
+    params: dict[str, Any]
+    inputs: list[tuple[str, int]]
+    priority: int
+
+
+def pydantic_error(exc: ValidationError, prefix: str = "") -> InvalidRequest:
+    """The first validation problem as an `InvalidRequest` naming the field's path."""
+    first = exc.errors()[0]
+    path = ".".join(str(part) for part in (prefix, *first["loc"]) if part != "")
+    message = first["msg"]
+    return InvalidRequest(f"{path}: {message}" if path else message, field=path or None)
+
+
+def validate_job_request(body: Any, registry: Registry, settings) -> ValidatedJob:
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object", field=None)
+    try:
+        request = JobRequest.model_validate(body)
+    except ValidationError as exc:
+        raise pydantic_error(exc) from None
+    spec = registry.get(request.model)
+    if spec is None:
+        raise UnknownModel(f"unknown model {request.model!r}; see GET /v1/models", field="model")
+    items = request.inputs if request.inputs is not None else [InputItem(prompt=p) for p in request.prompts]
+    field = "inputs" if request.inputs is not None else "prompts"
+    _check_items(items, field, settings)
+    params = effective_params(spec, request.params)
+    return ValidatedJob(spec, params, assign_seeds(items, params.get("seed")), request.priority)
+
+
+def _check_items(items: list[InputItem], field: str, settings) -> None:
+    if not items:
+        raise InvalidRequest(f"{field} must hold at least one prompt", field=field)
+    if len(items) > settings.max_items_per_job:
+        raise LimitExceeded(f"{field} holds {len(items)} items; the limit is {settings.max_items_per_job}", field=field)
+    for i, item in enumerate(items):
+        if len(item.prompt) > settings.max_prompt_chars:
+            path = f"{field}.{i}" + (".prompt" if field == "inputs" else "")
+            raise LimitExceeded(f"{path} has {len(item.prompt)} characters; the limit is {settings.max_prompt_chars}", field=path)
+
+
+def effective_params(spec: ModelSpec, given: dict[str, Any]) -> dict[str, Any]:
+    """Registry defaults, overridden by the request, checked by type and by the model's limits."""
+    schema = PARAMS_BY_TASK[spec.task]
+    merged = {k: v for k, v in spec.defaults.items() if k in schema.model_fields}
+    merged.update(given)
+    try:
+        params = schema.model_validate(merged).model_dump()
+    except ValidationError as exc:
+        raise pydantic_error(exc, prefix="params") from None
+    for name, bounds in spec.limits.items():
+        value = params.get(name)
+        if value is None:
+            continue
+        if bounds.min is not None and value < bounds.min:
+            raise LimitExceeded(f"params.{name} is {value}; {spec.name} allows at least {bounds.min:g}", field=f"params.{name}")
+        if bounds.max is not None and value > bounds.max:
+            raise LimitExceeded(f"params.{name} is {value}; {spec.name} allows at most {bounds.max:g}", field=f"params.{name}")
+    return params
+
+
+def assign_seeds(items: list[InputItem], base_seed: int | None) -> list[tuple[str, int]]:
+    """Each item's seed: its own, else the job's seed plus its index, else a random one.
+    The seed is stored, so every result can be reproduced."""
+    rng = random.SystemRandom()
+    seeds = []
+    for i, item in enumerate(items):
+        if item.seed is not None:
+            seed = item.seed
+        elif base_seed is not None:
+            seed = (base_seed + i) % (MAX_SEED + 1)
+        else:
+            seed = rng.randrange(0, 2**31)
+        seeds.append((item.prompt, seed))
+    return seeds

@@ -1,0 +1,55 @@
+"""One `Settings` object, read from `GENQ_*` environment variables.
+
+Nothing is read at import time: call `get_settings()` (cached per process) or build
+`Settings(...)` explicitly in tests.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENQ_", extra="ignore")
+
+    data_dir: Path = Field(Path("var"), description="Where the embedded default keeps its database, results and logs.")
+    database_url: str = Field("", description="SQLAlchemy URL; default a SQLite file in the data directory.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Broker for wake-up messages.")
+    storage_dir: Path | None = Field(None, description="Directory for image outputs; default <data_dir>/results.")
+    models_file: Path = Field(Path("models.yaml"), description="The model registry (YAML).")
+
+    # Limits checked at the door.
+    max_items_per_job: int = Field(10_000, ge=1)
+    max_prompt_chars: int = Field(4_000, ge=1)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_page_size: int = Field(1_000, ge=1)
+    default_page_size: int = Field(100, ge=1)
+
+    # How workers take work.
+    slice_max_items: int = Field(64, ge=1, description="Most items one claim takes.")
+    slice_max_seconds: float = Field(60.0, gt=0, description="A slice starts no new micro-batch after this.")
+    lease_seconds: float = Field(300.0, gt=0, description="A claimed slice is reclaimable this long after its last heartbeat.")
+    max_attempts: int = Field(3, ge=1, description="Claims of one item before it fails for good.")
+    cancel_check_seconds: float = Field(0.5, gt=0, description="How often a running model re-reads its job's cancel flag.")
+
+    worker_max_models: int = Field(2, ge=1, description="Models a worker process keeps loaded at once.")
+
+    # Celery wake-up publishing: fail fast when Redis is down (the job is already committed).
+    publish_max_retries: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> "Settings":
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'genq.db').resolve()}"
+        if self.storage_dir is None:
+            self.storage_dir = self.data_dir / "results"
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    return Settings()

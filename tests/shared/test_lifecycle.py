@@ -1,0 +1,157 @@
+"""The job state machine and the claim, on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from shared import lifecycle
+from shared.db import session_scope
+from shared.errors import Conflict
+from shared.orm import ItemState, Job, JobItem, JobState, utcnow
+
+
+def submit(url, model="m", n=5, priority=5) -> str:
+    with session_scope(url) as session:
+        job = lifecycle.create_job(
+            session, model=model, task="text-generation", params={"max_new_tokens": 4},
+            inputs=[(f"p{i}", i) for i in range(n)], priority=priority,
+        )
+        return job.id
+
+
+def claim(url, model="m", n=2, owner="w1", lease=60.0, now=None):
+    with session_scope(url) as session:
+        return lifecycle.claim_slice(session, model=model, owner=owner, max_items=n, lease_seconds=lease, now=now)
+
+
+def states(url, job_id):
+    with session_scope(url) as session:
+        job = session.get(Job, job_id)
+        items = session.query(JobItem).filter_by(job_id=job_id).order_by(JobItem.index).all()
+        return job.state, [i.state for i in items]
+
+
+def test_claim_takes_items_in_order_and_starts_the_job(database_url):
+    job_id = submit(database_url, n=5)
+    slice_ = claim(database_url, n=2)
+    assert [i.index for i in slice_.items] == [0, 1]
+    assert slice_.job_id == job_id and slice_.params == {"max_new_tokens": 4}
+    job_state, item_states = states(database_url, job_id)
+    assert job_state == JobState.RUNNING
+    assert item_states == [ItemState.RUNNING] * 2 + [ItemState.PENDING] * 3
+
+
+def test_two_claims_never_share_an_item(database_url):
+    submit(database_url, n=5)
+    first, second, third = claim(database_url, n=2), claim(database_url, n=2, owner="w2"), claim(database_url, n=2)
+    indices = [i.index for s in (first, second, third) for i in s.items]
+    assert indices == [0, 1, 2, 3, 4]
+    assert claim(database_url) is None
+
+
+def test_claim_order_is_priority_then_age(database_url):
+    old = submit(database_url, n=1, priority=5)
+    urgent = submit(database_url, n=1, priority=9)
+    assert claim(database_url).job_id == urgent
+    assert claim(database_url).job_id == old
+    assert claim(database_url, model="other") is None
+
+
+def test_results_are_written_once_and_the_job_settles(database_url):
+    job_id = submit(database_url, n=2)
+    slice_ = claim(database_url, n=2)
+    with session_scope(database_url) as session:
+        assert lifecycle.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="a")
+        assert not lifecycle.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="again")
+        assert not lifecycle.record_item_success(session, "someone-else", slice_.items[1].id, text="x")
+        assert lifecycle.record_item_failure(session, slice_.lease_id, slice_.items[1].id, "boom")
+    with session_scope(database_url) as session:
+        assert lifecycle.settle_job(session, job_id) == JobState.FAILED
+        counts = lifecycle.item_counts(session, [job_id])[job_id]
+        assert (counts.succeeded, counts.failed, counts.progress) == (1, 1, 1.0)
+        assert session.get(Job, job_id).error == "1 of 2 items failed"
+        assert session.get(JobItem, slice_.items[0].id).output_text == "a"
+
+
+def test_a_job_with_unfinished_items_does_not_settle(database_url):
+    job_id = submit(database_url, n=2)
+    slice_ = claim(database_url, n=1)
+    with session_scope(database_url) as session:
+        lifecycle.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="a")
+    with session_scope(database_url) as session:
+        assert lifecycle.settle_job(session, job_id) is None
+
+
+def test_released_items_go_back_to_pending_without_spending_an_attempt(database_url):
+    job_id = submit(database_url, n=3)
+    slice_ = claim(database_url, n=3)
+    with session_scope(database_url) as session:
+        assert lifecycle.release_slice(session, slice_.lease_id, job_id) == 3
+    with session_scope(database_url) as session:
+        assert {i.attempts for i in session.query(JobItem).filter_by(job_id=job_id)} == {0}
+    assert [i.index for i in claim(database_url, n=3).items] == [0, 1, 2]
+
+
+def test_expired_leases_are_reclaimed_then_failed_at_the_cap(database_url):
+    job_id = submit(database_url, n=1)
+    past = utcnow() - timedelta(hours=1)
+    for attempt in range(1, 3):
+        stale = claim(database_url, n=1, lease=1, now=past)
+        assert stale is not None
+        with session_scope(database_url) as session:
+            assert lifecycle.release_expired_leases(session, max_attempts=3) == 1
+    stale = claim(database_url, n=1, lease=1, now=past)
+    with session_scope(database_url) as session:
+        lifecycle.release_expired_leases(session, max_attempts=3)
+        assert not lifecycle.record_item_success(session, stale.lease_id, stale.items[0].id, text="late")
+    with session_scope(database_url) as session:
+        item = session.query(JobItem).filter_by(job_id=job_id).one()
+        assert item.state == ItemState.FAILED and item.attempts == 3 and "3 attempts" in item.error
+        assert lifecycle.unsettled_job_ids(session) == [job_id]
+        assert lifecycle.settle_job(session, job_id) == JobState.FAILED
+
+
+def test_cancel_a_queued_job_is_immediate(database_url):
+    job_id = submit(database_url, n=3)
+    with session_scope(database_url) as session:
+        job = lifecycle.cancel_job(session, session.get(Job, job_id))
+        assert job.state == JobState.CANCELLED
+    assert states(database_url, job_id) == (JobState.CANCELLED, [ItemState.CANCELLED] * 3)
+    assert claim(database_url) is None
+
+
+def test_cancel_a_running_job_keeps_finished_items(database_url):
+    job_id = submit(database_url, n=4)
+    slice_ = claim(database_url, n=2)
+    with session_scope(database_url) as session:
+        lifecycle.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="kept")
+    with session_scope(database_url) as session:
+        job = lifecycle.cancel_job(session, session.get(Job, job_id))
+        assert job.state == JobState.CANCELLING
+        assert lifecycle.is_cancelling(session, job_id)
+    with session_scope(database_url) as session:
+        lifecycle.release_slice(session, slice_.lease_id, job_id)
+    with session_scope(database_url) as session:
+        assert lifecycle.settle_job(session, job_id) == JobState.CANCELLED
+    assert states(database_url, job_id)[1] == [ItemState.SUCCEEDED] + [ItemState.CANCELLED] * 3
+
+
+def test_cancel_a_finished_job_is_a_conflict(database_url):
+    job_id = submit(database_url, n=1)
+    slice_ = claim(database_url, n=1)
+    with session_scope(database_url) as session:
+        lifecycle.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="x")
+    with session_scope(database_url) as session:
+        lifecycle.settle_job(session, job_id)
+    with session_scope(database_url) as session, pytest.raises(Conflict):
+        lifecycle.cancel_job(session, session.get(Job, job_id))
+
+
+def test_models_with_claimable_work(database_url):
+    submit(database_url, model="a", n=1)
+    submit(database_url, model="b", n=1)
+    claim(database_url, model="b", n=1)
+    with session_scope(database_url) as session:
+        assert lifecycle.models_with_claimable_work(session) == ["a"]
+        assert lifecycle.has_claimable_work(session, "a") and not lifecycle.has_claimable_work(session, "b")

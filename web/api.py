@@ -1,0 +1,129 @@
+"""The /v1 API: thin views that validate, commit, then send a wake-up (ids only)."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from shared import lifecycle
+from shared.errors import Conflict, InvalidRequest
+from shared.orm import JobState
+from shared.queue import send_wakeup
+from shared.schemas import validate_job_request
+from web import queries
+from web.context import db, genq
+from web.serializers import item_to_dict, job_links, job_to_dict
+
+api = Blueprint("api", __name__, url_prefix="/v1")
+
+
+def _json_body() -> object:
+    body = request.get_json(silent=True)
+    if body is None:
+        raise InvalidRequest("the request body must be JSON (Content-Type: application/json)", field=None)
+    return body
+
+
+def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer", field=name) from None
+    if not minimum <= value <= maximum:
+        raise InvalidRequest(f"{name} must be between {minimum} and {maximum}", field=name)
+    return value
+
+
+@api.post("/jobs")
+def create_job():
+    ctx = genq()
+    job_request = validate_job_request(_json_body(), ctx.registry, ctx.settings)
+    session = db()
+    job = lifecycle.create_job(
+        session,
+        model=job_request.spec.name,
+        task=job_request.spec.task.value,
+        params=job_request.params,
+        inputs=job_request.inputs,
+        priority=job_request.priority,
+    )
+    session.commit()
+    send_wakeup(ctx.celery, job.model)
+    response = jsonify({"id": job.id, "state": job.state.value, "links": job_links(job.id)})
+    response.status_code = 202
+    response.headers["Location"] = job_links(job.id)["self"]
+    return response
+
+
+@api.get("/jobs")
+def list_jobs():
+    settings = genq().settings
+    raw_state = request.args.get("state")
+    try:
+        state = JobState(raw_state) if raw_state else None
+    except ValueError:
+        allowed = ", ".join(s.value for s in JobState)
+        raise InvalidRequest(f"state must be one of {allowed}", field="state") from None
+    limit = _int_arg("limit", settings.default_page_size, 1, settings.max_page_size)
+    session = db()
+    jobs, next_cursor = queries.list_jobs(session, state, limit, request.args.get("cursor"))
+    counts = lifecycle.item_counts(session, [job.id for job in jobs])
+    return jsonify({"jobs": [job_to_dict(job, counts[job.id]) for job in jobs], "next_cursor": next_cursor})
+
+
+@api.get("/jobs/<job_id>")
+def get_job(job_id: str):
+    session = db()
+    job = queries.find_job(session, job_id)
+    return jsonify(job_to_dict(job, lifecycle.item_counts(session, [job.id])[job.id]))
+
+
+@api.get("/jobs/<job_id>/items")
+def list_items(job_id: str):
+    settings = genq().settings
+    session = db()
+    job = queries.find_job(session, job_id)
+    offset = _int_arg("offset", 0, 0, 10**9)
+    limit = _int_arg("limit", settings.default_page_size, 1, settings.max_page_size)
+    items = queries.list_items(session, job, offset, limit)
+    next_offset = offset + limit if offset + limit < job.total_items else None
+    return jsonify({"items": [item_to_dict(item) for item in items], "total": job.total_items, "next_offset": next_offset})
+
+
+@api.get("/jobs/<job_id>/items/<int:index>/output")
+def get_item_output(job_id: str, index: int):
+    session = db()
+    job = queries.find_job(session, job_id)
+    item = queries.find_item(session, job, index)
+    if item.output_text is not None:
+        return Response(item.output_text, mimetype="text/plain")
+    if item.output_key is not None:
+        data = genq().storage.get(item.output_key)
+        return Response(data, mimetype="image/png")
+    raise Conflict(f"item {index} has no output (state {item.state.value})", field="index")
+
+
+@api.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    session = db()
+    job = lifecycle.cancel_job(session, queries.find_job(session, job_id))
+    session.commit()
+    return jsonify(job_to_dict(job, lifecycle.item_counts(session, [job.id])[job.id]))
+
+
+@api.get("/models")
+def list_models():
+    models = [
+        {
+            "name": spec.name,
+            "task": spec.task.value,
+            "output": "image/png" if spec.task.is_image else "text/plain",
+            "micro_batch_size": spec.micro_batch_size,
+            "defaults": spec.defaults,
+            "limits": {name: bounds.model_dump(exclude_none=True) for name, bounds in spec.limits.items()},
+        }
+        for spec in genq().registry
+    ]
+    return jsonify({"models": models})
+

@@ -1,0 +1,36 @@
+"""The Flask app factory."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from shared.db import session_factory
+from shared.queue import make_celery
+from shared.registry import load_registry
+from shared.settings import Settings, get_settings
+from shared.storage import storage_from_settings
+from web.api import api
+from web.context import GenqContext, close_db
+from web.errors import register_error_handlers
+from web.health import health
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or get_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["genq"] = GenqContext(
+        settings=settings,
+        registry=load_registry(settings.models_file),
+        celery=make_celery(settings),
+        sessions=session_factory(settings.database_url),
+        storage=storage_from_settings(settings),
+    )
+    app.teardown_appcontext(close_db)
+    register_error_handlers(app)
+    app.register_blueprint(api)
+    app.register_blueprint(health)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return app

@@ -1,0 +1,61 @@
+"""Reads of jobs and items for the API: the one place that looks jobs up by id."""
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from shared.errors import InvalidRequest, NotFound
+from shared.orm import Job, JobItem, JobState
+
+
+def find_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id) if len(job_id) <= 32 else None
+    if job is None:
+        raise NotFound(f"no job {job_id!r}", field="id")
+    return job
+
+
+def find_item(session: Session, job: Job, index: int) -> JobItem:
+    item = session.scalars(select(JobItem).where(JobItem.job_id == job.id, JobItem.index == index)).first()
+    if item is None:
+        raise NotFound(f"job {job.id} has no item {index}", field="index")
+    return item
+
+
+def list_items(session: Session, job: Job, offset: int, limit: int) -> list[JobItem]:
+    return list(
+        session.scalars(
+            select(JobItem).where(JobItem.job_id == job.id, JobItem.index >= offset).order_by(JobItem.index).limit(limit)
+        )
+    )
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, job_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), job_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidRequest("cursor is not one this API returned", field="cursor") from None
+
+
+def list_jobs(session: Session, state: JobState | None, limit: int, cursor: str | None) -> tuple[list[Job], str | None]:
+    """Newest first; `cursor` continues after the last job of the previous page."""
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    if state is not None:
+        query = query.where(Job.state == state)
+    if cursor:
+        created, job_id = decode_cursor(cursor)
+        query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+    jobs = list(session.scalars(query))
+    next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+    return jobs[:limit], next_cursor

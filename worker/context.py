@@ -1,0 +1,43 @@
+"""What a worker process builds once: settings, registry, storage, Celery client and the
+model cache. Built in `worker.main` before Celery starts, never at import time."""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from celery import Celery
+
+from shared.registry import Registry
+from shared.settings import Settings
+from shared.storage import Storage
+from worker.cache import ModelCache
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    registry: Registry
+    storage: Storage
+    celery: Celery
+    cache: ModelCache
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}")
+
+    @property
+    def owner(self) -> str:
+        """Who holds a lease: the node name and the process that runs the slice."""
+        return f"{self.name}:{os.getpid()}"
+
+
+_current: WorkerContext | None = None
+
+
+def set_context(context: WorkerContext) -> None:
+    global _current
+    _current = context
+
+
+def current() -> WorkerContext:
+    if _current is None:
+        raise RuntimeError("worker context not set: start workers with `genq worker`")
+    return _current

@@ -1,0 +1,45 @@
+"""The runner contract: `setup()` once per process, `predict()` per micro-batch.
+
+A runner turns a list of items (prompt + seed) and the job's parameters into one
+output per item, in order. An item's output must depend only on its prompt, the
+parameters and its seed, never on which other items share the micro-batch: that is
+what makes a resumed, retried or re-split job give the same results.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from shared.registry import ModelSpec
+
+
+@dataclass(frozen=True)
+class ItemInput:
+    index: int
+    prompt: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class ItemOutput:
+    text: str | None = None
+    image_png: bytes | None = None
+
+
+class Cancelled(Exception):
+    """Raised inside `predict()` when `should_stop()` said the job is being cancelled."""
+
+
+class Runner(Protocol):
+    spec: ModelSpec
+
+    def setup(self) -> None:
+        """Load weights onto the device. Called once per process."""
+
+    def predict(
+        self,
+        inputs: list[ItemInput],
+        params: dict[str, Any],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[ItemOutput]:
+        """One output per input, in order. `should_stop` is polled during generation."""
