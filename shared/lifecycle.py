@@ -258,18 +258,44 @@ def record_item_failure(session: Session, lease_id: str, item_id: int, error: st
 
 
 def release_slice(session: Session, lease_id: str, job_id: str) -> int:
-    """Give back what a slice did not finish: pending again, or cancelled if the job is
-    being cancelled. Returns how many items went back to pending."""
-    cancelling = session.scalar(select(Job.state).where(Job.id == job_id)) == JobState.CANCELLING
-    held = and_(JobItem.lease_id == lease_id, JobItem.state == ItemState.RUNNING)
-    if cancelling:
-        session.execute(
-            update(JobItem).where(held).values(state=ItemState.CANCELLED, lease_id=None, lease_expires_at=None, finished_at=utcnow())
-        )
+    """Give back what a slice did not reach (time budget spent): pending again, without
+    spending an attempt, or cancelled if the job is being cancelled. Returns how many
+    items went back to pending."""
+    if _cancel_held_items_if_cancelling(session, lease_id, job_id):
         return 0
     return session.execute(
-        update(JobItem).where(held).values(state=ItemState.PENDING, lease_id=None, lease_expires_at=None, attempts=JobItem.attempts - 1)
+        update(JobItem)
+        .where(JobItem.lease_id == lease_id, JobItem.state == ItemState.RUNNING)
+        .values(state=ItemState.PENDING, lease_id=None, lease_expires_at=None, attempts=JobItem.attempts - 1)
     ).rowcount
+
+
+def abandon_slice(session: Session, lease_id: str, job_id: str, *, error: str, max_attempts: int) -> int:
+    """A slice broke off with an error: its unfinished items keep the attempt they
+    spent; those at the cap fail with the error, the rest go back to pending."""
+    if _cancel_held_items_if_cancelling(session, lease_id, job_id):
+        return 0
+    held = and_(JobItem.lease_id == lease_id, JobItem.state == ItemState.RUNNING)
+    session.execute(
+        update(JobItem)
+        .where(held, JobItem.attempts >= max_attempts)
+        .values(state=ItemState.FAILED, error=f"{error} (attempt {max_attempts} of {max_attempts})",
+                lease_id=None, lease_expires_at=None, finished_at=utcnow())
+    )
+    return session.execute(
+        update(JobItem).where(held).values(state=ItemState.PENDING, error=error, lease_id=None, lease_expires_at=None)
+    ).rowcount
+
+
+def _cancel_held_items_if_cancelling(session: Session, lease_id: str, job_id: str) -> bool:
+    if session.scalar(select(Job.state).where(Job.id == job_id)) != JobState.CANCELLING:
+        return False
+    session.execute(
+        update(JobItem)
+        .where(JobItem.lease_id == lease_id, JobItem.state == ItemState.RUNNING)
+        .values(state=ItemState.CANCELLED, lease_id=None, lease_expires_at=None, finished_at=utcnow())
+    )
+    return True
 
 
 # --- job outcome --------------------------------------------------------------------

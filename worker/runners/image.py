@@ -1,0 +1,169 @@
+"""Image generation with a diffusers pipeline (text-to-image or unconditional).
+
+Batch independence: each item gets its own CPU `torch.Generator`, passed to the
+pipeline as a list, so its starting noise (and any scheduler noise) comes from its
+own seed whatever else shares the batch.
+
+Cancellation: pipelines that take `callback_on_step_end` get a callback that raises
+`Cancelled` after a step, which aborts the call. The others (DDPM, DDIM, ...) have
+their progress bar replaced by one that polls `should_stop` on every step.
+"""
+from __future__ import annotations
+
+import inspect
+import io
+from typing import Any, Callable, Iterable
+
+import torch
+from diffusers import DiffusionPipeline
+
+from shared.registry import ModelSpec, Task
+from worker.runners.base import Cancelled, ItemInput, ItemOutput
+from worker.runners.common import make_generator, resolve_source, torch_dtype
+
+# Job parameters handed to the pipeline call when it accepts them.
+_TEXT_TO_IMAGE_PARAMS = ("num_inference_steps", "guidance_scale", "width", "height", "negative_prompt", "eta")
+_UNCONDITIONAL_PARAMS = ("num_inference_steps", "eta")
+
+
+class ImageRunner:
+    """Runs a diffusers pipeline over micro-batches of items; one PNG per item."""
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu"):
+        self.spec = spec
+        self.device = device
+        self.pipe = None
+        self._call_params: set[str] = set()
+        self._accepts_any = False
+
+    def setup(self) -> None:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()  # loading bars would flood the worker's log
+        transformers_logging.disable_progress_bar()
+        # diffusers 0.42 deprecates `torch_dtype=` in favour of `dtype=`.
+        pipe = DiffusionPipeline.from_pretrained(
+            resolve_source(self.spec), dtype=torch_dtype(self.spec.dtype), local_files_only=True
+        )
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        signature = inspect.signature(pipe.__call__).parameters
+        self._call_params = set(signature)
+        self._accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
+        self.pipe = pipe
+
+    def predict(
+        self,
+        inputs: list[ItemInput],
+        params: dict[str, Any],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[ItemOutput]:
+        if self.pipe is None:
+            self.setup()
+        if not inputs:
+            return []
+        if should_stop is not None and should_stop():
+            raise Cancelled("generation cancelled")
+        kwargs = self._call_kwargs(inputs, params)
+        poll = should_stop
+        if should_stop is not None and self._accepts("callback_on_step_end"):
+            kwargs["callback_on_step_end"] = _stop_callback(should_stop)
+            poll = None
+        with torch.inference_mode(), _polling_progress(self.pipe, poll):
+            images = self.pipe(**kwargs).images
+        if len(images) != len(inputs):
+            raise RuntimeError(f"pipeline returned {len(images)} images for {len(inputs)} items")
+        return [ItemOutput(image_png=to_png(image)) for image in images]
+
+    def _call_kwargs(self, inputs: list[ItemInput], params: dict[str, Any]) -> dict[str, Any]:
+        """The pipeline call's arguments: prompts or batch size, generators, parameters."""
+        kwargs: dict[str, Any] = {
+            "generator": [make_generator(item.seed) for item in inputs],
+            "output_type": "pil",
+        }
+        if Task(self.spec.task) is Task.TEXT_TO_IMAGE:
+            kwargs["prompt"] = [item.prompt for item in inputs]
+            names = _TEXT_TO_IMAGE_PARAMS
+        else:
+            kwargs["batch_size"] = len(inputs)
+            names = _UNCONDITIONAL_PARAMS
+        for name in names:
+            if params.get(name) is not None:
+                kwargs[name] = params[name]
+        if isinstance(kwargs.get("negative_prompt"), str):
+            kwargs["negative_prompt"] = [kwargs["negative_prompt"]] * len(inputs)
+        return {name: value for name, value in kwargs.items() if self._accepts(name)}
+
+    def _accepts(self, name: str) -> bool:
+        """Whether the pipeline's `__call__` takes this keyword (checked once, in `setup`)."""
+        return name in self._call_params or (self._accepts_any and name != "callback_on_step_end")
+
+
+def _stop_callback(should_stop: Callable[[], bool]):
+    """A `callback_on_step_end` that aborts the pipeline call when `should_stop()` is true.
+
+    Raising (rather than setting `pipe._interrupt`) skips the VAE decode of a
+    half-denoised batch and leaves nothing to reset on the pipeline.
+    """
+
+    def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        if should_stop():
+            raise Cancelled(f"generation cancelled after step {step + 1}")
+        return callback_kwargs
+
+    return on_step_end
+
+
+class _polling_progress:
+    """Context manager: while active, stop checks run on every denoising step.
+
+    For pipelines without `callback_on_step_end`: the pipeline's `progress_bar`
+    method is shadowed on the instance by `_StopCheckingBar`, which diffusers' loops
+    iterate (`for t in self.progress_bar(timesteps)`) or update
+    (`progress_bar.update()`). With `should_stop=None` it does nothing.
+    """
+
+    def __init__(self, pipe, should_stop: Callable[[], bool] | None):
+        self.pipe, self.should_stop = pipe, should_stop
+
+    def __enter__(self):
+        if self.should_stop is not None:
+            should_stop = self.should_stop
+            self.pipe.progress_bar = lambda iterable=None, total=None: _StopCheckingBar(iterable, should_stop)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.pipe.__dict__.pop("progress_bar", None)
+
+
+class _StopCheckingBar:
+    """A silent stand-in for tqdm that raises `Cancelled` when `should_stop()` says so."""
+
+    def __init__(self, iterable: Iterable | None, should_stop: Callable[[], bool]):
+        self.iterable, self.should_stop = iterable, should_stop
+
+    def __iter__(self):
+        for value in self.iterable if self.iterable is not None else ():
+            yield value
+            self._check()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        if self.should_stop():
+            raise Cancelled("generation cancelled")
+
+
+def to_png(image) -> bytes:
+    """PIL image -> PNG bytes (deterministic for identical pixels)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

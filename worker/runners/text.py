@@ -1,0 +1,231 @@
+"""Text generation with a causal language model (transformers `AutoModelForCausalLM`).
+
+Batch independence: an item's text depends only on its prompt, the parameters and
+its seed. Greedy decoding with left padding has that property by itself. Sampling
+through `generate(do_sample=True)` does not (one global random stream is shared by
+the rows), so sampling is done here by `SeededSampler`: a logits processor that
+draws each row's token from that row's own `torch.Generator` and hands `generate`
+a one-hot score row, which its greedy step then picks.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+
+from shared.registry import ModelSpec
+from worker.runners.base import Cancelled, ItemInput, ItemOutput
+from worker.runners.common import make_generator, param, resolve_source, torch_dtype
+
+DEFAULT_MAX_NEW_TOKENS = 32
+
+
+class SeededSampler(LogitsProcessor):
+    """Samples each row's next token from its own generator; returns one-hot scores.
+
+    Per step, each row draws exactly one uniform number from its generator, whether
+    or not the row has already finished, so row i's t-th token always uses the t-th
+    number of item i's stream. The choice is an inverse-CDF lookup over the tokens
+    sorted by probability, in float64, after temperature, top-k and top-p.
+    """
+
+    def __init__(self, generators: list[torch.Generator], temperature: float, top_k: int | None, top_p: float):
+        self.generators = generators
+        self.temperature = float(temperature)
+        self.top_k = int(top_k or 0)
+        self.top_p = float(top_p)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        uniforms = torch.stack([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
+        chosen = self._choose(scores.to(torch.float64), uniforms.to(scores.device))
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, chosen, 0.0)
+        return out
+
+    def _choose(self, logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        """Per row, the token whose cumulative-probability interval holds the row's uniform.
+
+        `logits` is (rows, vocab) in float64, `uniforms` (rows, 1); returns (rows, 1).
+        Every operation works along the vocabulary only, so rows never mix.
+        """
+        if self.temperature <= 0:
+            return torch.argmax(logits, dim=-1, keepdim=True)
+        sorted_logits, order = torch.sort(logits / self.temperature, dim=-1, descending=True, stable=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        if 0 < self.top_k < probs.shape[-1]:
+            probs[:, self.top_k :] = 0.0
+        if self.top_p < 1.0:
+            mass_before = torch.cumsum(probs, dim=-1) - probs
+            keep = mass_before < self.top_p * probs.sum(dim=-1, keepdim=True)
+            keep[:, 0] = True  # the most likely token always stays
+            probs = torch.where(keep, probs, torch.zeros_like(probs))
+        cdf = torch.cumsum(probs, dim=-1)
+        positions = torch.searchsorted(cdf, uniforms * cdf[:, -1:], right=True)
+        last_kept = torch.count_nonzero(probs, dim=-1).unsqueeze(-1) - 1
+        return torch.gather(order, -1, torch.minimum(positions, last_kept))
+
+
+class ShouldStop(StoppingCriteria):
+    """Polls `should_stop` once per generated token and aborts the call with `Cancelled`."""
+
+    def __init__(self, should_stop: Callable[[], bool]):
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        if self.should_stop():
+            raise Cancelled("generation cancelled")
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+class TextRunner:
+    """Runs a causal language model over micro-batches of prompts."""
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu"):
+        self.spec = spec
+        self.device = device
+        self.model = None
+        self.tokenizer = None
+
+    def setup(self) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        source = resolve_source(self.spec)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        tokenizer.padding_side = "left"
+        tokenizer.truncation_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype(self.spec.dtype), local_files_only=True
+        )
+        model.to(self.device).eval()
+        # generate() fills every unset field of the config it is given from
+        # model.generation_config; a clean one stops a checkpoint's defaults
+        # (repetition penalty, top_k, ...) from leaking in.
+        eos_ids = self._eos_ids(tokenizer, model)
+        model.generation_config = GenerationConfig(
+            bos_token_id=model.generation_config.bos_token_id,
+            eos_token_id=_one_or_list(eos_ids),
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        self.tokenizer, self.model = tokenizer, model
+
+    @staticmethod
+    def _eos_ids(tokenizer, model) -> list[int]:
+        """The end-of-sequence ids: the model's generation config first, else the tokenizer's."""
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        ids = eos if isinstance(eos, list) else [eos]
+        return [int(i) for i in ids if i is not None]
+
+    def max_positions(self) -> int | None:
+        """The longest sequence the model takes (prompt + new tokens), if it has a limit."""
+        config = self.model.config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        value = getattr(self.tokenizer, "model_max_length", None)
+        return value if isinstance(value, int) and 0 < value < 1_000_000 else None
+
+    def predict(
+        self,
+        inputs: list[ItemInput],
+        params: dict[str, Any],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[ItemOutput]:
+        if self.model is None:
+            self.setup()
+        if not inputs:
+            return []
+        if should_stop is not None and should_stop():
+            raise Cancelled("generation cancelled")
+        max_new_tokens, prompt_room = self._lengths(params)
+        input_ids, attention_mask = self._encode([item.prompt for item in inputs], prompt_room)
+        processors = LogitsProcessorList()
+        if params.get("do_sample"):
+            processors.append(
+                SeededSampler(
+                    [make_generator(item.seed) for item in inputs],
+                    temperature=param(params, "temperature", 1.0),
+                    top_k=param(params, "top_k", 0),
+                    top_p=param(params, "top_p", 1.0),
+                )
+            )
+        criteria = StoppingCriteriaList([ShouldStop(should_stop)] if should_stop is not None else [])
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=self.model.generation_config.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        with torch.inference_mode():
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=config,
+                logits_processor=processors,
+                stopping_criteria=criteria,
+            )
+        new_tokens = output[:, input_ids.shape[1] :].tolist()
+        eos_ids = set(self._eos_ids(self.tokenizer, self.model))
+        return [ItemOutput(text=self._decode(row, eos_ids)) for row in new_tokens]
+
+    def _lengths(self, params: dict[str, Any]) -> tuple[int, int | None]:
+        """(max_new_tokens, longest prompt in tokens), so that both fit the model's positions.
+
+        The prompt room depends on the parameters only, never on the other prompts of
+        the batch, so truncation cannot make an item depend on its neighbours.
+        """
+        max_new_tokens = int(param(params, "max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
+        limit = self.max_positions()
+        if limit is None:
+            return max_new_tokens, None
+        max_new_tokens = max(1, min(max_new_tokens, limit - 1))
+        return max_new_tokens, limit - max_new_tokens
+
+    def _encode(self, prompts: list[str], prompt_room: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-truncated, left-padded ids; an empty prompt becomes a single BOS (or EOS) token."""
+        tokenizer = self.tokenizer
+        kwargs = {"truncation": True, "max_length": prompt_room} if prompt_room else {}
+        encoded = tokenizer(prompts, **kwargs)["input_ids"]
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        encoded = [ids if ids else [start] for ids in encoded]
+        width = max(len(ids) for ids in encoded)
+        pad = tokenizer.pad_token_id
+        input_ids = [[pad] * (width - len(ids)) + ids for ids in encoded]
+        mask = [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded]
+        as_tensor = lambda rows: torch.tensor(rows, dtype=torch.long, device=self.device)  # noqa: E731
+        return as_tensor(input_ids), as_tensor(mask)
+
+    def _decode(self, tokens: list[int], eos_ids: set[int]) -> str:
+        text = self.tokenizer.decode(trim_at_eos(tokens, eos_ids), skip_special_tokens=True)
+        # A byte-level model can emit NUL, which PostgreSQL text cannot hold.
+        return text.replace("\x00", "\ufffd")
+
+
+def _one_or_list(ids: list[int]) -> int | list[int] | None:
+    """How a generation config spells no id, one id or several."""
+    if not ids:
+        return None
+    return ids[0] if len(ids) == 1 else ids
+
+
+def trim_at_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
+    """The tokens before the first end-of-sequence token."""
+    for position, token in enumerate(tokens):
+        if token in eos_ids:
+            return tokens[:position]
+    return tokens
