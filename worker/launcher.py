@@ -71,10 +71,17 @@ def worker_commands(gpus: list[int | None], models: list[str], base_env: dict[st
 
 
 def run_workers(commands: list[WorkerCommand]) -> int:
-    """Start every worker, forward SIGINT/SIGTERM to them, and wait. If one dies, stop the rest."""
+    """Start every worker, forward SIGINT/SIGTERM to them, and wait. If one dies, stop
+    the rest. Exit 0 when asked to stop and every worker stopped (cleanly, or by the
+    forwarded signal); 1 when a worker died on its own."""
     children = [subprocess.Popen(c.argv, env=c.env) for c in commands]
+    asked_to_stop: list[int] = []
 
     def forward(signum, _frame):
+        asked_to_stop.append(signum)
+        stop_all(signum)
+
+    def stop_all(signum):
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
@@ -82,7 +89,8 @@ def run_workers(commands: list[WorkerCommand]) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     while all(child.poll() is None for child in children):
-        time.sleep(0.5)
-    forward(signal.SIGTERM, None)
+        time.sleep(0.2)
+    stop_all(signal.SIGTERM)
     codes = [child.wait() for child in children]
-    return max(codes, key=abs)
+    clean = {0, -signal.SIGTERM, -signal.SIGINT}
+    return 0 if asked_to_stop and all(code in clean for code in codes) else 1
