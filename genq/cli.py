@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -13,16 +14,38 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", "processes", default=2, show_default=True, type=int, help="gunicorn worker processes")
-def web(host: str, port: int, processes: int) -> None:
+@click.option("--port", default=None, type=int, help="web port (default GENQ_WEB_PORT, 8000)")
+@click.option("--gpus", default="all", show_default=True, help="'all', 'none' or indices like 0,1")
+def up(port: int | None, gpus: str) -> None:
+    """Bring the whole service up on this machine (Redis, database, workers, web)."""
+    from genq.up import Up, UpError
+    from shared.errors import ConfigError
+    from shared.settings import get_settings
+
+    try:
+        sys.exit(Up(get_settings(), port, gpus).run())
+    except (UpError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--host", default=None, help="bind address (default GENQ_WEB_HOST, 127.0.0.1)")
+@click.option("--port", default=None, type=int, help="port (default GENQ_WEB_PORT, 8000)")
+@click.option("--workers", "processes", default=None, type=int, help="gunicorn worker processes (default GENQ_WEB_PROCESSES)")
+@click.option("--access-log", default="-", show_default=True, help="access log file ('-' for standard output)")
+def web(host: str | None, port: int | None, processes: int | None, access_log: str) -> None:
     """Serve the HTTP API with gunicorn."""
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    host = host or settings.web_host
+    port = settings.web_port if port is None else port
+    processes = processes or settings.web_processes
     argv = [
         sys.executable, "-m", "gunicorn",
         "--bind", f"{host}:{port}",
         "--workers", str(processes),
-        "--access-logfile", "-",
+        "--access-logfile", access_log,
         "web.app:create_app()",
     ]
     os.execv(sys.executable, argv)
@@ -43,6 +66,25 @@ def worker(gpus: str, models: str) -> None:
     for command in commands:
         click.echo(f"starting worker {command.name} (CUDA_VISIBLE_DEVICES={command.env['CUDA_VISIBLE_DEVICES']!r})")
     sys.exit(run_workers(commands))
+
+
+@main.command()
+@click.option("--interval", default=None, type=float, help="seconds between passes (default GENQ_RECONCILE_INTERVAL_SECONDS)")
+@click.option("--once", is_flag=True, help="run one pass and exit")
+def reconcile(interval: float | None, once: bool) -> None:
+    """Find work nobody is doing (expired leases, lost wake-ups) and restart it."""
+    import logging
+
+    from shared.queue import make_celery
+    from shared.settings import get_settings
+    from worker.reconciler import reconcile_once, run_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    if once:
+        click.echo(reconcile_once(settings, make_celery(settings)))
+        return
+    run_forever(settings, interval or settings.reconcile_interval_seconds)
 
 
 @main.group()
@@ -85,7 +127,32 @@ def models_list() -> None:
         click.echo(f"{spec.name:24} {spec.task.value:20} micro-batch {spec.micro_batch_size:<4} {where}")
 
 
+@models.command("build-demo")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="directory for demo-text/ and demo-image/ (default <data dir>/models)")
+@click.option("--quick", is_flag=True, help="a few training steps only (for tests)")
+def models_build_demo(out: Path | None, quick: bool) -> None:
+    """Train the demo models on this machine's CPU (about 3 minutes) and save them."""
+    from shared.settings import get_settings
+    from worker.demo import build_demo_models
+
+    out = out or get_settings().data_dir / "models"
+    figures = build_demo_models(out, quick=quick, progress=lambda line: click.echo(line))
+    for name, quality in figures.items():
+        click.echo(f"{name}: {quality}")
+
+
 def _redacted(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _register_client_commands() -> None:
+    from genq.client_cli import CLIENT_COMMANDS
+
+    for command in CLIENT_COMMANDS:
+        main.add_command(command)
+
+
+_register_client_commands()

@@ -55,13 +55,17 @@ class ModelSpec(BaseModel):
     defaults: dict[str, Any] = Field(default_factory=dict)
     limits: dict[str, Bounds] = Field(default_factory=dict)
     runner: str | None = Field(None, description="Import path 'module:Class' of a custom runner.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Runner-specific settings (e.g. class labels).")
     registry_dir: Path = Field(Path("."), exclude=True)
+
+    def source_path(self) -> Path:
+        """The source read as a path (relative to the registry file), existing or not."""
+        path = Path(self.source).expanduser()
+        return path if path.is_absolute() else self.registry_dir / path
 
     def local_source(self) -> Path | None:
         """The source as a local directory, if it is one."""
-        path = Path(self.source).expanduser()
-        if not path.is_absolute():
-            path = self.registry_dir / path
+        path = self.source_path()
         return path if path.exists() else None
 
 

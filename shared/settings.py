@@ -37,6 +37,13 @@ class Settings(BaseSettings):
 
     worker_max_models: int = Field(2, ge=1, description="Models a worker process keeps loaded at once.")
 
+    reconcile_interval_seconds: float = Field(5.0, gt=0, description="Time between reconciler passes.")
+
+    # The embedded default (`genq up`).
+    web_host: str = Field("127.0.0.1", description="Address `genq up` and `genq web` bind.")
+    web_port: int = Field(8000, ge=0, le=65535)
+    web_processes: int = Field(2, ge=1, description="gunicorn worker processes.")
+
     # Celery wake-up publishing: fail fast when Redis is down (the job is already committed).
     publish_max_retries: int = Field(2, ge=0)
 

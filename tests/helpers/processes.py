@@ -108,12 +108,14 @@ class ServiceProcess:
             pass
 
     def stop(self, timeout: float = 20) -> int | None:
+        """SIGTERM to the process itself (a warm shutdown), then SIGKILL to its group."""
         if self.alive():
-            self.signal_group(signal.SIGTERM)
+            self.process.terminate()
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.signal_group(signal.SIGKILL)
-                self.process.wait(10)
+                pass
+        self.signal_group(signal.SIGKILL)
+        self.process.wait(10)
         self._log.close()
         return self.process.returncode

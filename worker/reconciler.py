@@ -1,0 +1,71 @@
+"""The reconciler: finds work nobody is doing and sends a new wake-up.
+
+Each pass, in its own short transactions:
+1. running items whose lease expired go back to pending (or fail at the attempt cap);
+2. unfinished jobs with no item left to run get their final state;
+3. each model with claimable work and an empty Redis queue gets one wake-up (this
+   covers lost messages and a Redis restart that lost everything; a wake-up too many
+   finds nothing to claim and costs one query).
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass
+
+from shared import lifecycle
+from shared.db import session_scope
+from shared.queue import make_celery, queue_name, send_wakeup
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassReport:
+    leases_released: int = 0
+    jobs_settled: int = 0
+    wakeups_sent: int = 0
+
+
+def reconcile_once(settings, celery) -> PassReport:
+    report = PassReport()
+    with session_scope(settings.database_url) as session:
+        report.leases_released = lifecycle.release_expired_leases(session, max_attempts=settings.max_attempts)
+    with session_scope(settings.database_url) as session:
+        for job_id in lifecycle.unsettled_job_ids(session):
+            report.jobs_settled += lifecycle.settle_job(session, job_id) is not None
+    with session_scope(settings.database_url) as session:
+        waiting = lifecycle.models_with_claimable_work(session)
+    for model in waiting:
+        if queued_wakeups(celery, model) == 0 and send_wakeup(celery, model):
+            report.wakeups_sent += 1
+    return report
+
+
+def queued_wakeups(celery, model: str) -> int:
+    """Messages waiting in the model's queue (-1 when Redis cannot be asked)."""
+    try:
+        with celery.connection_for_write() as connection:
+            return connection.default_channel.client.llen(queue_name(model))
+    except Exception as exc:
+        log.warning("cannot read queue of %s: %s", model, exc)
+        return -1
+
+
+def run_forever(settings, interval: float) -> None:
+    celery = make_celery(settings)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+    log.info("reconciler started: a pass every %.1fs", interval)
+    while not stopping:
+        try:
+            report = reconcile_once(settings, celery)
+            if report.leases_released or report.jobs_settled or report.wakeups_sent:
+                log.info("reconciled: %s", report)
+        except Exception:
+            log.exception("reconcile pass failed; trying again next interval")
+        deadline = time.monotonic() + interval
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
