@@ -77,12 +77,13 @@ def reconcile(interval: float | None, once: bool) -> None:
 
     from shared.queue import make_celery
     from shared.settings import get_settings
+    from shared.storage import storage_from_settings
     from worker.reconciler import reconcile_once, run_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     if once:
-        click.echo(reconcile_once(settings, make_celery(settings)))
+        click.echo(reconcile_once(settings, make_celery(settings), storage_from_settings(settings)))
         return
     run_forever(settings, interval or settings.reconcile_interval_seconds)
 

@@ -85,6 +85,7 @@ def create_job(
     inputs: Sequence[tuple[str, int]],
     priority: int = 5,
     idempotency_key: str | None = None,
+    request_hash: str | None = None,
 ) -> Job:
     """Insert a queued job and all its pending items (one bulk insert)."""
     job = Job(
@@ -96,6 +97,7 @@ def create_job(
         params=params,
         total_items=len(inputs),
         idempotency_key=idempotency_key,
+        request_hash=request_hash,
         created_at=utcnow(),
     )
     session.add(job)
@@ -162,7 +164,7 @@ def claim_slice(
     if job is None:
         return None
     lease_id = new_id()
-    candidate_ids = session.scalars(
+    candidate_ids = _suspect_item(session, job.id) or session.scalars(
         select(JobItem.id)
         .where(JobItem.job_id == job.id, JobItem.state == ItemState.PENDING)
         .order_by(JobItem.index)
@@ -195,6 +197,21 @@ def claim_slice(
         update(Job).where(Job.id == job.id, Job.state == JobState.QUEUED).values(state=JobState.RUNNING, started_at=now)
     )
     return Slice(lease_id, job.id, job.model, dict(job.params or {}), [ClaimedItem(*row) for row in rows])
+
+
+def _suspect_item(session: Session, job_id: str) -> list[int]:
+    """A pending item that already spent an attempt was in a slice that died. It runs
+    alone, so an item that crashes its process every time fails by itself at the cap
+    instead of taking its neighbours' attempts with it."""
+    return list(
+        session.scalars(
+            select(JobItem.id)
+            .where(JobItem.job_id == job_id, JobItem.state == ItemState.PENDING, JobItem.attempts > 0)
+            .order_by(JobItem.index)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+    )
 
 
 def extend_lease(session: Session, lease_id: str, lease_seconds: float) -> int:
@@ -287,6 +304,15 @@ def abandon_slice(session: Session, lease_id: str, job_id: str, *, error: str, m
     ).rowcount
 
 
+def fail_held_items(session: Session, lease_id: str, error: str) -> int:
+    """Fail every unfinished item of a slice (its time limit passed)."""
+    return session.execute(
+        update(JobItem)
+        .where(JobItem.lease_id == lease_id, JobItem.state == ItemState.RUNNING)
+        .values(state=ItemState.FAILED, error=error, lease_id=None, lease_expires_at=None, finished_at=utcnow())
+    ).rowcount
+
+
 def _cancel_held_items_if_cancelling(session: Session, lease_id: str, job_id: str) -> bool:
     if session.scalar(select(Job.state).where(Job.id == job_id)) != JobState.CANCELLING:
         return False
@@ -368,6 +394,31 @@ def cancel_job(session: Session, job: Job) -> Job:
     settle_job(session, job.id)
     session.refresh(job)
     return job
+
+
+def retry_job(session: Session, job: Job) -> int:
+    """Put a finished job's failed items back to pending (with fresh attempts); the job
+    is queued again. Returns how many items will run again."""
+    if not job.state.is_terminal():
+        raise Conflict(f"job {job.id} is {job.state.value}; only a finished job can be retried", field="id")
+    retried = session.execute(
+        update(JobItem)
+        .where(JobItem.job_id == job.id, JobItem.state == ItemState.FAILED)
+        .values(state=ItemState.PENDING, error=None, attempts=0, finished_at=None, started_at=None)
+    ).rowcount
+    if not retried:
+        raise Conflict(f"job {job.id} has no failed items to retry", field="id")
+    session.execute(
+        update(Job)
+        .where(Job.id == job.id)
+        .values(state=JobState.QUEUED, error=None, finished_at=None, attempts=Job.attempts + 1)
+    )
+    session.refresh(job)
+    return retried
+
+
+def indices_without_output(session: Session, job_id: str) -> list[int]:
+    return list(session.scalars(select(JobItem.index).where(JobItem.job_id == job_id, JobItem.state != ItemState.SUCCEEDED)))
 
 
 def is_cancelling(session: Session, job_id: str) -> bool:

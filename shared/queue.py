@@ -21,6 +21,12 @@ def queue_name(model: str) -> str:
 
 
 def make_celery(settings) -> Celery:
+    """The Celery app, configured for long GPU slices.
+
+    The Redis visibility timeout is longer than the hard time limit of a slice, so a
+    slice that is still running is never delivered a second time. Reliability does not
+    rest on redelivery anyway: leases in the database and the reconciler do that work.
+    """
     app = Celery("genq", broker=settings.redis_url)
     app.conf.update(
         task_serializer="json",
@@ -33,7 +39,14 @@ def make_celery(settings) -> Celery:
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2,
-        broker_transport_options={"socket_connect_timeout": 2, "socket_timeout": 10},
+        broker_transport_options={
+            "socket_connect_timeout": 2,
+            "socket_timeout": 10,
+            "visibility_timeout": settings.broker_visibility_timeout,
+        },
+        task_soft_time_limit=settings.slice_soft_time_limit,
+        task_time_limit=settings.slice_hard_time_limit,
+        worker_max_memory_per_child=settings.worker_max_memory_per_child_mb * 1024 or None,
         task_publish_retry_policy={
             "max_retries": settings.publish_max_retries,
             "interval_start": 0,

@@ -31,7 +31,11 @@ class Settings(BaseSettings):
     # How workers take work.
     slice_max_items: int = Field(64, ge=1, description="Most items one claim takes.")
     slice_max_seconds: float = Field(60.0, gt=0, description="A slice starts no new micro-batch after this.")
-    lease_seconds: float = Field(300.0, gt=0, description="A claimed slice is reclaimable this long after its last heartbeat.")
+    lease_seconds: float = Field(60.0, gt=0, description="A claimed slice is reclaimable this long after its last heartbeat.")
+    slice_soft_time_limit: float = Field(900.0, gt=0, description="Seconds after which a slice's unfinished items fail with `timeout`.")
+    slice_hard_time_limit: float | None = Field(None, gt=0, description="Seconds after which the worker process running a slice is killed; default soft + 60.")
+    broker_visibility_timeout: float | None = Field(None, gt=0, description="Redis visibility timeout; default hard limit + 300, so no running slice is redelivered.")
+    worker_max_memory_per_child_mb: int = Field(0, ge=0, description="Recycle a worker process above this resident memory (0: never).")
     max_attempts: int = Field(3, ge=1, description="Claims of one item before it fails for good.")
     cancel_check_seconds: float = Field(0.5, gt=0, description="How often a running model re-reads its job's cancel flag.")
 
@@ -53,7 +57,16 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{(self.data_dir / 'genq.db').resolve()}"
         if self.storage_dir is None:
             self.storage_dir = self.data_dir / "results"
+        if self.slice_hard_time_limit is None:
+            self.slice_hard_time_limit = self.slice_soft_time_limit + 60
+        if self.broker_visibility_timeout is None:
+            self.broker_visibility_timeout = self.slice_hard_time_limit + 300
         return self
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often a running slice extends its lease: four times per lease."""
+        return self.lease_seconds / 4
 
 
 @lru_cache(maxsize=1)

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
+from sqlalchemy.exc import IntegrityError
 
 from shared import lifecycle
 from shared.errors import Conflict, InvalidRequest
-from shared.orm import JobState
+from shared.orm import Job, JobState
 from shared.queue import send_wakeup
 from shared.schemas import validate_job_request
-from web import queries
+from web import idempotency, queries
 from web.context import db, genq
 from web.serializers import item_to_dict, job_links, job_to_dict
 
@@ -38,8 +39,15 @@ def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
 @api.post("/jobs")
 def create_job():
     ctx = genq()
-    job_request = validate_job_request(_json_body(), ctx.registry, ctx.settings)
+    body = _json_body()
+    key = idempotency.key_from(request.headers)
+    fingerprint = idempotency.fingerprint(body)
     session = db()
+    if key is not None:
+        replay = idempotency.replay(session, key, fingerprint)
+        if replay is not None:
+            return _accepted(replay, replayed=True)
+    job_request = validate_job_request(body, ctx.registry, ctx.settings)
     job = lifecycle.create_job(
         session,
         model=job_request.spec.name,
@@ -47,12 +55,24 @@ def create_job():
         params=job_request.params,
         inputs=job_request.inputs,
         priority=job_request.priority,
+        idempotency_key=key,
+        request_hash=fingerprint if key is not None else None,
     )
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # the same key, committed by a concurrent request
+        session.rollback()
+        return _accepted(idempotency.replay(session, key, fingerprint), replayed=True)
     send_wakeup(ctx.celery, job.model)
+    return _accepted(job)
+
+
+def _accepted(job: Job, replayed: bool = False):
     response = jsonify({"id": job.id, "state": job.state.value, "links": job_links(job.id)})
     response.status_code = 202
     response.headers["Location"] = job_links(job.id)["self"]
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return response
 
 
@@ -110,6 +130,19 @@ def cancel_job(job_id: str):
     job = lifecycle.cancel_job(session, queries.find_job(session, job_id))
     session.commit()
     return jsonify(job_to_dict(job, lifecycle.item_counts(session, [job.id])[job.id]))
+
+
+@api.post("/jobs/<job_id>/retry")
+def retry_job(job_id: str):
+    """Put a finished job's failed items back to pending, then wake a worker."""
+    session = db()
+    job = queries.find_job(session, job_id)
+    lifecycle.retry_job(session, job)
+    session.commit()
+    send_wakeup(genq().celery, job.model)
+    response = jsonify(job_to_dict(job, lifecycle.item_counts(session, [job.id])[job.id]))
+    response.status_code = 202
+    return response
 
 
 @api.get("/models")

@@ -2,7 +2,8 @@
 
 Each pass, in its own short transactions:
 1. running items whose lease expired go back to pending (or fail at the attempt cap);
-2. unfinished jobs with no item left to run get their final state;
+2. unfinished jobs with no item left to run get their final state (and files that no
+   row points to are removed);
 3. each model with claimable work and an empty Redis queue gets one wake-up (this
    covers lost messages and a Redis restart that lost everything; a wake-up too many
    finds nothing to claim and costs one query).
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from shared import lifecycle
 from shared.db import session_scope
 from shared.queue import make_celery, queue_name, send_wakeup
+from shared.storage import storage_from_settings
+from worker.slices import remove_orphaned_outputs
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +31,15 @@ class PassReport:
     wakeups_sent: int = 0
 
 
-def reconcile_once(settings, celery) -> PassReport:
+def reconcile_once(settings, celery, storage) -> PassReport:
     report = PassReport()
     with session_scope(settings.database_url) as session:
         report.leases_released = lifecycle.release_expired_leases(session, max_attempts=settings.max_attempts)
     with session_scope(settings.database_url) as session:
-        for job_id in lifecycle.unsettled_job_ids(session):
-            report.jobs_settled += lifecycle.settle_job(session, job_id) is not None
+        settled = [job_id for job_id in lifecycle.unsettled_job_ids(session) if lifecycle.settle_job(session, job_id)]
+    report.jobs_settled = len(settled)
+    for job_id in settled:
+        remove_orphaned_outputs(settings, storage, job_id)
     with session_scope(settings.database_url) as session:
         waiting = lifecycle.models_with_claimable_work(session)
     for model in waiting:
@@ -54,14 +59,14 @@ def queued_wakeups(celery, model: str) -> int:
 
 
 def run_forever(settings, interval: float) -> None:
-    celery = make_celery(settings)
+    celery, storage = make_celery(settings), storage_from_settings(settings)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
     log.info("reconciler started: a pass every %.1fs", interval)
     while not stopping:
         try:
-            report = reconcile_once(settings, celery)
+            report = reconcile_once(settings, celery, storage)
             if report.leases_released or report.jobs_settled or report.wakeups_sent:
                 log.info("reconciled: %s", report)
         except Exception:

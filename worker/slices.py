@@ -1,27 +1,35 @@
 """The life of one wake-up, told as a story:
 
-    claim_next_slice -> wake_another_worker -> perform_slice (micro-batches,
-    each committed as it finishes) -> finish_slice (release leftovers, settle the
-    job, wake again if work was given back)
+    claim_next_slice -> wake_another_worker -> perform_slice (micro-batches, each
+    committed as it finishes, the lease kept alive by a heartbeat) -> finish_slice
+    (give back what was not reached, settle the job, wake again if work was given back)
 
-A duplicate or stale wake-up finds nothing to claim and returns at once.
+A duplicate or stale wake-up finds nothing to claim and returns at once. A slice that
+breaks off keeps the attempt it spent (abandon_slice); one that passes its soft time
+limit fails its unfinished items with `timeout` (time_out_slice).
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import OperationalError
 
 from shared import lifecycle
 from shared.db import session_scope
-from shared.lifecycle import ClaimedItem, Slice
+from shared.lifecycle import Slice
 from shared.queue import send_wakeup
 from shared.storage import output_key
+from worker.batches import run_micro_batch
 from worker.context import WorkerContext
-from worker.runners.base import Cancelled, ItemInput, ItemOutput, Runner
+from worker.runners.base import Cancelled
 
 log = logging.getLogger(__name__)
+
+COMMIT_ATTEMPTS = 4
 
 
 @dataclass
@@ -40,7 +48,11 @@ def handle_wakeup(ctx: WorkerContext, model: str) -> SliceReport | None:
         return None
     wake_another_worker(ctx, model)
     try:
-        report = perform_slice(ctx, slice_)
+        with LeaseKeeper(ctx, slice_.lease_id):
+            report = perform_slice(ctx, slice_)
+    except SoftTimeLimitExceeded:
+        time_out_slice(ctx, slice_)
+        return SliceReport(slice_.job_id, len(slice_.items), stopped="soft time limit")
     except Exception as exc:
         abandon_slice(ctx, slice_, exc)
         raise
@@ -69,7 +81,8 @@ def perform_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
     spec = ctx.registry.get(slice_.model)
     report = SliceReport(slice_.job_id, len(slice_.items))
     if spec is None:
-        _commit_failures(ctx, slice_, slice_.items, f"model {slice_.model!r} is not in this worker's registry", report)
+        error = RuntimeError(f"model {slice_.model!r} is not in this worker's registry")
+        commit_results(ctx, slice_, [(item, error) for item in slice_.items], report)
         return report
     runner = ctx.cache.get(spec)
     should_stop = CancelWatch(ctx, slice_.job_id)
@@ -84,7 +97,7 @@ def perform_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
             break
         batch, remaining = remaining[: spec.micro_batch_size], remaining[spec.micro_batch_size :]
         try:
-            results = run_micro_batch(runner, batch, slice_.params, should_stop)
+            results = run_micro_batch(runner, spec, batch, slice_.params, should_stop)
         except Cancelled:
             report.stopped = "cancelled"
             break
@@ -92,52 +105,51 @@ def perform_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
     return report
 
 
-def run_micro_batch(
-    runner: Runner, batch: list[ClaimedItem], params: dict, should_stop: Callable[[], bool]
-) -> list[tuple[ClaimedItem, ItemOutput | Exception]]:
-    """Run a micro-batch; if it fails, run its items one by one so one bad item fails alone."""
-    inputs = [ItemInput(item.index, item.prompt, item.seed) for item in batch]
-    try:
-        return list(zip(batch, runner.predict(inputs, params, should_stop)))
-    except Cancelled:
-        raise
-    except Exception as exc:
-        if len(batch) == 1:
-            return [(batch[0], exc)]
-        log.warning("micro-batch of %d failed (%s); running its items one by one", len(batch), exc)
-    results: list[tuple[ClaimedItem, ItemOutput | Exception]] = []
-    for item in batch:
-        results.extend(run_micro_batch(runner, [item], params, should_stop))
-    return results
-
-
 def commit_results(ctx: WorkerContext, slice_: Slice, results, report: SliceReport) -> None:
-    """Write image files first (atomic, deterministic names), then commit every row of the
-    micro-batch in one transaction, conditional on the lease, and extend the lease."""
+    """Write image files first (atomic, named by job and item only), then commit every
+    row of the micro-batch in one transaction, conditional on the lease. A dropped
+    database connection is retried: the writes are conditional, so a retry after a
+    commit that did land changes nothing."""
     rows = []
     for item, outcome in results:
         if isinstance(outcome, Exception):
-            rows.append((item, None, None, f"{type(outcome).__name__}: {outcome}"))
+            rows.append((item, None, None, _error_text(outcome)))
         elif outcome.image_png is not None:
             key = output_key(slice_.job_id, item.index, "png")
             ctx.storage.put(key, outcome.image_png)
             rows.append((item, None, key, None))
         else:
             rows.append((item, outcome.text, None, None))
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            _commit_rows(ctx, slice_, rows, report)
+            return
+        except OperationalError as exc:
+            if attempt == COMMIT_ATTEMPTS:
+                raise
+            log.warning("result commit failed (%s); retrying", exc.orig)
+            time.sleep(0.2 * attempt)
+
+
+def _commit_rows(ctx: WorkerContext, slice_: Slice, rows, report: SliceReport) -> None:
+    succeeded = failed = lost = 0
     with session_scope(ctx.settings.database_url) as session:
         for item, text, key, error in rows:
             if error is not None:
                 stored = lifecycle.record_item_failure(session, slice_.lease_id, item.id, error)
-                report.failed += stored
+                failed += stored
             else:
                 stored = lifecycle.record_item_success(session, slice_.lease_id, item.id, text=text, key=key)
-                report.succeeded += stored
-            report.lost += not stored
-        lifecycle.extend_lease(session, slice_.lease_id, ctx.settings.lease_seconds)
+                succeeded += stored
+            lost += not stored
+    report.succeeded += succeeded
+    report.failed += failed
+    report.lost += lost
 
 
-def _commit_failures(ctx: WorkerContext, slice_: Slice, items, error: str, report: SliceReport) -> None:
-    commit_results(ctx, slice_, [(item, RuntimeError(error)) for item in items], report)
+def _error_text(exc: Exception) -> str:
+    text = str(exc)
+    return text if text.startswith(("out_of_memory:", "timeout:")) else f"{type(exc).__name__}: {text}"
 
 
 def finish_slice(ctx: WorkerContext, slice_: Slice) -> None:
@@ -150,18 +162,64 @@ def abandon_slice(ctx: WorkerContext, slice_: Slice, exc: Exception) -> None:
     log.exception("slice of job %s broke off", slice_.job_id)
     with session_scope(ctx.settings.database_url) as session:
         given_back = lifecycle.abandon_slice(
-            session, slice_.lease_id, slice_.job_id, error=f"{type(exc).__name__}: {exc}", max_attempts=ctx.settings.max_attempts
+            session, slice_.lease_id, slice_.job_id, error=_error_text(exc), max_attempts=ctx.settings.max_attempts
         )
     settle_and_continue(ctx, slice_, given_back)
 
 
-def settle_and_continue(ctx: WorkerContext, slice_: Slice, given_back: int) -> None:
-    """Settle the job in its own transaction (after the results are committed), and wake
-    a worker for the items this slice gave back."""
+def time_out_slice(ctx: WorkerContext, slice_: Slice) -> None:
+    limit = ctx.settings.slice_soft_time_limit
+    log.warning("slice of job %s passed its soft time limit (%.0fs)", slice_.job_id, limit)
     with session_scope(ctx.settings.database_url) as session:
-        lifecycle.settle_job(session, slice_.job_id)
+        lifecycle.fail_held_items(session, slice_.lease_id, f"timeout: the slice ran past its time limit of {limit:g}s")
+    settle_and_continue(ctx, slice_, 0)
+
+
+def settle_and_continue(ctx: WorkerContext, slice_: Slice, given_back: int) -> None:
+    """Settle the job in its own transaction (after the results are committed), sweep
+    files no row points to, and wake a worker for the items this slice gave back."""
+    with session_scope(ctx.settings.database_url) as session:
+        final = lifecycle.settle_job(session, slice_.job_id)
+    if final is not None:
+        remove_orphaned_outputs(ctx.settings, ctx.storage, slice_.job_id)
     if given_back:
         send_wakeup(ctx.celery, slice_.model)
+
+
+def remove_orphaned_outputs(settings, storage, job_id: str) -> None:
+    """A worker that died between writing a file and committing its row left a file no
+    client can reach; once the job is final, remove the files of items without output."""
+    with session_scope(settings.database_url) as session:
+        indices = lifecycle.indices_without_output(session, job_id)
+    for index in indices:
+        storage.delete(output_key(job_id, index, "png"))
+
+
+class LeaseKeeper:
+    """Extends a slice's lease from a background thread while the slice runs, so a
+    short lease (quick recovery after a crash) never expires under a live worker."""
+
+    def __init__(self, ctx: WorkerContext, lease_id: str):
+        self._settings = ctx.settings
+        self._lease_id = lease_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+
+    def __enter__(self) -> "LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self._settings.heartbeat_seconds + 5)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._settings.heartbeat_seconds):
+            try:
+                with session_scope(self._settings.database_url) as session:
+                    lifecycle.extend_lease(session, self._lease_id, self._settings.lease_seconds)
+            except Exception as exc:  # a missed beat is retried at the next one
+                log.warning("lease heartbeat failed: %s", exc)
 
 
 class CancelWatch:
@@ -179,6 +237,9 @@ class CancelWatch:
         now = time.monotonic()
         if not self._cancelled and now - self._checked_at >= self._interval:
             self._checked_at = now
-            with session_scope(self._url) as session:
-                self._cancelled = lifecycle.is_cancelling(session, self._job_id)
+            try:
+                with session_scope(self._url) as session:
+                    self._cancelled = lifecycle.is_cancelling(session, self._job_id)
+            except OperationalError as exc:  # the next check will see it
+                log.warning("cancel check failed: %s", exc)
         return self._cancelled

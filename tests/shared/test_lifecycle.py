@@ -159,15 +159,55 @@ def test_models_with_claimable_work(database_url):
 
 def test_an_abandoned_slice_keeps_its_attempts_and_fails_at_the_cap(database_url):
     job_id = submit(database_url, n=2)
-    for attempt in range(1, 4):
-        slice_ = claim(database_url, n=2)
-        assert slice_ is not None, attempt
+    slice_ = claim(database_url, n=2)
+    with session_scope(database_url) as session:
+        assert lifecycle.abandon_slice(session, slice_.lease_id, job_id, error="DataError: boom", max_attempts=3) == 2
+    # Both items are now suspects: each runs alone. Item 0 keeps breaking its slice.
+    for attempt in (2, 3):
+        alone = claim(database_url, n=2)
+        assert [i.index for i in alone.items] == [0]
         with session_scope(database_url) as session:
-            back = lifecycle.abandon_slice(session, slice_.lease_id, job_id, error="DataError: boom", max_attempts=3)
-        assert back == (2 if attempt < 3 else 0)
+            lifecycle.abandon_slice(session, alone.lease_id, job_id, error="DataError: boom", max_attempts=3)
+    survivor = claim(database_url, n=2)
+    assert [i.index for i in survivor.items] == [1]
+    with session_scope(database_url) as session:
+        lifecycle.record_item_success(session, survivor.lease_id, survivor.items[0].id, text="fine")
     assert claim(database_url) is None
     with session_scope(database_url) as session:
-        items = session.query(JobItem).filter_by(job_id=job_id).all()
-        assert {(i.state, i.attempts) for i in items} == {(ItemState.FAILED, 3)}
-        assert items[0].error == "DataError: boom (attempt 3 of 3)"
+        items = session.query(JobItem).filter_by(job_id=job_id).order_by(JobItem.index).all()
+        assert [(i.state, i.attempts) for i in items] == [(ItemState.FAILED, 3), (ItemState.SUCCEEDED, 2)]
+        assert items[0].error == "DataError: boom (attempt 3 of 3)" and items[1].error is None
         assert lifecycle.settle_job(session, job_id) == JobState.FAILED
+
+
+def test_retry_puts_failed_items_back(database_url):
+    job_id = submit(database_url, n=2)
+    slice_ = claim(database_url, n=2)
+    with session_scope(database_url) as session:
+        lifecycle.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="ok")
+        lifecycle.record_item_failure(session, slice_.lease_id, slice_.items[1].id, "boom")
+    with session_scope(database_url) as session:
+        job = session.get(Job, job_id)
+        with pytest.raises(Conflict):
+            lifecycle.retry_job(session, job)  # still running: not settled yet
+    with session_scope(database_url) as session:
+        lifecycle.settle_job(session, job_id)
+    with session_scope(database_url) as session:
+        job = session.get(Job, job_id)
+        assert lifecycle.retry_job(session, job) == 1
+        assert job.state == JobState.QUEUED and job.error is None
+    again = claim(database_url, n=2)
+    assert [i.index for i in again.items] == [1]
+    with session_scope(database_url) as session, pytest.raises(Conflict):
+        lifecycle.record_item_success(session, again.lease_id, again.items[0].id, text="ok")
+        lifecycle.settle_job(session, job_id)
+        lifecycle.retry_job(session, session.get(Job, job_id))  # nothing failed now
+
+
+def test_a_timed_out_slice_fails_its_unfinished_items(database_url):
+    job_id = submit(database_url, n=3)
+    slice_ = claim(database_url, n=3)
+    with session_scope(database_url) as session:
+        lifecycle.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="ok")
+        assert lifecycle.fail_held_items(session, slice_.lease_id, "timeout: too slow") == 2
+    assert states(database_url, job_id)[1] == [ItemState.SUCCEEDED, ItemState.FAILED, ItemState.FAILED]

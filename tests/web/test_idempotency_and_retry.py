@@ -1,0 +1,52 @@
+"""Idempotent submit and retry of failed items."""
+from __future__ import annotations
+
+from shared import lifecycle
+from shared.db import session_scope
+from shared.orm import Job
+
+BODY = {"model": "tiny-text", "prompts": ["a", "b"]}
+
+
+def count_jobs(settings) -> int:
+    with session_scope(settings.database_url) as session:
+        return session.query(Job).count()
+
+
+def test_a_repeated_key_returns_the_first_job(client, settings, redis_server):
+    first = client.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "k1"})
+    again = client.post("/v1/jobs", json=dict(reversed(list(BODY.items()))), headers={"Idempotency-Key": "k1"})
+    assert first.status_code == again.status_code == 202
+    assert again.get_json()["id"] == first.get_json()["id"] and again.headers["Idempotent-Replayed"] == "true"
+    assert count_jobs(settings) == 1 and redis_server.client().llen("model.tiny-text") == 1
+
+
+def test_the_same_key_with_another_body_is_a_conflict(client, settings):
+    client.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "k2"})
+    response = client.post("/v1/jobs", json={**BODY, "prompts": ["c"]}, headers={"Idempotency-Key": "k2"})
+    assert response.status_code == 409 and response.get_json()["error"]["field"] == "Idempotency-Key"
+    assert count_jobs(settings) == 1
+
+
+def test_keys_are_checked(client):
+    response = client.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "x" * 256})
+    assert response.status_code == 400 and response.get_json()["error"]["field"] == "Idempotency-Key"
+
+
+def test_retry_puts_failed_items_back_and_wakes_a_worker(client, settings, redis_server):
+    job_id = client.post("/v1/jobs", json=BODY).get_json()["id"]
+    assert client.post(f"/v1/jobs/{job_id}/retry").status_code == 409  # not finished
+    with session_scope(settings.database_url) as session:
+        slice_ = lifecycle.claim_slice(session, model="tiny-text", owner="t", max_items=2, lease_seconds=60)
+    with session_scope(settings.database_url) as session:
+        lifecycle.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="ok")
+        lifecycle.record_item_failure(session, slice_.lease_id, slice_.items[1].id, "boom")
+    with session_scope(settings.database_url) as session:
+        lifecycle.settle_job(session, job_id)
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["state"] == "failed"
+    response = client.post(f"/v1/jobs/{job_id}/retry")
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["state"] == "queued" and body["counts"]["pending"] == 1 and body["counts"]["succeeded"] == 1
+    assert redis_server.client().llen("model.tiny-text") == 2
+    assert client.post("/v1/jobs/nope/retry").status_code == 404
