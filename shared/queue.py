@@ -43,6 +43,7 @@ def make_celery(settings) -> Celery:
             "socket_connect_timeout": 2,
             "socket_timeout": 10,
             "visibility_timeout": settings.broker_visibility_timeout,
+            **settings.broker_transport_options,
         },
         task_soft_time_limit=settings.slice_soft_time_limit,
         task_time_limit=settings.slice_hard_time_limit,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,7 @@ class Settings(BaseSettings):
     slice_soft_time_limit: float = Field(900.0, gt=0, description="Seconds after which a slice's unfinished items fail with `timeout`.")
     slice_hard_time_limit: float | None = Field(None, gt=0, description="Seconds after which the worker process running a slice is killed; default soft + 60.")
     broker_visibility_timeout: float | None = Field(None, gt=0, description="Redis visibility timeout; default hard limit + 300, so no running slice is redelivered.")
+    broker_transport_options: dict[str, Any] = Field(default_factory=dict, description="Extra kombu Redis transport options (JSON).")
     worker_max_memory_per_child_mb: int = Field(0, ge=0, description="Recycle a worker process above this resident memory (0: never).")
     max_attempts: int = Field(3, ge=1, description="Claims of one item before it fails for good.")
     cancel_check_seconds: float = Field(0.5, gt=0, description="How often a running model re-reads its job's cancel flag.")

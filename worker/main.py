@@ -35,6 +35,7 @@ def device_for_this_process() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    os.environ.setdefault("PGAPPNAME", f"genq-worker {args.hostname}")  # names its PostgreSQL sessions
     logging.basicConfig(level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     registry = load_registry(settings.models_file)

@@ -13,6 +13,7 @@ from migrations import upgrade
 from tests.helpers.processes import ServiceProcess, free_port, wait_for
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Stack:
@@ -30,6 +31,7 @@ class Stack:
             GENQ_REDIS_URL=redis_url,
             GENQ_MODELS_FILE=str(models_file),
             PYTHONUNBUFFERED="1",
+            PYTHONPATH=str(REPO_ROOT),  # workers import tests.fault_runner
             **{f"GENQ_{k.upper()}": str(v) for k, v in settings.items()},
         )
         self.processes: dict[str, ServiceProcess] = {}
@@ -53,6 +55,20 @@ class Stack:
         wait_for(lambda: "ready." in worker.log() or not worker.alive(), 60, what=f"{name} to be ready")
         assert worker.alive(), worker.log()
         return worker
+
+    def start_reconciler(self) -> ServiceProcess:
+        return self.genq("reconciler", "reconcile")
+
+    def pool_children(self, name: str = "worker") -> list:
+        """The Celery pool processes under a worker launcher (launcher -> worker.main -> pool)."""
+        import psutil
+
+        launcher = psutil.Process(self.processes[name].pid)
+        return [pool for main in launcher.children() for pool in main.children()]
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.root / "var" / "results"
 
     def _healthy(self) -> bool:
         try:

@@ -1,0 +1,192 @@
+"""The demo models: small models trained on this machine's CPU from data that ships
+with installed packages, saved with `save_pretrained` and served by the same registry
+and runner code as any Hugging Face model.
+
+- demo-text: a GPT-2 trained on the docstrings of the Python standard library
+  (`worker.demo.text`).
+- demo-image: a class-conditional diffusion UNet trained on scikit-learn's 8x8
+  handwritten digits (`worker.demo.image`).
+
+Training stops at a step cap or a wall-clock budget, whichever comes first, so a
+slow or busy machine gets a less trained model rather than a longer wait. On a fast
+machine the step cap is reached first and the build is deterministic.
+
+Importing this package is cheap: torch, transformers and diffusers are imported by
+`build_demo_models` only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+Progress = Callable[[str], None]
+
+TEXT_MODEL = "demo-text"
+IMAGE_MODEL = "demo-image"
+DIGIT_LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+DISPLAY_SIZE = 64
+QUALITY_FILE = "quality.json"
+
+
+def build_demo_models(out_dir: Path, *, quick: bool = False, progress: Progress = print) -> dict[str, dict]:
+    """Train and save `out_dir/demo-text` and `out_dir/demo-image`; returns their quality figures.
+
+    Full size takes about three minutes on two CPU cores; `quick=True` trains for a few
+    steps only (seconds), for tests. Each model directory is written under a temporary
+    name and renamed when complete, so an interrupted build leaves no half model behind.
+    The figures are also written to `quality.json` in each model directory.
+    """
+    from worker.demo import image, text
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    started = time.monotonic()
+    with all_cores():
+        for name, build in ((TEXT_MODEL, text.build_text_model), (IMAGE_MODEL, image.build_image_model)):
+            with staged_dir(out_dir / name) as staging:
+                figures[name] = build(staging, quick=quick, progress=progress)
+                write_quality(staging, figures[name])
+    progress(f"demo models built in {out_dir} in {time.monotonic() - started:.0f} s")
+    return figures
+
+
+def demo_registry_entries(out_dir: Path | str) -> dict[str, Any]:
+    """The registry YAML content (as a dict) serving the demo models built in `out_dir`."""
+    out_dir = Path(out_dir)
+    return {
+        "models": {
+            TEXT_MODEL: {
+                "task": "text-generation",
+                "source": str(out_dir / TEXT_MODEL),
+                "dtype": "float32",
+                "micro_batch_size": 32,
+                "defaults": {"max_new_tokens": 48, "do_sample": True, "temperature": 0.8, "top_k": 40},
+                "limits": {"max_new_tokens": {"max": 200}},
+            },
+            IMAGE_MODEL: {
+                "task": "text-to-image",
+                "source": str(out_dir / IMAGE_MODEL),
+                "runner": "worker.runners.class_conditional:ClassConditionalImageRunner",
+                "options": {"labels": list(DIGIT_LABELS), "display_size": DISPLAY_SIZE},
+                "dtype": "float32",
+                "micro_batch_size": 64,
+                # The runner honours width/height (it upscales the 8x8 sample to them)
+                # and guidance_scale (classifier-free guidance); negative_prompt is unused.
+                "defaults": {
+                    "num_inference_steps": 25,
+                    "guidance_scale": 2.0,
+                    "width": DISPLAY_SIZE,
+                    "height": DISPLAY_SIZE,
+                },
+                "limits": {
+                    "num_inference_steps": {"max": 200},
+                    "guidance_scale": {"max": 10},
+                    "width": {"min": 8, "max": 512},
+                    "height": {"min": 8, "max": 512},
+                },
+            },
+        }
+    }
+
+
+class TrainingClock:
+    """When to stop training, how far along it is, and throttled progress lines.
+
+    Training stops after `max_steps` or `budget_s` seconds, whichever comes first;
+    `fraction(step)` is the larger of the two ratios, so a learning-rate schedule
+    driven by it always completes.
+    """
+
+    def __init__(self, name: str, max_steps: int, budget_s: float, progress: Progress, every_s: float = 5.0):
+        self.name, self.max_steps, self.budget_s = name, max_steps, budget_s
+        self.progress, self.every_s = progress, every_s
+        self.started = time.monotonic()
+        self._last_report = self.started
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def fraction(self, step: int) -> float:
+        return min(1.0, max(step / self.max_steps, self.elapsed() / self.budget_s))
+
+    def done(self, step: int) -> bool:
+        return self.fraction(step) >= 1.0
+
+    def report(self, step: int, loss: float) -> None:
+        """A progress line every `every_s` seconds at most."""
+        now = time.monotonic()
+        if now - self._last_report < self.every_s:
+            return
+        self._last_report = now
+        done = self.fraction(step)
+        left = self.elapsed() * (1 - done) / done if done > 0 else self.budget_s
+        self.progress(f"{self.name}: step {step}/{self.max_steps} loss {loss:.3f} ({left:.0f} s left)")
+
+
+def cosine_lr(peak: float, fraction: float, step: int, warmup_steps: int, floor: float = 0.1) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay to `floor * peak` at fraction 1."""
+    import math
+
+    warm = min(1.0, (step + 1) / warmup_steps)
+    return peak * warm * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * fraction)))
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def core_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def all_cores() -> Iterator[None]:
+    """Train with one torch thread per core; the caller's thread count is restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(core_count())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def staged_dir(target: Path) -> Iterator[Path]:
+    """A fresh `.<name>.partial` directory, renamed to `target` (replacing it) on success."""
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+
+
+def write_quality(model_dir: Path, figures: dict[str, Any]) -> None:
+    (Path(model_dir) / QUALITY_FILE).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+
+
+def read_quality(model_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(model_dir) / QUALITY_FILE).read_text())
