@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from shared.lifecycle import ClaimedItem
 from shared.registry import ModelSpec
 from worker.memory import OutOfMemory, free_device_memory, is_out_of_memory
@@ -26,7 +28,7 @@ def run_micro_batch(
     inputs = [ItemInput(item.index, item.prompt, item.seed) for item in batch]
     try:
         return list(zip(batch, runner.predict(inputs, params, should_stop)))
-    except Cancelled:
+    except (Cancelled, SoftTimeLimitExceeded):  # they stop the slice, not an item
         raise
     except Exception as exc:
         if is_out_of_memory(exc):
