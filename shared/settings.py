@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="Claims of one item before it fails for good.")
     cancel_check_seconds: float = Field(0.5, gt=0, description="How often a running model re-reads its job's cancel flag.")
 
+    torch_threads: int = Field(0, ge=0, description="CPU threads torch may use in a worker process (0: torch's default).")
     worker_max_models: int = Field(2, ge=1, description="Models a worker process keeps loaded at once.")
 
     reconcile_interval_seconds: float = Field(5.0, gt=0, description="Time between reconciler passes.")

@@ -16,9 +16,10 @@ log = logging.getLogger(__name__)
 
 
 class ModelCache:
-    def __init__(self, device: str, capacity: int = 2):
+    def __init__(self, device: str, capacity: int = 2, torch_threads: int = 0):
         self.device = device
         self.capacity = capacity
+        self.torch_threads = torch_threads
         self._runners: OrderedDict[str, Runner] = OrderedDict()
         self.loads: dict[str, int] = {}
 
@@ -37,6 +38,10 @@ class ModelCache:
         from worker.runners import build_runner
 
         started = time.monotonic()
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
         runner = build_runner(spec, self.device)
         runner.setup()
         self.loads[spec.name] = self.loads.get(spec.name, 0) + 1

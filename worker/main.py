@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         registry=registry,
         storage=storage_from_settings(settings),
         celery=None,  # set by make_worker_app
-        cache=ModelCache(device_for_this_process(), capacity=settings.worker_max_models),
+        cache=ModelCache(device_for_this_process(), capacity=settings.worker_max_models, torch_threads=settings.torch_threads),
         name=args.hostname,
     )
     context.set_context(ctx)
