@@ -41,6 +41,7 @@ def web(host: str | None, port: int | None, processes: int | None, access_log: s
     host = host or settings.web_host
     port = settings.web_port if port is None else port
     processes = processes or settings.web_processes
+    refuse_open_access(settings, host)
     argv = [
         sys.executable, "-m", "gunicorn",
         "--bind", f"{host}:{port}",
@@ -86,6 +87,70 @@ def reconcile(interval: float | None, once: bool) -> None:
         click.echo(reconcile_once(settings, make_celery(settings), storage_from_settings(settings)))
         return
     run_forever(settings, interval or settings.reconcile_interval_seconds)
+
+
+def refuse_open_access(settings, host: str) -> None:
+    """GENQ_AUTH=off is for loopback-only development: never serve it to a network."""
+    from web.auth import is_loopback
+
+    if settings.auth == "off" and not is_loopback(host):
+        raise click.ClickException(f"GENQ_AUTH=off is refused when binding {host}: it is for loopback addresses only")
+
+
+@main.group()
+def keys() -> None:
+    """API keys and tenants."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="the tenant whose jobs the key sees")
+@click.option("--admin", is_flag=True, help="the key sees every tenant (for operators)")
+@click.option("--label", default=None, help="a note to recognise the key by")
+def keys_create(tenant: str, admin: bool, label: str | None) -> None:
+    """Create a key and print it (it is shown this once)."""
+    from shared.db import session_scope
+    from shared.errors import GenqError
+    from shared.keys import create_api_key
+    from shared.settings import get_settings
+
+    try:
+        with session_scope(get_settings().database_url) as session:
+            row, key = create_api_key(session, tenant, admin=admin, label=label)
+    except GenqError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(key)
+    click.echo(f"created key {row.prefix} for tenant {tenant}{' (admin)' if admin else ''}; it is not shown again", err=True)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List keys (prefix, tenant, admin, created, revoked); never the keys themselves."""
+    from shared.db import session_scope
+    from shared.keys import list_api_keys
+    from shared.settings import get_settings
+
+    with session_scope(get_settings().database_url) as session:
+        for row in list_api_keys(session):
+            revoked = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+            click.echo(f"{row.prefix}  {row.tenant:20} {'admin' if row.admin else 'user ':5}  "
+                       f"created {row.created_at:%Y-%m-%d %H:%M}  {revoked}  {row.label or ''}")
+
+
+@keys.command("revoke")
+@click.argument("prefix")
+def keys_revoke(prefix: str) -> None:
+    """Revoke the key with this prefix (as `genq keys list` shows it)."""
+    from shared.db import session_scope
+    from shared.errors import GenqError
+    from shared.keys import revoke_api_key
+    from shared.settings import get_settings
+
+    try:
+        with session_scope(get_settings().database_url) as session:
+            revoke_api_key(session, prefix)
+    except GenqError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"revoked {prefix}")
 
 
 @main.group()

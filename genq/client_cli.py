@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from pathlib import Path
 
@@ -12,17 +13,25 @@ from genq.client import TERMINAL_STATES, ApiClient, ApiError, parse_param, read_
 from genq.progress import ProgressBar
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+KEY_FILE_NAME = "api-key"
+
+
+def default_key() -> str | None:
+    """The key `genq up` made for this data directory, if there is one."""
+    path = Path(os.environ.get("GENQ_DATA_DIR", "var")) / KEY_FILE_NAME
+    return path.read_text().strip() if path.exists() else None
 
 
 def api_options(command):
-    """--url and --key, from options or GENQ_URL / GENQ_API_KEY."""
+    """--url and --key, from options or GENQ_URL / GENQ_API_KEY (else the key that
+    `genq up` wrote into the data directory)."""
 
     @click.option("--url", envvar="GENQ_URL", default=DEFAULT_URL, show_default=True, help="genq API base URL")
     @click.option("--key", envvar="GENQ_API_KEY", default=None, help="API key (or GENQ_API_KEY)")
     @functools.wraps(command)
     def wrapper(url, key, **kwargs):
         try:
-            return command(ApiClient(url, key), **kwargs)
+            return command(ApiClient(url, key or default_key()), **kwargs)
         except ApiError as exc:
             raise click.ClickException(str(exc)) from None
 

@@ -21,9 +21,12 @@ from pathlib import Path
 
 import requests
 
+from genq.client_cli import KEY_FILE_NAME
 from genq.supervisor import Supervisor, wait_until
+from shared.orm import DEFAULT_TENANT
 from shared.registry import Registry, load_registry
 from shared.settings import Settings
+from web.auth import is_loopback
 
 DEMO_MODELS = ("demo-text", "demo-image")
 
@@ -102,6 +105,7 @@ class Up:
         self.env = dict(os.environ, GENQ_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1")
         self.stopping = False
         self.embedded_redis = False
+        self.api_key: str | None = None
 
     def genq(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "genq", *args]
@@ -117,11 +121,14 @@ class Up:
         signal.signal(signal.SIGTERM, self._ask_to_stop)
         signal.signal(signal.SIGINT, self._ask_to_stop)
         try:
+            if self.settings.auth == "off" and not is_loopback(self.settings.web_host):
+                raise UpError(f"GENQ_AUTH=off is refused when binding {self.settings.web_host}: loopback only")
             if not port_is_free(self.settings.web_host, self.port):
                 raise UpError(f"port {self.port} on {self.settings.web_host} is in use; choose another with --port")
             self.start_redis()
             lock.describe(url=self.url, redis=self.env["GENQ_REDIS_URL"])
             self.migrate()
+            self.api_key = self.ensure_api_key()
             registry = self.prepare_models()
             self.start_services()
             self.self_check(registry)
@@ -164,6 +171,27 @@ class Up:
         if self.supervisor.run("migrate", self.genq("db", "upgrade"), self.env, abort=self._stop_asked) != 0:
             raise UpError("database migrations failed; see logs/migrate.log")
 
+    def ensure_api_key(self) -> str | None:
+        """On first start, a key for the default tenant, kept in the data directory (mode
+        0600) so the command-line client finds it; later starts reuse it."""
+        if self.settings.auth == "off":
+            return None
+        from shared.db import session_scope
+        from shared.keys import authenticate, create_api_key
+
+        path = self.data_dir / KEY_FILE_NAME
+        url = self.env.get("GENQ_DATABASE_URL", self.settings.database_url)
+        with session_scope(url) as session:
+            if path.exists() and authenticate(session, path.read_text().strip()) is not None:
+                return path.read_text().strip()
+            _row, key = create_api_key(session, DEFAULT_TENANT, label="made by genq up")
+        path.touch(mode=0o600)
+        path.write_text(key + "\n")
+        return key
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
     def prepare_models(self) -> Registry:
         registry = load_registry(self.settings.models_file)
         missing = [spec for spec in registry if spec.name in DEMO_MODELS and spec.local_source() is None]
@@ -198,16 +226,17 @@ class Up:
             return
         model = text_models[0]
         started = time.monotonic()
-        job = requests.post(f"{self.url}/v1/jobs", json={"model": model, "prompts": ["genq is"]}, timeout=10).json()
+        job = requests.post(f"{self.url}/v1/jobs", json={"model": model, "prompts": ["genq is"]}, timeout=10,
+                            headers=self.headers()).json()
 
         def finished():
-            state = requests.get(f"{self.url}/v1/jobs/{job['id']}", timeout=10).json()["state"]
+            state = requests.get(f"{self.url}/v1/jobs/{job['id']}", timeout=10, headers=self.headers()).json()["state"]
             return state in ("succeeded", "failed", "cancelled")
 
         if not wait_until(finished, 120, abort=self._stop_asked):
             self.say(f"self-check: {model} did not answer within 120 s; see logs/worker.log")
             return
-        item = requests.get(f"{self.url}/v1/jobs/{job['id']}/items", timeout=10).json()["items"][0]
+        item = requests.get(f"{self.url}/v1/jobs/{job['id']}/items", timeout=10, headers=self.headers()).json()["items"][0]
         text = (item["output"] or {}).get("text") or item["error"]
         self.say(f"self-check: {model} answered in {time.monotonic() - started:.1f}s: 'genq is{text[:60]!s}'")
 
@@ -223,6 +252,8 @@ class Up:
             f"  data      {self.data_dir}  (database, results/, logs/)",
             f"  redis     {self.env['GENQ_REDIS_URL']} ({redis_note})",
             f"  models    {names}",
+            f"  API key   {self.api_key}  (tenant default; also in {self.data_dir / KEY_FILE_NAME})"
+            if self.api_key else "  API key   none: GENQ_AUTH=off (loopback only)",
             f"  try       genq submit --url {self.url} --model {example} --prompt 'Hello' --wait",
             "  stop      Ctrl-C",
             "",

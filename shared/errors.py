@@ -6,10 +6,11 @@ class GenqError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, field: str | None = None):
+    def __init__(self, message: str, field: str | None = None, retry_after: int | None = None):
         super().__init__(message)
         self.message = message
         self.field = field
+        self.retry_after = retry_after
 
     def to_dict(self) -> dict:
         return {"error": {"code": self.code, "message": self.message, "field": self.field}}
@@ -38,6 +39,11 @@ class NotFound(GenqError):
 class Conflict(GenqError):
     status = 409
     code = "conflict"
+
+
+class QuotaExceeded(GenqError):
+    status = 429
+    code = "quota_exceeded"
 
 
 class ConfigError(Exception):

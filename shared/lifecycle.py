@@ -20,10 +20,10 @@ from datetime import datetime, timedelta
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import and_, exists, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from shared.errors import Conflict
-from shared.orm import ItemState, Job, JobItem, JobState, utcnow
+from shared.orm import DEFAULT_TENANT, ItemState, Job, JobItem, JobState, utcnow
 
 OPEN_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
 UNFINISHED_JOB_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING)
@@ -84,12 +84,14 @@ def create_job(
     params: dict[str, Any],
     inputs: Sequence[tuple[str, int]],
     priority: int = 5,
+    tenant: str = DEFAULT_TENANT,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
 ) -> Job:
     """Insert a queued job and all its pending items (one bulk insert)."""
     job = Job(
         id=new_id(),
+        tenant=tenant,
         model=model,
         task=task,
         state=JobState.QUEUED,
@@ -141,11 +143,23 @@ def _has_pending_items(job_id_column) -> Any:
 
 
 def next_job_for(session: Session, model: str) -> Job | None:
-    """The open job of `model` with pending items that comes first: priority, then age."""
+    """The open job of `model` with pending items that comes first.
+
+    Fair between tenants: the tenant that least recently got a slice of this model goes
+    first (one that never did, before all), so a tenant with 10 items waits for at most
+    one more slice of a tenant with 5,000. Within a tenant: priority, then age.
+    """
+    other = aliased(Job)
+    tenant_last_served = (
+        select(func.max(other.last_claimed_at))
+        .where(other.tenant == Job.tenant, other.model == Job.model)
+        .correlate(Job)
+        .scalar_subquery()
+    )
     return session.scalars(
         select(Job)
         .where(Job.model == model, Job.state.in_(OPEN_JOB_STATES), _has_pending_items(Job.id))
-        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .order_by(tenant_last_served.asc().nulls_first(), Job.priority.desc(), Job.created_at, Job.id)
         .limit(1)
     ).first()
 
@@ -196,6 +210,7 @@ def claim_slice(
     session.execute(
         update(Job).where(Job.id == job.id, Job.state == JobState.QUEUED).values(state=JobState.RUNNING, started_at=now)
     )
+    session.execute(update(Job).where(Job.id == job.id).values(last_claimed_at=now))
     return Slice(lease_id, job.id, job.model, dict(job.params or {}), [ClaimedItem(*row) for row in rows])
 
 
@@ -415,6 +430,12 @@ def retry_job(session: Session, job: Job) -> int:
     )
     session.refresh(job)
     return retried
+
+
+def pending_items_of_tenant(session: Session, tenant: str) -> int:
+    return session.scalar(
+        select(func.count(JobItem.id)).join(Job, Job.id == JobItem.job_id).where(Job.tenant == tenant, JobItem.state == ItemState.PENDING)
+    ) or 0
 
 
 def indices_without_output(session: Session, job_id: str) -> list[int]:

@@ -88,10 +88,14 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON}
 
 
+DEFAULT_TENANT = "default"
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT)
     model: Mapped[str] = mapped_column(String(128))
     task: Mapped[str] = mapped_column(String(32))
     state: Mapped[JobState] = mapped_column(_enum(JobState, "job_state"), default=JobState.QUEUED)
@@ -105,6 +109,7 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_claimed_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
     items: Mapped[list["JobItem"]] = relationship(back_populates="job", order_by="JobItem.index", lazy="raise")
 
@@ -112,8 +117,26 @@ class Job(Base):
         # The claim query: open jobs of one model, by priority then age.
         Index("ix_jobs_claim", "model", "state", "priority", "created_at"),
         Index("ix_jobs_created", "created_at", "id"),
-        Index("ix_jobs_idempotency_key", "idempotency_key", unique=True),
+        Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
+        # Fairness: when did each tenant last get a slice of this model.
+        Index("ix_jobs_tenant_model_claimed", "tenant", "model", "last_claimed_at"),
+        Index("ix_jobs_tenant_idempotency_key", "tenant", "idempotency_key", unique=True),
     )
+
+
+class ApiKey(Base):
+    """An API key: only its SHA-256 is stored, and a short prefix that names it."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(default=False)
+    label: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class JobItem(Base):

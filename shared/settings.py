@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +21,12 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Broker for wake-up messages.")
     storage_dir: Path | None = Field(None, description="Directory for image outputs; default <data_dir>/results.")
     models_file: Path = Field(Path("models.yaml"), description="The model registry (YAML).")
+
+    # Who may call the API.
+    auth: Literal["on", "off"] = Field("on", description="`off` (no API keys) is for loopback-only development.")
+    rate_limit: str = Field("1200/minute", description="Requests per API key (Flask-Limiter syntax; counted in Redis).")
+    max_pending_items_per_tenant: int = Field(100_000, ge=1, description="Pending items a tenant may have queued (429 beyond).")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API from a browser (JSON list; none by default).")
 
     # Limits checked at the door.
     max_items_per_job: int = Field(10_000, ge=1)

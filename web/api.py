@@ -5,15 +5,19 @@ from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.exc import IntegrityError
 
 from shared import lifecycle
-from shared.errors import Conflict, InvalidRequest
+from shared.errors import Conflict, InvalidRequest, QuotaExceeded
 from shared.orm import Job, JobState
 from shared.queue import send_wakeup
 from shared.schemas import validate_job_request
 from web import idempotency, queries
+from web.auth import current_principal, require_api_key
 from web.context import db, genq
 from web.serializers import item_to_dict, job_links, job_to_dict
 
+QUOTA_RETRY_AFTER_SECONDS = 30
+
 api = Blueprint("api", __name__, url_prefix="/v1")
+api.before_request(require_api_key)
 
 
 def _json_body() -> object:
@@ -42,14 +46,16 @@ def create_job():
     body = _json_body()
     key = idempotency.key_from(request.headers)
     fingerprint = idempotency.fingerprint(body)
-    session = db()
+    session, tenant = db(), current_principal().tenant
     if key is not None:
-        replay = idempotency.replay(session, key, fingerprint)
+        replay = idempotency.replay(session, tenant, key, fingerprint)
         if replay is not None:
             return _accepted(replay, replayed=True)
     job_request = validate_job_request(body, ctx.registry, ctx.settings)
+    check_pending_quota(session, tenant, len(job_request.inputs))
     job = lifecycle.create_job(
         session,
+        tenant=tenant,
         model=job_request.spec.name,
         task=job_request.spec.task.value,
         params=job_request.params,
@@ -62,9 +68,18 @@ def create_job():
         session.commit()
     except IntegrityError:  # the same key, committed by a concurrent request
         session.rollback()
-        return _accepted(idempotency.replay(session, key, fingerprint), replayed=True)
+        return _accepted(idempotency.replay(session, tenant, key, fingerprint), replayed=True)
     send_wakeup(ctx.celery, job.model)
     return _accepted(job)
+
+
+def check_pending_quota(session, tenant: str, new_items: int) -> None:
+    cap = genq().settings.max_pending_items_per_tenant
+    pending = lifecycle.pending_items_of_tenant(session, tenant)
+    if pending + new_items > cap:
+        raise QuotaExceeded(
+            f"tenant {tenant!r} has {pending} pending items; {new_items} more would pass the limit of {cap}. "
+            "Retry when some have run.", field="prompts", retry_after=QUOTA_RETRY_AFTER_SECONDS)
 
 
 def _accepted(job: Job, replayed: bool = False):
@@ -87,7 +102,7 @@ def list_jobs():
         raise InvalidRequest(f"state must be one of {allowed}", field="state") from None
     limit = _int_arg("limit", settings.default_page_size, 1, settings.max_page_size)
     session = db()
-    jobs, next_cursor = queries.list_jobs(session, state, limit, request.args.get("cursor"))
+    jobs, next_cursor = queries.list_jobs(session, current_principal(), state, limit, request.args.get("cursor"))
     counts = lifecycle.item_counts(session, [job.id for job in jobs])
     return jsonify({"jobs": [job_to_dict(job, counts[job.id]) for job in jobs], "next_cursor": next_cursor})
 
@@ -95,7 +110,7 @@ def list_jobs():
 @api.get("/jobs/<job_id>")
 def get_job(job_id: str):
     session = db()
-    job = queries.find_job(session, job_id)
+    job = queries.find_job(session, current_principal(), job_id)
     return jsonify(job_to_dict(job, lifecycle.item_counts(session, [job.id])[job.id]))
 
 
@@ -103,7 +118,7 @@ def get_job(job_id: str):
 def list_items(job_id: str):
     settings = genq().settings
     session = db()
-    job = queries.find_job(session, job_id)
+    job = queries.find_job(session, current_principal(), job_id)
     offset = _int_arg("offset", 0, 0, 10**9)
     limit = _int_arg("limit", settings.default_page_size, 1, settings.max_page_size)
     items = queries.list_items(session, job, offset, limit)
@@ -114,7 +129,7 @@ def list_items(job_id: str):
 @api.get("/jobs/<job_id>/items/<int:index>/output")
 def get_item_output(job_id: str, index: int):
     session = db()
-    job = queries.find_job(session, job_id)
+    job = queries.find_job(session, current_principal(), job_id)
     item = queries.find_item(session, job, index)
     if item.output_text is not None:
         return Response(item.output_text, mimetype="text/plain")
@@ -127,7 +142,7 @@ def get_item_output(job_id: str, index: int):
 @api.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id: str):
     session = db()
-    job = lifecycle.cancel_job(session, queries.find_job(session, job_id))
+    job = lifecycle.cancel_job(session, queries.find_job(session, current_principal(), job_id))
     session.commit()
     return jsonify(job_to_dict(job, lifecycle.item_counts(session, [job.id])[job.id]))
 
@@ -136,7 +151,7 @@ def cancel_job(job_id: str):
 def retry_job(job_id: str):
     """Put a finished job's failed items back to pending, then wake a worker."""
     session = db()
-    job = queries.find_job(session, job_id)
+    job = queries.find_job(session, current_principal(), job_id)
     lifecycle.retry_job(session, job)
     session.commit()
     send_wakeup(genq().celery, job.model)

@@ -11,7 +11,9 @@ from shared.registry import load_registry
 from shared.settings import Settings, get_settings
 from shared.storage import storage_from_settings
 from web.api import api
+from web.hardening import add_security_headers, init_cors, init_rate_limits
 from web.context import GenqContext, close_db
+from web.docs import docs
 from web.errors import register_error_handlers
 from web.health import health
 
@@ -32,5 +34,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(api)
     app.register_blueprint(health)
+    app.register_blueprint(docs)
+    init_rate_limits(app, settings)
+    app.after_request(add_security_headers)
+    if settings.cors_origins:
+        init_cors(app, settings.cors_origins)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return app

@@ -21,12 +21,20 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(GenqError)
     def _genq_error(exc: GenqError):
-        return error_response(exc.status, exc.code, exc.message, exc.field)
+        response = error_response(exc.status, exc.code, exc.message, exc.field)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="genq"'
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name)
+        response = error_response(exc.code or 500, code, exc.description or exc.name)
+        if exc.code == 429:
+            response.headers["Retry-After"] = str(getattr(exc, "retry_after", None) or 60)
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

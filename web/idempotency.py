@@ -29,9 +29,9 @@ def fingerprint(body: object) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def replay(session: Session, key: str, body_fingerprint: str) -> Job | None:
-    """The job first created with `key`, if any; a different body is a conflict."""
-    job = session.scalars(select(Job).where(Job.idempotency_key == key)).first()
+def replay(session: Session, tenant: str, key: str, body_fingerprint: str) -> Job | None:
+    """The tenant's job first created with `key`, if any; a different body is a conflict."""
+    job = session.scalars(select(Job).where(Job.tenant == tenant, Job.idempotency_key == key)).first()
     if job is not None and job.request_hash != body_fingerprint:
         raise Conflict(f"{HEADER} {key!r} was already used with a different request body", field=HEADER)
     return job

@@ -1,4 +1,4 @@
-"""Reads of jobs and items for the API: the one place that looks jobs up by id."""
+"""Reads of jobs and items for the API, always through `visible_jobs`."""
 from __future__ import annotations
 
 import base64
@@ -9,11 +9,19 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidRequest, NotFound
+from shared.keys import Principal
 from shared.orm import Job, JobItem, JobState
 
 
-def find_job(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id) if len(job_id) <= 32 else None
+def visible_jobs(principal: Principal):
+    """The one place jobs are scoped by tenant: every read and change of a job starts here."""
+    query = select(Job)
+    return query if principal.admin else query.where(Job.tenant == principal.tenant)
+
+
+def find_job(session: Session, principal: Principal, job_id: str) -> Job:
+    """Another tenant's job is `404`, exactly like one that never existed."""
+    job = session.scalars(visible_jobs(principal).where(Job.id == job_id)).first() if len(job_id) <= 32 else None
     if job is None:
         raise NotFound(f"no job {job_id!r}", field="id")
     return job
@@ -48,9 +56,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidRequest("cursor is not one this API returned", field="cursor") from None
 
 
-def list_jobs(session: Session, state: JobState | None, limit: int, cursor: str | None) -> tuple[list[Job], str | None]:
+def list_jobs(
+    session: Session, principal: Principal, state: JobState | None, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
     """Newest first; `cursor` continues after the last job of the previous page."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    query = visible_jobs(principal).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
     if state is not None:
         query = query.where(Job.state == state)
     if cursor:

@@ -10,6 +10,8 @@ from pathlib import Path
 import requests
 
 from migrations import upgrade
+from shared.db import session_scope
+from shared.keys import create_api_key
 from tests.helpers.processes import ServiceProcess, free_port, wait_for
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -42,7 +44,10 @@ class Stack:
         return process
 
     def migrate(self) -> None:
+        """Apply migrations and make the API key this stack's requests carry."""
         upgrade(self.database_url)
+        with session_scope(self.database_url) as session:
+            _row, self.api_key = create_api_key(session, "tests")
 
     def start_web(self) -> ServiceProcess:
         web = self.genq("web", "web", "--port", str(self.port), "--workers", "1")
@@ -72,16 +77,20 @@ class Stack:
 
     def _healthy(self) -> bool:
         try:
-            return requests.get(f"{self.base_url}/healthz", timeout=1).ok
-        except requests.ConnectionError:
+            return requests.get(f"{self.base_url}/healthz", timeout=2).ok
+        except requests.RequestException:
             return False
 
     # --- HTTP ---------------------------------------------------------------------
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
     def get(self, path: str, **kwargs) -> requests.Response:
-        return requests.get(f"{self.base_url}{path}", timeout=30, **kwargs)
+        return requests.get(f"{self.base_url}{path}", timeout=30, headers=self.auth, **kwargs)
 
     def post(self, path: str, **kwargs) -> requests.Response:
-        return requests.post(f"{self.base_url}{path}", timeout=60, **kwargs)
+        return requests.post(f"{self.base_url}{path}", timeout=60, headers=self.auth, **kwargs)
 
     def submit(self, body: dict) -> str:
         response = self.post("/v1/jobs", json=body)

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from shared.db import session_scope
+from shared.keys import create_api_key
 from web.app import create_app
 
 
@@ -11,6 +13,20 @@ def app(settings, redis_server):
     return create_app(settings)
 
 
+def make_key(settings, tenant: str, admin: bool = False) -> str:
+    with session_scope(settings.database_url) as session:
+        _row, key = create_api_key(session, tenant, admin=admin)
+    return key
+
+
 @pytest.fixture
-def client(app):
-    return app.test_client()
+def api_key(settings) -> str:
+    return make_key(settings, "acme")
+
+
+@pytest.fixture
+def client(app, api_key):
+    """A test client that sends a valid key of tenant `acme` with every request."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_key}"
+    return client

@@ -155,13 +155,14 @@ def test_readiness_fails_when_redis_is_unreachable(settings, tmp_path):
     assert response.status_code == 503 and response.get_json()["checks"]["redis"].startswith("error")
 
 
-def test_submit_with_redis_down_keeps_the_job(settings):
+def test_submit_with_redis_down_keeps_the_job(settings, api_key):
     """Redis down at submit: the job is committed and answered 202; the worker's start-up
     sweep (and the reconciler) sends its wake-up later."""
     from tests.helpers.processes import free_port
     from web.app import create_app
 
     app = create_app(settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}))
-    response = app.test_client().post("/v1/jobs", json={"model": "tiny-text", "prompts": ["a"]})
+    response = app.test_client().post("/v1/jobs", json={"model": "tiny-text", "prompts": ["a"]},
+                                      headers={"Authorization": f"Bearer {api_key}"})
     assert response.status_code == 202
     assert job_count(settings) == 1

@@ -1,0 +1,237 @@
+"""The OpenAPI document and the /docs page: the document is valid OpenAPI 3.1, names
+exactly the app's routes, and real responses (including ones schemathesis cannot reach,
+such as finished items with outputs) conform both to the response models and to the
+document."""
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import pytest
+from openapi_spec_validator import OpenAPIV31SpecValidator, validate
+from pydantic import BaseModel, ValidationError
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+
+from shared import lifecycle
+from shared.api_schemas import Error, Health, ItemPage, Job, JobAccepted, JobList, ModelList, Readiness
+from shared.db import session_scope
+from shared.schemas import JobRequest
+from shared.storage import output_key, storage_from_settings
+from web.openapi import build_document
+from web.openapi_routes import ROUTES
+
+DOCUMENTED_BLUEPRINTS = ("api", "health")
+TEXT_JOB = {"model": "tiny-text", "prompts": ["a", "b", "c"], "params": {"seed": 3}}
+
+
+@pytest.fixture
+def document(client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    return response.get_json()
+
+
+def test_the_document_is_valid_openapi_3_1(document):
+    assert document["openapi"].startswith("3.1")
+    validate(document, cls=OpenAPIV31SpecValidator)
+    assert document == build_document()
+
+
+def flask_path(rule: str) -> str:
+    """`/v1/jobs/<job_id>/items/<int:index>` as OpenAPI writes it: `/v1/jobs/{job_id}/items/{index}`."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+def test_every_route_is_documented_and_every_documented_route_exists(app, document):
+    served = {
+        (method, flask_path(rule.rule), rule.endpoint)
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint.split(".")[0] in DOCUMENTED_BLUEPRINTS
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    table = {(route.method, route.path, route.endpoint) for route in ROUTES}
+    assert served == table
+    in_document = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
+    assert in_document == {(method, path) for method, path, _ in served}
+
+
+def test_v1_needs_a_key_and_the_probes_do_not(document):
+    for path, item in document["paths"].items():
+        for op in item.values():
+            secured = path.startswith("/v1/")
+            assert bool(op["security"]) == secured, path
+            assert ("401" in op["responses"]) == secured, path
+
+
+def test_params_are_described_by_the_three_parameter_models(document):
+    params = document["components"]["schemas"]["JobRequest"]["properties"]["params"]
+    names = [sub["$ref"].rsplit("/", 1)[1] for sub in params["anyOf"]]
+    assert names == ["TextParams", "ImageParams", "UnconditionalImageParams"]
+    assert all(name in document["components"]["schemas"] for name in names)
+
+
+def document_registry(document: dict) -> Registry:
+    """The document as a JSON Schema resource, so `urn:genq#/components/...` resolves."""
+    return Registry().with_resource("urn:genq", DRAFT202012.create_resource(document))
+
+
+def component_validator(document: dict, name: str) -> jsonschema.Draft202012Validator:
+    schema = {"$ref": f"urn:genq#/components/schemas/{name}"}
+    return jsonschema.Draft202012Validator(schema, registry=document_registry(document))
+
+
+class Conformance:
+    """Checks a real response against a response model and against the document."""
+
+    def __init__(self, document: dict):
+        self.document = document
+        self.registry = document_registry(document)
+
+    def schema_for(self, method: str, path: str, status: int) -> dict:
+        content = self.document["paths"][path][method.lower()]["responses"][str(status)]["content"]
+        return content["application/json"]["schema"]
+
+    def check(self, response, model: type[BaseModel], method: str, path: str) -> dict:
+        body = response.get_json()
+        model.model_validate_json(response.data, strict=True)
+        schema = {**self.schema_for(method, path, response.status_code)}
+        schema["$ref"] = "urn:genq" + schema["$ref"]
+        validator = jsonschema.Draft202012Validator(
+            schema, registry=self.registry, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+        )
+        validator.validate(body)
+        return body
+
+
+@pytest.fixture
+def conform(document):
+    return Conformance(document)
+
+
+def finish_some_items(settings, job_id: str, *, image: bool = False) -> None:
+    """Item 0 succeeds (text, or a PNG in storage), item 1 fails; the rest stay pending."""
+    with session_scope(settings.database_url) as session:
+        model = session.get(lifecycle.Job, job_id).model
+        slice_ = lifecycle.claim_slice(session, model=model, owner="t", max_items=2, lease_seconds=60)
+    with session_scope(settings.database_url) as session:
+        first, second = slice_.items[0], slice_.items[1]
+        if image:
+            key = output_key(job_id, first.index, "png")
+            storage_from_settings(settings).put(key, b"\x89PNG\r\n\x1a\n")
+            lifecycle.record_item_success(session, slice_.lease_id, first.id, key=key)
+        else:
+            lifecycle.record_item_success(session, slice_.lease_id, first.id, text="hello")
+        lifecycle.record_item_failure(session, slice_.lease_id, second.id, "boom")
+
+
+def test_job_responses_conform(client, settings, conform):
+    accepted = client.post("/v1/jobs", json=TEXT_JOB)
+    job_id = conform.check(accepted, JobAccepted, "POST", "/v1/jobs")["id"]
+    finish_some_items(settings, job_id)
+    conform.check(client.get(f"/v1/jobs/{job_id}"), Job, "GET", "/v1/jobs/{job_id}")
+    conform.check(client.get("/v1/jobs?limit=1"), JobList, "GET", "/v1/jobs")
+    page = conform.check(client.get(f"/v1/jobs/{job_id}/items?limit=2"), ItemPage, "GET", "/v1/jobs/{job_id}/items")
+    assert page["items"][0]["output"] == {"text": "hello"} and page["items"][1]["error"] == "boom"
+    assert page["next_offset"] == 2
+    cancelled = conform.check(client.post(f"/v1/jobs/{job_id}/cancel"), Job, "POST", "/v1/jobs/{job_id}/cancel")
+    assert cancelled["state"] == "cancelled" and cancelled["finished_at"]
+    retried = client.post(f"/v1/jobs/{job_id}/retry")
+    assert retried.status_code == 202
+    conform.check(retried, Job, "POST", "/v1/jobs/{job_id}/retry")
+
+
+def test_image_items_conform(client, settings, conform):
+    job_id = client.post("/v1/jobs", json={"model": "tiny-sd", "prompts": ["x", "y"]}).get_json()["id"]
+    finish_some_items(settings, job_id, image=True)
+    page = conform.check(client.get(f"/v1/jobs/{job_id}/items"), ItemPage, "GET", "/v1/jobs/{job_id}/items")
+    url = page["items"][0]["output"]["image_url"]
+    assert client.get(url).mimetype == "image/png"
+    assert url in {f"/v1/jobs/{job_id}/items/0/output"}
+
+
+def test_models_and_probes_conform(client, conform):
+    conform.check(client.get("/v1/models"), ModelList, "GET", "/v1/models")
+    conform.check(client.get("/healthz"), Health, "GET", "/healthz")
+    conform.check(client.get("/readyz"), Readiness, "GET", "/readyz")
+
+
+ERRORS = [
+    ("POST", "/v1/jobs", "/v1/jobs", {"json": {"model": "nope", "prompts": ["a"]}}, 400),
+    ("GET", "/v1/jobs", "/v1/jobs?limit=0", {}, 400),
+    ("GET", "/v1/jobs/{job_id}", "/v1/jobs/nope", {}, 404),
+    ("GET", "/v1/jobs/{job_id}/items", "/v1/jobs/nope/items", {}, 404),
+    ("GET", "/v1/jobs/{job_id}/items/{index}/output", "/v1/jobs/nope/items/0/output", {}, 404),
+    ("POST", "/v1/jobs/{job_id}/cancel", "/v1/jobs/nope/cancel", {}, 404),
+    ("POST", "/v1/jobs/{job_id}/retry", "/v1/jobs/nope/retry", {}, 404),
+]
+
+
+@pytest.mark.parametrize("method,template,url,kwargs,status", ERRORS)
+def test_errors_conform(client, conform, method, template, url, kwargs, status):
+    response = client.open(url, method=method, **kwargs)
+    assert response.status_code == status
+    conform.check(response, Error, method, template)
+
+
+def test_a_missing_key_is_a_documented_401(app, conform):
+    response = app.test_client().get("/v1/jobs")
+    assert response.status_code == 401
+    conform.check(response, Error, "GET", "/v1/jobs")
+
+
+def test_the_models_catch_a_missing_or_an_extra_field(client):
+    body = client.get(f"/v1/jobs/{client.post('/v1/jobs', json=TEXT_JOB).get_json()['id']}").get_json()
+    Job.model_validate_json(json.dumps(body), strict=True)
+    for name in body:
+        with pytest.raises(ValidationError):
+            Job.model_validate_json(json.dumps({k: v for k, v in body.items() if k != name}), strict=True)
+    with pytest.raises(ValidationError):
+        Job.model_validate_json(json.dumps({**body, "surprise": 1}), strict=True)
+    with pytest.raises(ValidationError):
+        Job.model_validate_json(json.dumps({**body, "progress": "0"}), strict=True)
+
+
+def test_the_request_examples_are_valid_requests(document):
+    post = document["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    validator = component_validator(document, "JobRequest")
+    for example in post["examples"].values():
+        JobRequest.model_validate(example["value"])
+        validator.validate(example["value"])
+
+
+def test_the_document_says_what_the_model_validator_checks(document):
+    validator = component_validator(document, "JobRequest")
+    assert validator.is_valid({"model": "m", "prompts": ["a"], "params": {}})
+    assert validator.is_valid({"model": "m", "inputs": [{"prompt": "a"}], "prompts": None, "params": {"seed": 1}})
+    assert not validator.is_valid({"model": "m"})
+    assert not validator.is_valid({"model": "m", "prompts": ["a"], "inputs": [{"prompt": "a"}]})
+    assert not validator.is_valid({"model": "m", "prompts": []})
+
+
+def test_the_docs_page(client, document):
+    response = client.get("/docs")
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    page = response.get_data(as_text=True)
+    for path, item in document["paths"].items():
+        assert path in page
+        for op in item.values():
+            assert f'id="op-{op["operationId"]}"' in page
+    for name in document["components"]["schemas"]:
+        assert f'id="schema-{name}"' in page
+    assert "curl -X POST" in page and "Authorization: Bearer $GENQ_API_KEY" in page
+
+
+def test_the_docs_page_loads_nothing_from_elsewhere(client):
+    page = client.get("/docs").get_data(as_text=True)
+    assert "<script" not in page and "<style" not in page and " style=" not in page
+    assets = re.findall(r'(?:src|href)="([^"#]+)"', page)
+    assert assets and all(url.startswith("/") for url in assets), assets
+    for url in assets:
+        response = client.get(url)
+        assert response.status_code == 200 and response.headers["X-Content-Type-Options"] == "nosniff", url

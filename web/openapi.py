@@ -1,0 +1,156 @@
+"""The OpenAPI 3.1 document, built from the route table in `web.openapi_routes` and the
+pydantic models that validate requests (`shared.schemas`) and describe responses
+(`shared.api_schemas`). Nothing here is written by hand beside those models: each
+schema comes from `model_json_schema` (through `models_json_schema`, which collects
+every model's `$defs` into one `components.schemas` and names each model once).
+"""
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from shared.schemas import JobRequest
+from web.openapi_routes import PARAMS_MODELS, ROUTES, SECURITY_SCHEME, Param, Reply, Route
+
+OPENAPI_VERSION = "3.1.0"
+REF_TEMPLATE = "#/components/schemas/{model}"
+JSON = "application/json"
+
+
+def ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": REF_TEMPLATE.format(model=model.__name__)}
+
+
+def referenced_models() -> list[type[BaseModel]]:
+    """Every model the table names, once each, in a stable order."""
+    seen: dict[type[BaseModel], None] = {}
+    for route in ROUTES:
+        if route.request is not None:
+            seen[route.request] = None
+        for reply in route.responses.values():
+            if reply.model is not None:
+                seen[reply.model] = None
+    for model in PARAMS_MODELS:
+        seen[model] = None
+    return list(seen)
+
+
+def component_schemas() -> dict[str, Any]:
+    """All models as components; `$defs` of nested models become components too."""
+    models = referenced_models()
+    _, top = models_json_schema([(model, "validation") for model in models], ref_template=REF_TEMPLATE)
+    schemas = dict(sorted(top.get("$defs", {}).items()))
+    schemas[JobRequest.__name__] = describe_job_request(schemas[JobRequest.__name__])
+    return schemas
+
+
+def describe_job_request(schema: dict[str, Any]) -> dict[str, Any]:
+    """Say in the document what `JobRequest` checks in code rather than in its fields.
+
+    `params` is a free object validated against the parameter model of the named model's
+    task, so it is documented as one of those models. It is `anyOf`, not `oneOf`: the
+    three models share optional fields (`{}` and `{"seed": 1}` are valid for all three),
+    and `oneOf` would call such bodies invalid. Exactly one of `prompts` and `inputs` is
+    required (a model validator); a list must hold at least one prompt.
+    """
+    schema = copy.deepcopy(schema)
+    properties = schema["properties"]
+    properties["params"] = {
+        "anyOf": [ref(model) for model in PARAMS_MODELS],
+        "default": {},
+        "description": "Generation parameters, by the model's task (see GET /v1/models): text-generation takes "
+        "TextParams, text-to-image ImageParams, unconditional-image UnconditionalImageParams. Missing ones "
+        "come from the model's registry defaults; the model's `limits` bound them further.",
+    }
+    for name in ("prompts", "inputs"):
+        properties[name]["anyOf"][0]["minItems"] = 1
+    properties["prompts"]["description"] = "Prompts, one item each (give this or `inputs`)."
+    properties["inputs"]["description"] = "Prompts with their own seeds (give this or `prompts`)."
+    properties["priority"]["description"] = "Higher runs first among the model's waiting jobs."
+    schema["oneOf"] = [
+        {"required": [name], "properties": {name: {"type": "array"}}} for name in ("prompts", "inputs")
+    ]
+    return schema
+
+
+def parameter(param: Param) -> dict[str, Any]:
+    out = {"name": param.name, "in": param.location, "required": param.required or param.location == "path",
+           "description": param.description, "schema": param.schema}
+    return out
+
+
+def response(reply: Reply) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": reply.description}
+    if reply.model is not None:
+        out["content"] = {JSON: {"schema": ref(reply.model)}}
+    elif reply.media_types:
+        out["content"] = {media: {"schema": schema} for media, schema in reply.media_types.items()}
+    if reply.headers:
+        out["headers"] = {name: dict(header) for name, header in reply.headers.items()}
+    return out
+
+
+def operation(route: Route) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": route.endpoint.split(".", 1)[1],
+        "summary": route.summary,
+        "tags": [route.tag],
+    }
+    if route.description:
+        op["description"] = route.description
+    if route.params:
+        op["parameters"] = [parameter(param) for param in route.params]
+    if route.request is not None:
+        media: dict[str, Any] = {"schema": ref(route.request)}
+        if route.request_examples:
+            media["examples"] = {name: {"value": value} for name, value in route.request_examples.items()}
+        op["requestBody"] = {"required": True, "content": {JSON: media}}
+    op["responses"] = {str(status): response(reply) for status, reply in sorted(route.responses.items())}
+    op["security"] = [{SECURITY_SCHEME: []}] if route.secured else []
+    return op
+
+
+def paths() -> dict[str, Any]:
+    out: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        out.setdefault(route.path, {})[route.method.lower()] = operation(route)
+    return out
+
+
+@lru_cache(maxsize=1)
+def _document() -> dict[str, Any]:
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "genq",
+            "version": "1",
+            "summary": "Long-running AI generation jobs (text and images) on GPU workers.",
+            "description": "Submit a job of many prompts, follow its progress, page through its items and "
+            "download their outputs. Every error is JSON `{\"error\": {\"code\", \"message\", \"field\"}}`.",
+        },
+        "tags": [
+            {"name": "jobs", "description": "Submit, follow, cancel and retry jobs; read their items."},
+            {"name": "models", "description": "The models this service runs."},
+            {"name": "health", "description": "Liveness and readiness probes (no API key)."},
+        ],
+        "paths": paths(),
+        "components": {
+            "schemas": component_schemas(),
+            "securitySchemes": {
+                SECURITY_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key: `Authorization: Bearer <key>`.",
+                }
+            },
+        },
+    }
+
+
+def build_document() -> dict[str, Any]:
+    """The document (a fresh copy: callers may change it)."""
+    return copy.deepcopy(_document())
