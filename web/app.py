@@ -13,6 +13,7 @@ from shared.storage import storage_from_settings
 from web.api import api
 from web.hardening import add_security_headers, init_cors, init_rate_limits
 from web.context import GenqContext, close_db
+from web.tokens import PromptTokenLimits
 from web.docs import docs
 from web.errors import register_error_handlers
 from web.health import health
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         celery=make_celery(settings),
         sessions=session_factory(settings.database_url),
         storage=storage_from_settings(settings),
+        token_limits=PromptTokenLimits(),
     )
     app.teardown_appcontext(close_db)
     register_error_handlers(app)

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
+from web.tokens import PromptTokenLimits
 
 
 @dataclass
@@ -20,6 +21,7 @@ class GenqContext:
     celery: Celery
     sessions: sessionmaker[Session]
     storage: Storage
+    token_limits: PromptTokenLimits
 
 
 def genq() -> GenqContext:

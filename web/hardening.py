@@ -24,7 +24,7 @@ def init_rate_limits(app: Flask, settings) -> Limiter:
         storage_uri=settings.redis_url,
         storage_options={"socket_connect_timeout": 1, "socket_timeout": 1},
         swallow_errors=True,
-        headers_enabled=True,
+        headers_enabled=False,  # it would overwrite the Retry-After of our own 429s
     )
     limiter.limit(settings.rate_limit)(api)
     return limiter

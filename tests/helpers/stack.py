@@ -82,24 +82,27 @@ class Stack:
             return False
 
     # --- HTTP ---------------------------------------------------------------------
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
+    def new_key(self, tenant: str) -> str:
+        with session_scope(self.database_url) as session:
+            return create_api_key(session, tenant)[1]
 
-    def get(self, path: str, **kwargs) -> requests.Response:
-        return requests.get(f"{self.base_url}{path}", timeout=30, headers=self.auth, **kwargs)
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.api_key}"}
 
-    def post(self, path: str, **kwargs) -> requests.Response:
-        return requests.post(f"{self.base_url}{path}", timeout=60, headers=self.auth, **kwargs)
+    def get(self, path: str, key: str | None = None, **kwargs) -> requests.Response:
+        return requests.get(f"{self.base_url}{path}", timeout=30, headers=self.auth(key), **kwargs)
 
-    def submit(self, body: dict) -> str:
-        response = self.post("/v1/jobs", json=body)
+    def post(self, path: str, key: str | None = None, **kwargs) -> requests.Response:
+        return requests.post(f"{self.base_url}{path}", timeout=60, headers=self.auth(key), **kwargs)
+
+    def submit(self, body: dict, key: str | None = None) -> str:
+        response = self.post("/v1/jobs", key=key, json=body)
         assert response.status_code == 202, response.text
         return response.json()["id"]
 
-    def wait_terminal(self, job_id: str, timeout: float = 180) -> dict:
+    def wait_terminal(self, job_id: str, timeout: float = 180, key: str | None = None) -> dict:
         def finished():
-            job = self.get(f"/v1/jobs/{job_id}").json()
+            job = self.get(f"/v1/jobs/{job_id}", key=key).json()
             return job if job["state"] in TERMINAL else None
 
         return wait_for(finished, timeout, interval=0.2, what=f"job {job_id} to finish")

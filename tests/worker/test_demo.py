@@ -137,3 +137,21 @@ def test_demo_image_polls_should_stop_every_step(image_runner, demo_registry):
     with pytest.raises(Cancelled):
         image_runner.predict([ItemInput(0, "3", 1)], image_params(demo_registry), should_stop=stop)
     assert stop.calls == 3
+
+
+def test_thread_picker_trains_with_the_faster_thread_count():
+    import time
+
+    import torch
+
+    from worker.demo import ThreadPicker
+
+    before = torch.get_num_threads()
+    picker = ThreadPicker(candidates=(2, 1), trial_steps=2, period_s=60)
+    try:
+        for _ in range(2 + 2 * 2 + 3):  # warm-up, one trial, then the chosen count
+            with picker.step():
+                time.sleep(0.03 if torch.get_num_threads() == 2 else 0.001)
+        assert picker.chosen == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -47,7 +47,7 @@ def build_demo_models(out_dir: Path, *, quick: bool = False, progress: Progress 
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = {}
     started = time.monotonic()
-    with all_cores():
+    with all_cores(), quiet_libraries():
         for name, build in ((TEXT_MODEL, text.build_text_model), (IMAGE_MODEL, image.build_image_model)):
             with staged_dir(out_dir / name) as staging:
                 figures[name] = build(staging, quick=quick, progress=progress)
@@ -118,7 +118,7 @@ class TrainingClock:
     def done(self, step: int) -> bool:
         return self.fraction(step) >= 1.0
 
-    def report(self, step: int, loss: float) -> None:
+    def report(self, step: int, loss: float, threads: int | None = None) -> None:
         """A progress line every `every_s` seconds at most."""
         now = time.monotonic()
         if now - self._last_report < self.every_s:
@@ -126,7 +126,61 @@ class TrainingClock:
         self._last_report = now
         done = self.fraction(step)
         left = self.elapsed() * (1 - done) / done if done > 0 else self.budget_s
-        self.progress(f"{self.name}: step {step}/{self.max_steps} loss {loss:.3f} ({left:.0f} s left)")
+        note = f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""
+        self.progress(f"{self.name}: step {step}/{self.max_steps} loss {loss:.3f} ({left:.0f} s left{note})")
+
+
+class ThreadPicker:
+    """Trains with whichever torch thread count is faster right now, measured on real steps.
+
+    On a machine shared with other busy processes, one thread can train several times
+    faster than one per core (measured: 2.5 vs 0.6 steps/s on 2 cores at load 4),
+    because each parallel operation waits for its slowest thread and a descheduled
+    thread stalls them all. On an idle machine one thread per core is faster. So every
+    `period_s` seconds each candidate runs `trial_steps` steps, and the one with the
+    lower median step time is used until the next trial.
+    """
+
+    def __init__(self, candidates: tuple[int, ...] | None = None, trial_steps: int = 3, period_s: float = 15.0):
+        self.candidates = candidates or tuple(dict.fromkeys((core_count(), 1)))
+        self.trial_steps, self.period_s = trial_steps, period_s
+        self.chosen = self.candidates[0]
+        self._trial: list[int] = []  # thread counts of the trial steps still to run
+        self._timings: dict[int, list[float]] = {}
+        self._next_trial = time.monotonic()
+        self._warm_up = 2  # the first steps are slow whatever the thread count
+
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        """Wrap one training step: sets the thread count and times the step."""
+        import torch
+
+        threads = self._threads_for_next_step()
+        torch.set_num_threads(threads)
+        started = time.perf_counter()
+        yield
+        if self._warm_up:
+            self._warm_up -= 1
+        elif threads in self._timings:
+            self._timings[threads].append(time.perf_counter() - started)
+            if not self._trial:
+                self._choose()
+
+    def _threads_for_next_step(self) -> int:
+        if self._warm_up or len(self.candidates) == 1:
+            return self.chosen
+        if not self._trial and time.monotonic() >= self._next_trial:
+            self._trial = [n for n in self.candidates for _ in range(self.trial_steps)]
+            self._timings = {n: [] for n in self.candidates}
+        return self._trial.pop(0) if self._trial else self.chosen
+
+    def _choose(self) -> None:
+        import statistics
+
+        medians = {n: statistics.median(times) for n, times in self._timings.items() if times}
+        self.chosen = min(medians, key=medians.get)
+        self._timings = {}
+        self._next_trial = time.monotonic() + self.period_s
 
 
 def cosine_lr(peak: float, fraction: float, step: int, warmup_steps: int, floor: float = 0.1) -> float:
@@ -166,6 +220,30 @@ def all_cores() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silence transformers' and diffusers' warnings and progress bars while building.
+
+    They would interleave with our progress lines (saving shows a progress bar, and
+    encoding a long docstring warns that it exceeds the model's length, which is
+    expected: the stream is cut into blocks afterwards).
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in (transformers_logging, diffusers_logging)]
+    for lib, _, _ in saved:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, verbosity, bars in saved:
+            lib.set_verbosity(verbosity)
+            if bars:
+                lib.enable_progress_bar()
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.demo import DIGIT_LABELS, Progress, TrainingClock, cosine_lr, seed_everything
+from worker.demo import DIGIT_LABELS, Progress, ThreadPicker, TrainingClock, cosine_lr, seed_everything
 from worker.demo.quality import DigitJudge
 from worker.runners.class_conditional import sample
 from worker.runners.common import make_generator
@@ -42,7 +42,7 @@ class ImageRecipe:
     eval_guidance: float
 
 
-FULL = ImageRecipe((32, 64), 1, 128, 2e-3, 800, 70.0, 0.1, 200, 25, 2.0)
+FULL = ImageRecipe((32, 64), 1, 128, 2e-3, 600, 60.0, 0.1, 200, 25, 2.0)
 QUICK = ImageRecipe((16, 32), 1, 32, 2e-3, 10, 2.0, 0.1, 20, 4, 2.0)
 
 
@@ -58,6 +58,7 @@ def build_image_model(out_dir: Path, *, quick: bool = False, progress: Progress 
     noise_schedule = make_training_scheduler()
     clock = TrainingClock("demo-image", recipe.max_steps, recipe.budget_s, progress)
     steps = train(unet, noise_schedule, to_model_range(images), targets, recipe, clock)
+    train_seconds = clock.elapsed()
     scheduler = make_inference_scheduler(noise_schedule)
     progress(f"demo-image: judging {recipe.eval_samples} generated digits")
     figures = judge(unet, scheduler, DigitJudge(images, targets), recipe)
@@ -69,7 +70,7 @@ def build_image_model(out_dir: Path, *, quick: bool = False, progress: Progress 
     return {
         **figures,
         "steps": steps,
-        "train_seconds": round(clock.elapsed(), 1),
+        "train_seconds": round(train_seconds, 1),
         "parameters": sum(p.numel() for p in unet.parameters()),
     }
 
@@ -128,25 +129,28 @@ def train(unet, noise_schedule, images: torch.Tensor, targets: np.ndarray, recip
     labels = torch.from_numpy(targets)
     null_class = len(DIGIT_LABELS)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.peak_lr, weight_decay=0.0)
+    picker = ThreadPicker()
     unet.train()
     step = 0
     while not clock.done(step):
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(recipe.peak_lr, clock.fraction(step), step, warmup_steps=20)
-        rows = torch.randint(0, len(images), (recipe.batch,), generator=generator)
-        clean, classes = images[rows], labels[rows].clone()
-        dropped = torch.rand(recipe.batch, generator=generator) < recipe.unconditional_share
-        classes[dropped] = null_class
-        noise = torch.randn(clean.shape, generator=generator)
-        timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (recipe.batch,), generator=generator)
-        noisy = noise_schedule.add_noise(clean, noise, timesteps)
-        target = noise_schedule.get_velocity(clean, noise, timesteps)
-        loss = torch.nn.functional.mse_loss(unet(noisy, timesteps, class_labels=classes).sample, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with picker.step():
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(recipe.peak_lr, clock.fraction(step), step, warmup_steps=20)
+            rows = torch.randint(0, len(images), (recipe.batch,), generator=generator)
+            clean, classes = images[rows], labels[rows].clone()
+            dropped = torch.rand(recipe.batch, generator=generator) < recipe.unconditional_share
+            classes[dropped] = null_class
+            noise = torch.randn(clean.shape, generator=generator)
+            timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (recipe.batch,), generator=generator)
+            noisy = noise_schedule.add_noise(clean, noise, timesteps)
+            target = noise_schedule.get_velocity(clean, noise, timesteps)
+            loss = torch.nn.functional.mse_loss(unet(noisy, timesteps, class_labels=classes).sample, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
         step += 1
-        clock.report(step, loss.item())
+        clock.report(step, loss.item(), picker.chosen)
+    torch.set_num_threads(picker.chosen)  # for the evaluation that follows
     unet.eval()
     return step
 

@@ -1,0 +1,55 @@
+"""Fair share between tenants, measured on a real worker: tenant B's 10 items start after
+at most one more slice of tenant A's 5,000."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from shared.db import session_scope
+from shared.orm import Job, JobItem
+from tests.helpers.processes import wait_for
+
+pytestmark = pytest.mark.integration
+
+SLICE = 64
+
+
+def claimed_items(url: str, job_id: str, before=None) -> int:
+    with session_scope(url) as session:
+        query = select(func.count(JobItem.id)).where(JobItem.job_id == job_id, JobItem.started_at.is_not(None))
+        if before is not None:
+            query = query.where(JobItem.started_at < before)
+        return session.scalar(query)
+
+
+def first_start(url: str, job_id: str):
+    with session_scope(url) as session:
+        return session.scalar(select(func.min(JobItem.started_at)).where(JobItem.job_id == job_id))
+
+
+def test_a_small_tenant_waits_for_at_most_one_more_slice(make_stack):
+    stack = make_stack(slice_max_items=SLICE)
+    stack.start_worker()
+    key_a, key_b = stack.new_key("tenant-a"), stack.new_key("tenant-b")
+    big = stack.submit({"model": "fault", "prompts": [f"ok {i}" for i in range(5000)]}, key=key_a)
+    wait_for(lambda: claimed_items(stack.database_url, big) >= SLICE, 60, interval=0.02)
+    claimed_when_b_came = claimed_items(stack.database_url, big)
+    small = stack.submit({"model": "fault", "prompts": [f"ok b{i}" for i in range(10)]}, key=key_b)
+    assert stack.wait_terminal(small, timeout=120, key=key_b)["state"] == "succeeded"
+    a_before_b = claimed_items(stack.database_url, big, before=first_start(stack.database_url, small))
+    more_of_a = a_before_b - claimed_when_b_came
+    print(f"tenant B's first item started after {a_before_b} of A's items; {more_of_a} of them after B submitted")
+    assert more_of_a <= SLICE
+    stack.post(f"/v1/jobs/{big}/cancel", key=key_a)
+    with session_scope(stack.database_url) as session:
+        assert session.get(Job, small).tenant == "tenant-b"
+
+
+def test_priority_orders_jobs_within_a_tenant(make_stack):
+    stack = make_stack(slice_max_items=SLICE)
+    low = stack.submit({"model": "fault", "prompts": ["ok low"], "priority": 1})
+    high = stack.submit({"model": "fault", "prompts": ["ok high"], "priority": 9})
+    stack.start_worker()
+    stack.wait_terminal(low)
+    stack.wait_terminal(high)
+    assert first_start(stack.database_url, high) < first_start(stack.database_url, low)

@@ -1,0 +1,81 @@
+"""Prompt length in tokens, checked at the door for text models.
+
+The web process never imports torch or transformers: it reads the model's
+`tokenizer.json` with the light `tokenizers` library. The limit is the registry's
+`limits.prompt_tokens.max` if set, else the model's positions (`config.json`) less
+`max_new_tokens`. A model whose tokenizer is not on this machine is not checked here
+(its runner truncates from the left).
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from shared.errors import LimitExceeded
+from shared.registry import ModelSpec, Task
+from shared.schemas import ValidatedJob
+
+POSITION_FIELDS = ("n_positions", "max_position_embeddings", "max_sequence_length")
+
+
+class PromptTokenLimits:
+    def __init__(self):
+        self._tokenizers: dict[str, object] = {}
+        self._positions: dict[str, int | None] = {}
+        self._lock = threading.Lock()
+
+    def check(self, job: ValidatedJob, field: str) -> None:
+        spec = job.spec
+        if spec.task is not Task.TEXT_GENERATION:
+            return
+        limit = self.limit(spec, job.params)
+        tokenizer = self._tokenizer(spec) if limit is not None else None
+        if tokenizer is None:
+            return
+        for i, encoding in enumerate(tokenizer.encode_batch([prompt for prompt, _seed in job.inputs])):
+            if len(encoding.ids) > limit:
+                path = f"{field}.{i}" + (".prompt" if field == "inputs" else "")
+                raise LimitExceeded(f"{path} is {len(encoding.ids)} tokens; {spec.name} takes at most {limit} "
+                                    f"with max_new_tokens {job.params.get('max_new_tokens')}", field=path)
+
+    def limit(self, spec: ModelSpec, params: dict) -> int | None:
+        bounds = spec.limits.get("prompt_tokens")
+        if bounds is not None and bounds.max is not None:
+            return int(bounds.max)
+        positions = self._model_positions(spec)
+        return None if positions is None else max(0, positions - int(params.get("max_new_tokens") or 0))
+
+    def _model_positions(self, spec: ModelSpec) -> int | None:
+        with self._lock:
+            if spec.name not in self._positions:
+                config = _model_file(spec, "config.json")
+                values = json.loads(config.read_text()) if config else {}
+                self._positions[spec.name] = next((values[k] for k in POSITION_FIELDS if isinstance(values.get(k), int)), None)
+            return self._positions[spec.name]
+
+    def _tokenizer(self, spec: ModelSpec):
+        with self._lock:
+            if spec.name not in self._tokenizers:
+                path = _model_file(spec, "tokenizer.json")
+                if path is None:
+                    self._tokenizers[spec.name] = None
+                else:
+                    from tokenizers import Tokenizer
+
+                    self._tokenizers[spec.name] = Tokenizer.from_file(str(path))
+            return self._tokenizers[spec.name]
+
+
+def _model_file(spec: ModelSpec, name: str) -> Path | None:
+    """A file of the model: in its local directory, or in the local Hugging Face cache."""
+    local = spec.local_source()
+    if local is not None:
+        path = local / name
+        return path if path.is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(spec.source, name)
+    return Path(found) if isinstance(found, str) else None
