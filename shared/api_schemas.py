@@ -54,7 +54,6 @@ class Job(_Response):
     priority: int = Field(ge=0, le=9)
     counts: Counts
     progress: float = Field(ge=0, le=1, description="Finished items over all items.")
-    foo: int
     created_at: AwareDatetime
     started_at: Timestamp
     finished_at: Timestamp

@@ -67,28 +67,11 @@ def build_tiny_text_model(directory: Path | str) -> Path:
 
 
 def _tiny_text_tokenizer():
-    """A byte-level BPE trained on the fixed corpus, wrapped for `AutoTokenizer`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """A byte-level BPE trained on the fixed corpus: the demo recipe's own tokenizer
+    builder, on a small vocabulary."""
+    from worker.demo.text import train_tokenizer
 
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=[EOS, PAD],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(_TEXT_CORPUS, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=EOS,
-        eos_token=EOS,
-        unk_token=EOS,
-        pad_token=PAD,
-        model_max_length=128,
-    )
+    return train_tokenizer(_TEXT_CORPUS, vocab_size=400, max_length=128)
 
 
 def build_tiny_unconditional_image_model(directory: Path | str) -> Path:

@@ -34,6 +34,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from shared import lifecycle
+from shared.db import session_scope
+from shared.orm import JobState
 from tests.web.test_openapi import finish_some_items
 from web.openapi import build_document
 
@@ -124,14 +127,18 @@ def filter_failure(context, failure, case, response):
 
 @pytest.fixture
 def real_jobs(client, settings):
-    """A text and an image job with a succeeded, a failed and a pending item each, and a cancelled job."""
-    text = client.post("/v1/jobs", json={"model": "tiny-text", "prompts": ["a", "b", "c"]}).get_json()["id"]
-    image = client.post("/v1/jobs", json={"model": "tiny-sd", "prompts": ["x", "y", "z"]}).get_json()["id"]
+    """A running text job and a running image job with a succeeded, a failed and a pending
+    item each, a failed job (retry takes it) and a cancelled one."""
+    submit = lambda model, prompts: client.post("/v1/jobs", json={"model": model, "prompts": prompts}).get_json()["id"]
+    text, image = submit("tiny-text", ["a", "b", "c"]), submit("tiny-sd", ["x", "y", "z"])
+    failed, cancelled = submit("tiny-text", ["p", "q"]), submit("tiny-uncond", ["u"])
     finish_some_items(settings, text)
     finish_some_items(settings, image, image=True)
-    cancelled = client.post("/v1/jobs", json={"model": "tiny-uncond", "prompts": ["u"]}).get_json()["id"]
+    finish_some_items(settings, failed)
+    with session_scope(settings.database_url) as session:
+        assert lifecycle.settle_job(session, failed) == JobState.FAILED
     assert client.post(f"/v1/jobs/{cancelled}/cancel").status_code == 200
-    REAL_JOBS[:] = [text, image, cancelled]
+    REAL_JOBS[:] = [text, image, failed, cancelled]
     yield REAL_JOBS
     REAL_JOBS.clear()
 
