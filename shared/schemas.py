@@ -16,7 +16,9 @@ from shared.registry import ModelSpec, Registry, Task
 
 MAX_SEED = 2**63 - 1
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
-Prompt = Annotated[str, Field(min_length=1)]
+# PostgreSQL text cannot hold NUL, and no model needs one.
+NO_NUL = r"^[^\x00]*$"
+Prompt = Annotated[str, Field(min_length=1, pattern=NO_NUL)]
 
 
 class _Strict(BaseModel):
@@ -37,7 +39,7 @@ class ImageParams(_Strict):
     guidance_scale: float = Field(7.5, ge=0, le=100)
     width: int = Field(512, ge=8, le=4096, multiple_of=8)
     height: int = Field(512, ge=8, le=4096, multiple_of=8)
-    negative_prompt: str | None = None
+    negative_prompt: Annotated[str, Field(pattern=NO_NUL)] | None = None
     seed: Seed | None = None
 
 

@@ -97,7 +97,7 @@ def list_jobs():
     settings = genq().settings
     raw_state = request.args.get("state")
     try:
-        state = JobState(raw_state) if raw_state else None
+        state = JobState(raw_state) if raw_state is not None else None
     except ValueError:
         allowed = ", ".join(s.value for s in JobState)
         raise InvalidRequest(f"state must be one of {allowed}", field="state") from None

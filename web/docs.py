@@ -43,10 +43,11 @@ def docs_page():
 
 
 def _operations(document: dict[str, Any]):
+    """In the document's order, which is the route table's."""
     for path, item in document["paths"].items():
-        for method in HTTP_METHODS:
-            if method in item:
-                yield path, method, item[method]
+        for method, op in item.items():
+            if method in HTTP_METHODS:
+                yield path, method, op
 
 
 def _operation_view(path: str, method: str, op: dict[str, Any], base_url: str) -> dict[str, Any]:

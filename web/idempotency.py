@@ -19,8 +19,8 @@ def key_from(headers) -> str | None:
     key = headers.get(HEADER)
     if key is None:
         return None
-    if not key.strip() or len(key) > MAX_KEY_LENGTH:
-        raise InvalidRequest(f"{HEADER} must be 1 to {MAX_KEY_LENGTH} characters", field=HEADER)
+    if not key.strip() or len(key) > MAX_KEY_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise InvalidRequest(f"{HEADER} must be 1 to {MAX_KEY_LENGTH} printable characters", field=HEADER)
     return key
 
 

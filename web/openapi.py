@@ -78,9 +78,9 @@ def describe_job_request(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def parameter(param: Param) -> dict[str, Any]:
-    out = {"name": param.name, "in": param.location, "required": param.required or param.location == "path",
-           "description": param.description, "schema": param.schema}
-    return out
+    required = param.required or param.location == "path"  # OpenAPI: a path parameter is always required
+    return {"name": param.name, "in": param.location, "required": required,
+            "description": param.description, "schema": param.schema}
 
 
 def response(reply: Reply) -> dict[str, Any]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import datetime
 
 from sqlalchemy import and_, or_, select
@@ -10,6 +11,8 @@ from sqlalchemy.orm import Session
 
 from shared.errors import InvalidRequest, NotFound
 from shared.keys import Principal
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}\Z")  # what lifecycle.new_id makes
 from shared.orm import Job, JobItem, JobState
 
 
@@ -21,7 +24,7 @@ def visible_jobs(principal: Principal):
 
 def find_job(session: Session, principal: Principal, job_id: str) -> Job:
     """Another tenant's job is `404`, exactly like one that never existed."""
-    job = session.scalars(visible_jobs(principal).where(Job.id == job_id)).first() if len(job_id) <= 32 else None
+    job = session.scalars(visible_jobs(principal).where(Job.id == job_id)).first() if JOB_ID.match(job_id) else None
     if job is None:
         raise NotFound(f"no job {job_id!r}", field="id")
     return job
@@ -51,6 +54,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, job_id = raw.split("|", 1)
+        if not JOB_ID.match(job_id):
+            raise ValueError(job_id)
         return datetime.fromisoformat(created), job_id
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidRequest("cursor is not one this API returned", field="cursor") from None

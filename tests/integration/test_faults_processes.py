@@ -6,7 +6,6 @@ import re
 import signal
 from collections import Counter
 
-import psutil
 import pytest
 
 from tests.fault_runner import journal_entries

@@ -19,6 +19,8 @@ from shared.api_schemas import Error, Health, ItemPage, Job, JobAccepted, JobLis
 from shared.db import session_scope
 from shared.schemas import JobRequest
 from shared.storage import output_key, storage_from_settings
+from web.app import create_app
+from web.docs import SECURITY_HEADERS
 from web.openapi import build_document
 from web.openapi_routes import ROUTES
 
@@ -181,6 +183,25 @@ def test_a_missing_key_is_a_documented_401(app, conform):
     conform.check(response, Error, "GET", "/v1/jobs")
 
 
+def test_too_many_requests_is_a_documented_429(settings, api_key, conform):
+    app = create_app(settings.model_copy(update={"rate_limit": "2/minute"}))
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_key}"
+    responses = [client.get("/v1/models") for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 429]
+    conform.check(responses[-1], Error, "GET", "/v1/models")
+    assert responses[-1].headers["Retry-After"]
+
+
+def test_a_full_queue_is_a_documented_429(settings, api_key, conform):
+    app = create_app(settings.model_copy(update={"max_pending_items_per_tenant": 2}))
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_key}"
+    response = client.post("/v1/jobs", json={"model": "tiny-text", "prompts": ["a", "b", "c"]})
+    assert response.status_code == 429 and response.headers["Retry-After"]
+    conform.check(response, Error, "POST", "/v1/jobs")
+
+
 def test_the_models_catch_a_missing_or_an_extra_field(client):
     body = client.get(f"/v1/jobs/{client.post('/v1/jobs', json=TEXT_JOB).get_json()['id']}").get_json()
     Job.model_validate_json(json.dumps(body), strict=True)
@@ -213,7 +234,8 @@ def test_the_document_says_what_the_model_validator_checks(document):
 def test_the_docs_page(client, document):
     response = client.get("/docs")
     assert response.status_code == 200 and response.mimetype == "text/html"
-    assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    assert response.headers["Content-Security-Policy"] == SECURITY_HEADERS["Content-Security-Policy"]
+    assert response.headers["Content-Security-Policy"].startswith("default-src 'self';")
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["X-Frame-Options"] == "DENY"
     assert response.headers["Referrer-Policy"] == "no-referrer"

@@ -15,7 +15,6 @@ are exercised too.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -67,20 +66,9 @@ class KnownFailure:
         return case.operation.label in self.operations and self.matches(case, response)
 
 
-def has_nul(case: Case) -> bool:
-    parts = (case.path_parameters, case.query, case.headers, case.body)
-    return "\\u0000" in json.dumps([part for part in parts if isinstance(part, (dict, list, str))])
 
 
-V1 = tuple(f"{method.upper()} {path}" for path, item in build_document()["paths"].items() if path.startswith("/v1/")
-           for method in item)
-KNOWN_FAILURES = [
-    # 1. GET /v1/jobs?state= (empty) answers 200 with every job; `state` is documented as a JobState.
-    KnownFailure(("GET /v1/jobs",), lambda case, response: (case.query or {}).get("state") == ""),
-    # 2. On PostgreSQL, a NUL character anywhere it reaches a query (prompt, job id, cursor,
-    #    Idempotency-Key) is a 500: PostgreSQL text cannot hold NUL.
-    KnownFailure(V1, lambda case, response: response.status_code == 500 and has_nul(case)),
-]
+KNOWN_FAILURES: list[KnownFailure] = []  # findings fixed so far: an empty state filter; NUL in text, ids, cursors and keys
 
 
 def load_schema():
@@ -129,12 +117,15 @@ def filter_failure(context, failure, case, response):
 def real_jobs(client, settings):
     """A running text job and a running image job with a succeeded, a failed and a pending
     item each, a failed job (retry takes it) and a cancelled one."""
-    submit = lambda model, prompts: client.post("/v1/jobs", json={"model": model, "prompts": prompts}).get_json()["id"]
+    def submit(model: str, prompts: list[str], priority: int = 5) -> str:
+        body = {"model": model, "prompts": prompts, "priority": priority}
+        return client.post("/v1/jobs", json=body).get_json()["id"]
+
     text, image = submit("tiny-text", ["a", "b", "c"]), submit("tiny-sd", ["x", "y", "z"])
-    failed, cancelled = submit("tiny-text", ["p", "q"]), submit("tiny-uncond", ["u"])
+    failed, cancelled = submit("tiny-text", ["p", "q"], priority=9), submit("tiny-uncond", ["u"])
+    finish_some_items(settings, failed)  # claimed first: the highest priority
     finish_some_items(settings, text)
     finish_some_items(settings, image, image=True)
-    finish_some_items(settings, failed)
     with session_scope(settings.database_url) as session:
         assert lifecycle.settle_job(session, failed) == JobState.FAILED
     assert client.post(f"/v1/jobs/{cancelled}/cancel").status_code == 200
@@ -149,32 +140,25 @@ def test_the_api_keeps_its_contract(case, app, api_key, real_jobs):
     case.call_and_validate(app=app, headers={"Authorization": f"Bearer {api_key}"}, checks=CHECKS)
 
 
-# The known failures, each as the behaviour the document promises. Strict: a fix makes
-# the test pass, which fails the run until the xfail mark and the KNOWN_FAILURES entry go.
-
-def on_postgresql(settings) -> bool:
-    return settings.database_url.startswith("postgresql")
+# Findings schemathesis made, each pinned as the behaviour the document promises.
 
 
-@pytest.mark.xfail(strict=True, reason="known failure 1: web/api.py list_jobs reads state= (empty) as no filter")
+
 def test_an_empty_state_filter_is_refused(client):
     response = client.get("/v1/jobs?state=")
     assert response.status_code == 400 and response.get_json()["error"]["field"] == "state"
 
 
-@pytest.mark.xfail(strict=True, reason="known failure 2: a NUL in a prompt is stored on SQLite and a 500 on PostgreSQL")
 def test_a_nul_in_a_prompt_is_refused(client):
     response = client.post("/v1/jobs", json={"model": "tiny-text", "prompts": ["a\x00b"]})
     assert response.status_code == 400 and response.get_json()["error"]["field"] == "prompts.0"
 
 
-@pytest.mark.xfail(strict=True, reason="known failure 2: a NUL in an Idempotency-Key is kept on SQLite and a 500 on PostgreSQL")
 def test_a_nul_in_an_idempotency_key_is_refused(client):
     response = client.post("/v1/jobs", json={"model": "tiny-text", "prompts": ["a"]}, headers={"Idempotency-Key": "k\x00"})
     assert response.status_code == 400 and response.get_json()["error"]["field"] == "Idempotency-Key"
 
 
-@pytest.mark.xfail(strict=True, reason="known failure 2: a cursor naming a job id with a NUL is read on SQLite and a 500 on PostgreSQL")
 def test_a_cursor_with_a_nul_is_refused(client):
     cursor = base64.urlsafe_b64encode(b"2024-01-01T00:00:00+00:00|a\x00").decode().rstrip("=")
     response = client.get(f"/v1/jobs?cursor={cursor}")
@@ -185,8 +169,6 @@ def test_a_cursor_with_a_nul_is_refused(client):
     ("GET", "/v1/jobs/a%00b"), ("GET", "/v1/jobs/a%00b/items"), ("GET", "/v1/jobs/a%00b/items/0/output"),
     ("POST", "/v1/jobs/a%00b/cancel"), ("POST", "/v1/jobs/a%00b/retry"),
 ])
-def test_a_job_id_with_a_nul_is_not_found(client, settings, request, method, path):
-    if on_postgresql(settings):
-        request.applymarker(pytest.mark.xfail(strict=True, reason="known failure 2: a 500 on PostgreSQL"))
+def test_a_job_id_with_a_nul_is_not_found(client, method, path):
     response = client.open(path, method=method)
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"

@@ -80,13 +80,13 @@ def demo_registry_entries(out_dir: Path | str) -> dict[str, Any]:
                 # and guidance_scale (classifier-free guidance); negative_prompt is unused.
                 "defaults": {
                     "num_inference_steps": 25,
-                    "guidance_scale": 2.0,
+                    "guidance_scale": 1.5,
                     "width": DISPLAY_SIZE,
                     "height": DISPLAY_SIZE,
                 },
                 "limits": {
                     "num_inference_steps": {"max": 200},
-                    "guidance_scale": {"max": 10},
+                    "guidance_scale": {"min": 1, "max": 5},
                     "width": {"min": 8, "max": 512},
                     "height": {"min": 8, "max": 512},
                 },
@@ -141,7 +141,7 @@ class ThreadPicker:
     lower median step time is used until the next trial.
     """
 
-    def __init__(self, candidates: tuple[int, ...] | None = None, trial_steps: int = 3, period_s: float = 15.0):
+    def __init__(self, candidates: tuple[int, ...] | None = None, trial_steps: int = 3, period_s: float = 10.0):
         self.candidates = candidates or tuple(dict.fromkeys((core_count(), 1)))
         self.trial_steps, self.period_s = trial_steps, period_s
         self.chosen = self.candidates[0]

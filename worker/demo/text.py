@@ -43,8 +43,17 @@ class TextRecipe:
     eval_blocks: int  # held-out blocks scored for perplexity
 
 
-FULL = TextRecipe(None, 4096, 2, 128, 4, 128, 8, 2e-3, 1000, 90.0, 128)
-QUICK = TextRecipe(150_000, 512, 2, 32, 2, 64, 8, 3e-3, 20, 3.0, 8)
+# Chosen by trials on a shared 2-core machine: at this budget, 2 layers of width 128
+# and batches of 4 x 256 tokens beat wider, deeper, larger-batch and 2,048-token-
+# vocabulary variants on held-out bits per character.
+FULL = TextRecipe(
+    max_corpus_chars=None, vocab_size=4096, n_layer=2, n_embd=128, n_head=4, block=256, batch=4,
+    peak_lr=2e-3, max_steps=1000, budget_s=85.0, eval_blocks=64,
+)
+QUICK = TextRecipe(
+    max_corpus_chars=150_000, vocab_size=512, n_layer=2, n_embd=32, n_head=2, block=64, batch=8,
+    peak_lr=3e-3, max_steps=20, budget_s=3.0, eval_blocks=8,
+)
 
 
 def build_text_model(out_dir: Path, *, quick: bool = False, progress: Progress = print) -> dict[str, Any]:
