@@ -249,6 +249,7 @@ class Up:
             "",
             "genq is up",
             f"  API       {self.url}/v1  (models: {self.url}/v1/models)",
+            f"  docs      {self.url}/docs  (OpenAPI: {self.url}/openapi.json)",
             f"  data      {self.data_dir}  (database, results/, logs/)",
             f"  redis     {self.env['GENQ_REDIS_URL']} ({redis_note})",
             f"  models    {names}",
