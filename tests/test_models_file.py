@@ -19,3 +19,5 @@ def test_the_shipped_registry_matches_the_demo_recipe():
         for field in ("task", "runner", "options", "defaults", "micro_batch_size"):
             value = getattr(spec, field)
             assert (value.value if hasattr(value, "value") else value) == entry.get(field, value), (name, field)
+        limits = {key: bounds.model_dump(exclude_none=True) for key, bounds in spec.limits.items()}
+        assert limits == entry["limits"], name

@@ -60,6 +60,7 @@ def test_build_writes_both_models_and_their_quality(demo_build):
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         assert (out_dir / "demo-text" / name).is_file()
     assert (out_dir / "demo-image" / "model_index.json").is_file()
+    assert (out_dir / "demo-text" / "model.safetensors").stat().st_mode & 0o777 == 0o644
     for name in ("demo-text", "demo-image"):
         assert read_quality(out_dir / name) == figures[name]
     text, image = figures["demo-text"], figures["demo-image"]
@@ -155,3 +156,16 @@ def test_thread_picker_trains_with_the_faster_thread_count():
         assert picker.chosen == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_class_conditional_runner_needs_labels(demo_build):
+    from shared.errors import ConfigError
+    from shared.registry import ModelSpec
+    from worker.runners.class_conditional import ClassConditionalImageRunner
+
+    spec = ModelSpec(name="digits", task="text-to-image", source=str(demo_build[0] / "demo-image"))
+    with pytest.raises(ConfigError, match="options.labels"):
+        ClassConditionalImageRunner(spec, "cpu")
+    too_many = spec.model_copy(update={"options": {"labels": [str(i) for i in range(12)]}})
+    with pytest.raises(ConfigError, match="12 labels but the UNet knows 11 classes"):
+        ClassConditionalImageRunner(too_many, "cpu").setup()

@@ -211,7 +211,8 @@ def core_count() -> int:
 
 @contextmanager
 def all_cores() -> Iterator[None]:
-    """Train with one torch thread per core; the caller's thread count is restored after."""
+    """One torch thread per core while building (`ThreadPicker` may train with fewer);
+    the caller's thread count is restored after."""
     import torch
 
     before = torch.get_num_threads()
@@ -233,7 +234,8 @@ def quiet_libraries() -> Iterator[None]:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in (transformers_logging, diffusers_logging)]
+    libraries = (transformers_logging, diffusers_logging)
+    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in libraries]
     for lib, _, _ in saved:
         lib.set_verbosity_error()
         lib.disable_progress_bar()
@@ -257,9 +259,18 @@ def staged_dir(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    make_readable(staging)
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
+
+
+def make_readable(directory: Path) -> None:
+    """Give owner-only files (transformers 5 writes weights 0600) the usual 0644, so a
+    worker running as another user (a container) can read them."""
+    for path in directory.rglob("*"):
+        if path.is_file() and path.stat().st_mode & 0o777 == 0o600:
+            path.chmod(0o644)
 
 
 def write_quality(model_dir: Path, figures: dict[str, Any]) -> None:

@@ -27,12 +27,13 @@ from typing import Any, Callable, Sequence
 import torch
 from diffusers import DiffusionPipeline
 
+from shared.errors import ConfigError
 from shared.registry import ModelSpec
 from worker.runners.base import Cancelled, ItemInput, ItemOutput
 from worker.runners.common import make_generator, param, resolve_source, torch_dtype
 from worker.runners.image import to_png
 
-DEFAULT_STEPS = 50
+DEFAULT_STEPS = 25
 DEFAULT_DISPLAY_SIZE = 64
 
 
@@ -44,7 +45,7 @@ class ClassConditionalImageRunner:
         self.device = device
         self.labels = [str(label) for label in spec.options.get("labels") or []]
         if not self.labels:
-            raise ValueError(f"model {spec.name!r}: options.labels must list the class names")
+            raise ConfigError(f"model {spec.name!r}: options.labels must list the class names")
         self.display_size = int(spec.options.get("display_size", DEFAULT_DISPLAY_SIZE))
         self.unet = None
         self.scheduler = None
@@ -60,9 +61,7 @@ class ClassConditionalImageRunner:
         unet = pipe.unet.to(self.device).eval()
         known = unet.config.num_class_embeds or 0
         if known < len(self.labels):
-            raise ValueError(
-                f"model {self.spec.name!r}: {len(self.labels)} labels but the UNet knows {known} classes"
-            )
+            raise ConfigError(f"model {self.spec.name!r}: {len(self.labels)} labels but the UNet knows {known} classes")
         self.unet, self.scheduler = unet, pipe.scheduler
 
     @property
