@@ -1,0 +1,40 @@
+"""Command-line checks that need no running service."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def genq(*args, **env) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("GENQ_")}
+    return subprocess.run([sys.executable, "-m", "genq", *args], env={**environment, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::"])
+def test_auth_off_is_refused_on_a_non_loopback_address(host):
+    result = genq("web", "--host", host, "--port", "1", GENQ_AUTH="off")
+    assert result.returncode != 0 and "GENQ_AUTH=off is refused" in result.stderr
+
+
+def test_keys_create_list_and_revoke(tmp_path):
+    url = f"sqlite:///{tmp_path / 'genq.db'}"
+    assert genq("db", "upgrade", GENQ_DATABASE_URL=url).returncode == 0
+    created = genq("keys", "create", "--tenant", "research", "--label", "laptop", GENQ_DATABASE_URL=url)
+    key = created.stdout.strip()
+    assert created.returncode == 0 and key.startswith("gq_")
+    prefix = key.split("_")[1]
+    listing = genq("keys", "list", GENQ_DATABASE_URL=url).stdout
+    assert prefix in listing and "research" in listing and "active" in listing and key not in listing
+    assert genq("keys", "revoke", prefix, GENQ_DATABASE_URL=url).returncode == 0
+    assert "revoked" in genq("keys", "list", GENQ_DATABASE_URL=url).stdout
+    assert genq("keys", "revoke", prefix, GENQ_DATABASE_URL=url).returncode != 0
+    assert "tenant name" in genq("keys", "create", "--tenant", "../x", GENQ_DATABASE_URL=url).stderr
+
+
+def test_light_commands_do_not_import_torch():
+    probe = "import sys, genq.cli, genq.up, web.app, worker.launcher, worker.reconciler; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60).stdout.strip() == "False"
