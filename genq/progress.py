@@ -33,12 +33,13 @@ class ProgressBar:
         return f"[{bar}] {done}/{self.total} {state:<10} {rate_text}  ETA {eta}  elapsed {format_duration(now - self.started)}"
 
     def _rate(self, done: int, now: float) -> float | None:
-        """Items per second since the first item finished (model loading is not counted)."""
+        """Items per second since the first items finished (model loading is not counted);
+        while everything so far finished at once, the rate since submission."""
         if self._first_done is None:
             return None
         first_at, first_done = self._first_done
         if done <= first_done or now <= first_at:
-            return None
+            return done / (now - self.started) if now > self.started else None
         return (done - first_done) / (now - first_at)
 
     def update(self, done: int, state: str) -> None:
