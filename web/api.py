@@ -10,21 +10,16 @@ from shared.orm import Job, JobState
 from shared.queue import send_wakeup
 from shared.schemas import validate_job_request
 from web import idempotency, queries
+from web.bodies import json_body
 from web.auth import current_principal, require_api_key
 from web.context import db, genq
 from web.serializers import item_to_dict, job_links, job_to_dict
 
 QUOTA_RETRY_AFTER_SECONDS = 30
+MAX_ITEM_INDEX = 2**31 - 1  # the column is an INTEGER: a larger index is a 404, never an overflow
 
 api = Blueprint("api", __name__, url_prefix="/v1")
 api.before_request(require_api_key)
-
-
-def _json_body() -> object:
-    body = request.get_json(silent=True)
-    if body is None:
-        raise InvalidRequest("the request body must be JSON (Content-Type: application/json)", field=None)
-    return body
 
 
 def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
@@ -43,7 +38,7 @@ def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
 @api.post("/jobs")
 def create_job():
     ctx = genq()
-    body = _json_body()
+    body = json_body(request)
     key = idempotency.key_from(request.headers)
     fingerprint = idempotency.fingerprint(body)
     session, tenant = db(), current_principal().tenant
@@ -127,7 +122,7 @@ def list_items(job_id: str):
     return jsonify({"items": [item_to_dict(item) for item in items], "total": job.total_items, "next_offset": next_offset})
 
 
-@api.get("/jobs/<job_id>/items/<int:index>/output")
+@api.get(f"/jobs/<job_id>/items/<int(max={MAX_ITEM_INDEX}):index>/output")
 def get_item_output(job_id: str, index: int):
     session = db()
     job = queries.find_job(session, current_principal(), job_id)

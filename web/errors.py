@@ -32,6 +32,9 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
         response = error_response(exc.code or 500, code, exc.description or exc.name)
+        for name, value in exc.get_headers():  # `Allow` on a 405 (RFC 9110), `Location` on a redirect
+            if name.lower() != "content-type":
+                response.headers[name] = value
         if exc.code == 429:
             response.headers["Retry-After"] = str(getattr(exc, "retry_after", None) or 60)
         return response
