@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import sqlalchemy
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,11 +27,11 @@ sys.path.insert(0, str(ROOT))
 from shared.db import session_scope  # noqa: E402
 from shared.orm import ItemState, Job, JobItem  # noqa: E402
 from tests import tiny_models  # noqa: E402
+from tests.helpers.ledger import count_result_writes, items_written_more_than_once  # noqa: E402
 from tests.helpers.processes import RedisServer  # noqa: E402
 from tests.helpers.stack import Stack  # noqa: E402
 
 HARD_LIMIT = 60
-WRITES_TABLE = "chaos_result_writes"
 
 
 def parse_args() -> argparse.Namespace:
@@ -55,26 +54,6 @@ def build_registry(root: Path) -> Path:
     path = root / "models.yaml"
     path.write_text(yaml.safe_dump(entries))
     return path
-
-
-def count_result_writes(url: str) -> None:
-    """The bench's own instrument: a row per write that marks an item succeeded."""
-    engine = sqlalchemy.create_engine(url)
-    with engine.begin() as connection:
-        connection.exec_driver_sql(f"DROP TABLE IF EXISTS {WRITES_TABLE}")
-        connection.exec_driver_sql(f"CREATE TABLE {WRITES_TABLE} (item_id BIGINT NOT NULL)")
-        if engine.dialect.name == "postgresql":
-            connection.exec_driver_sql(
-                f"CREATE OR REPLACE FUNCTION chaos_count() RETURNS trigger AS $$ BEGIN "
-                f"INSERT INTO {WRITES_TABLE} VALUES (NEW.id); RETURN NEW; END $$ LANGUAGE plpgsql")
-            connection.exec_driver_sql(
-                "CREATE TRIGGER chaos_count AFTER UPDATE ON job_items FOR EACH ROW "
-                "WHEN (NEW.state = 'succeeded') EXECUTE FUNCTION chaos_count()")
-        else:
-            connection.exec_driver_sql(
-                f"CREATE TRIGGER chaos_count AFTER UPDATE ON job_items WHEN NEW.state = 'succeeded' "
-                f"BEGIN INSERT INTO {WRITES_TABLE} VALUES (NEW.id); END")
-    engine.dispose()
 
 
 def random_job(rng: random.Random) -> dict:
@@ -171,8 +150,7 @@ class Chaos:
         with session_scope(self.stack.database_url) as session:
             jobs = session.query(Job).all()
             items = session.query(JobItem).all()
-            duplicated = session.execute(sqlalchemy.text(
-                f"SELECT COUNT(*) FROM (SELECT item_id FROM {WRITES_TABLE} GROUP BY item_id HAVING COUNT(*) > 1) d")).scalar()
+        duplicated = items_written_more_than_once(self.stack.database_url)
         keys = {i.output_key for i in items if i.output_key and i.state == ItemState.SUCCEEDED}
         storage = self.stack.storage_dir
         files = {str(p.relative_to(storage)) for p in storage.rglob("*.png")} if storage.exists() else set()

@@ -47,6 +47,7 @@ def web(host: str | None, port: int | None, processes: int | None, access_log: s
         "--bind", f"{host}:{port}",
         "--workers", str(processes),
         "--access-logfile", access_log,
+        "--config", "python:web.gunicorn_config",
         "web.app:create_app()",
     ]
     os.execv(sys.executable, argv)

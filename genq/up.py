@@ -4,8 +4,10 @@
     on first start when the registry names them and they are missing) -> reconciler
     -> one worker per GPU (or one CPU worker) -> web server -> a self-check job
 
-Ctrl-C or SIGTERM stops every child and exits 0. A second `genq up` on the same data
-directory says so and exits 1.
+Once up, a service that dies is restarted with backoff (see `genq.supervisor`); a child
+that dies while `genq up` is still starting stops the start with its log's name. Ctrl-C
+or SIGTERM stops every child and exits 0; if `genq up` itself is killed, its children
+die with it. A second `genq up` on the same data directory says so and exits 1.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pathlib import Path
 import requests
 
 from genq.client_cli import KEY_FILE_NAME
-from genq.supervisor import Supervisor, wait_until
+from genq.supervisor import Supervisor, stop_leftovers, wait_until
 from shared.orm import DEFAULT_TENANT
 from shared.registry import Registry, load_registry
 from shared.settings import Settings
@@ -101,8 +103,9 @@ class Up:
         self.port = settings.web_port if port is None else port
         self.url = f"http://{settings.web_host}:{self.port}"
         self.gpus = gpus
-        self.supervisor = Supervisor(self.data_dir / "logs")
-        self.env = dict(os.environ, GENQ_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1")
+        self.supervisor = Supervisor(self.data_dir / "logs", state_file=self.data_dir / "services.json")
+        self.env = dict(os.environ, GENQ_DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1",
+                        GENQ_SUPERVISOR_STATE_FILE=str(self.supervisor.state_file))
         self.stopping = False
         self.embedded_redis = False
         self.api_key: str | None = None
@@ -123,6 +126,7 @@ class Up:
         try:
             if self.settings.auth == "off" and not is_loopback(self.settings.web_host):
                 raise UpError(f"GENQ_AUTH=off is refused when binding {self.settings.web_host}: loopback only")
+            self.stop_leftovers()
             if not port_is_free(self.settings.web_host, self.port):
                 raise UpError(f"port {self.port} on {self.settings.web_host} is in use; choose another with --port")
             self.start_redis()
@@ -141,6 +145,14 @@ class Up:
             self.supervisor.stop_all()
             lock.release()
 
+    def stop_leftovers(self) -> None:
+        """An earlier `genq up` of this data directory that was killed outright may have
+        left services running (where the kernel cannot kill them with it): stop them."""
+        stopped = stop_leftovers(self.supervisor.state_file)
+        if stopped:
+            self.say(f"an earlier genq up of {self.data_dir} was killed and left {', '.join(stopped)} "
+                     "running; stopped them (SIGKILL to each one's process group)")
+
     def _ask_to_stop(self, _signum, _frame) -> None:
         self.stopping = True
 
@@ -158,7 +170,7 @@ class Up:
         redis_dir.mkdir(exist_ok=True)
         argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
                 "--dir", str(redis_dir), "--appendonly", "yes", "--save", ""]
-        self.supervisor.start("redis", argv, self.env)
+        self.supervisor.start("redis", argv, self.env, parent_death_signal=signal.SIGTERM)  # flushes its AOF
         self.env["GENQ_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         self.embedded_redis = True
         import redis
@@ -263,11 +275,9 @@ class Up:
             self.say(line)
 
     def watch(self) -> int:
+        """Restart what dies (with backoff) until asked to stop."""
         while not self.stopping:
-            dead = self.supervisor.first_dead()
-            if dead is not None:
-                self.say(f"{dead.name} exited with code {dead.process.returncode}; stopping everything")
-                return 1
+            self.supervisor.supervise()
             time.sleep(0.3)
         self.say("stopping")
         return 0

@@ -121,8 +121,11 @@ class Health(_Response):
 
 
 class ReadinessChecks(_Response):
+    model_config = ConfigDict(extra="allow", strict=True)
+
     database: str = Field(description='"ok", or "error: <exception type>".')
-    redis: str = Field(description='"ok", or "error: <exception type>".')
+    redis: str = Field(description='"ok", or "error: <exception type>" (or, under `genq up`, why its Redis is down).')
+    __pydantic_extra__: dict[str, str] = Field(init=False)  # under `genq up`: one more per service
 
 
 class Readiness(_Response):

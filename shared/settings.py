@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="Address `genq up` and `genq web` bind.")
     web_port: int = Field(8000, ge=0, le=65535)
     web_processes: int = Field(2, ge=1, description="gunicorn worker processes.")
+    supervisor_state_file: Path | None = Field(None, description="Set by `genq up` for its children: the file where it keeps its services' states, which /readyz reports.")
 
     # Celery wake-up publishing: fail fast when Redis is down (the job is already committed).
     publish_max_retries: int = Field(2, ge=0)

@@ -1,6 +1,9 @@
 """Liveness and readiness."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from flask import Blueprint, jsonify
 from sqlalchemy import text
 
@@ -17,6 +20,9 @@ def healthz():
 @health.get("/readyz")
 def readyz():
     checks = {"database": _check(lambda: db().execute(text("SELECT 1"))), "redis": _check(_ping_redis)}
+    for name, status in supervised_services(genq().settings.supervisor_state_file).items():
+        if status != "ok" or name not in checks:  # a failed probe is never hidden by "running"
+            checks[name] = status
     ready = all(value == "ok" for value in checks.values())
     return jsonify({"status": "ready" if ready else "not_ready", "checks": checks}), 200 if ready else 503
 
@@ -25,6 +31,21 @@ def _ping_redis() -> None:
     with genq().celery.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, timeout=2)
         connection.default_channel.client.ping()
+
+
+def supervised_services(state_file: Path | None) -> dict[str, str]:
+    """Under `genq up`: "ok" for each running service, else why it is down and when it
+    comes back (the supervisor's own account; the web server is the one answering)."""
+    if state_file is None:
+        return {}
+    try:
+        services = json.loads(state_file.read_text())["services"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {name: "ok" if service["state"] == "running" else
+            f"down: exited with {service['last_exit']}; restart {service['restarts'] + 1} "
+            f"in {service.get('restart_in_seconds', 0):.0f} s"
+            for name, service in services.items() if name != "web"}
 
 
 def _check(probe) -> str:

@@ -17,6 +17,7 @@ from celery.signals import worker_process_init, worker_ready
 
 from shared import lifecycle
 from shared.db import dispose_engines, session_scope
+from shared.processes import die_with_parent
 from shared.queue import WAKE_TASK, make_celery, queue_name, send_wakeup
 from worker import context
 from worker.slices import handle_wakeup
@@ -39,7 +40,9 @@ def make_worker_app(ctx: context.WorkerContext) -> Celery:
 
 
 def _fresh_connections_after_fork(**_kwargs) -> None:
-    """A forked child must not share the parent's database connections."""
+    """A forked child must not share the parent's database connections, and must not
+    outlive its parent (a pool child left alone would hold its claim's lease)."""
+    die_with_parent()
     dispose_engines()
 
 

@@ -14,6 +14,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from shared.processes import dies_with_this_process
+
 
 class LaunchError(Exception):
     """The requested GPUs cannot be served on this machine."""
@@ -74,7 +76,7 @@ def run_workers(commands: list[WorkerCommand]) -> int:
     """Start every worker, forward SIGINT/SIGTERM to them, and wait. If one dies, stop
     the rest. Exit 0 when asked to stop and every worker stopped (cleanly, or by the
     forwarded signal); 1 when a worker died on its own."""
-    children = [subprocess.Popen(c.argv, env=c.env) for c in commands]
+    children = [subprocess.Popen(c.argv, env=c.env, preexec_fn=dies_with_this_process()) for c in commands]
     asked_to_stop: list[int] = []
 
     def forward(signum, _frame):

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sqlalchemy
+from sqlalchemy import text
+
 from shared.db import session_scope
 from shared.orm import ItemState, Job, JobItem
+
+WRITES_TABLE = "chaos_result_writes"
 
 
 def assert_ledger_consistent(database_url: str, storage_dir: Path) -> dict[str, int]:
@@ -23,3 +28,32 @@ def assert_ledger_consistent(database_url: str, storage_dir: Path) -> dict[str, 
     files = {str(p.relative_to(storage_dir)) for p in Path(storage_dir).rglob("*") if p.is_file()} if Path(storage_dir).exists() else set()
     assert files == set(keys), f"files without a row: {sorted(files - set(keys))[:5]}"
     return {state.value: sum(i.state == state for i in items) for state in ItemState}
+
+
+def count_result_writes(url: str) -> None:
+    """The tests' own instrument: a row per write that marks an item succeeded."""
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"DROP TABLE IF EXISTS {WRITES_TABLE}")
+        connection.exec_driver_sql(f"CREATE TABLE {WRITES_TABLE} (item_id BIGINT NOT NULL)")
+        if engine.dialect.name == "postgresql":
+            connection.exec_driver_sql(
+                f"CREATE OR REPLACE FUNCTION chaos_count() RETURNS trigger AS $$ BEGIN "
+                f"INSERT INTO {WRITES_TABLE} VALUES (NEW.id); RETURN NEW; END $$ LANGUAGE plpgsql")
+            connection.exec_driver_sql(
+                "CREATE TRIGGER chaos_count AFTER UPDATE ON job_items FOR EACH ROW "
+                "WHEN (NEW.state = 'succeeded') EXECUTE FUNCTION chaos_count()")
+        else:
+            connection.exec_driver_sql(
+                f"CREATE TRIGGER chaos_count AFTER UPDATE ON job_items WHEN NEW.state = 'succeeded' "
+                f"BEGIN INSERT INTO {WRITES_TABLE} VALUES (NEW.id); END")
+    engine.dispose()
+
+
+def items_written_more_than_once(url: str) -> int:
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as connection:
+        count = connection.execute(text(
+            f"SELECT COUNT(*) FROM (SELECT item_id FROM {WRITES_TABLE} GROUP BY item_id HAVING COUNT(*) > 1) d")).scalar()
+    engine.dispose()
+    return count

@@ -155,6 +155,23 @@ def test_readiness_fails_when_redis_is_unreachable(settings, tmp_path):
     assert response.status_code == 503 and response.get_json()["checks"]["redis"].startswith("error")
 
 
+def test_readiness_names_a_service_that_genq_up_is_restarting(settings, tmp_path):
+    import json
+
+    from web.app import create_app
+
+    state = tmp_path / "services.json"
+    state.write_text(json.dumps({"services": {
+        "worker": {"state": "restarting", "pid": None, "restarts": 2, "last_exit": "signal SIGKILL", "restart_in_seconds": 4},
+        "reconciler": {"state": "running", "pid": 1, "restarts": 0, "last_exit": None},
+        "redis": {"state": "running", "pid": 2, "restarts": 0, "last_exit": None},
+    }}))
+    response = create_app(settings.model_copy(update={"supervisor_state_file": state})).test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json()["checks"] == {"database": "ok", "redis": "ok", "reconciler": "ok",
+                                             "worker": "down: exited with signal SIGKILL; restart 3 in 4 s"}
+
+
 def test_submit_with_redis_down_keeps_the_job(settings, api_key):
     """Redis down at submit: the job is committed and answered 202; the worker's start-up
     sweep (and the reconciler) sends its wake-up later."""
