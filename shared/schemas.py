@@ -9,13 +9,21 @@ import random
 from dataclasses import dataclass
 from typing import Any, Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from shared.errors import InvalidRequest, LimitExceeded, UnknownModel
 from shared.registry import ModelSpec, Registry, Task
 
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 3.0 as an integer, and so does this API (3.5 is still refused)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
 MAX_SEED = 2**63 - 1
-Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Seed = Annotated[Integer, Field(ge=0, le=MAX_SEED)]
 # PostgreSQL text cannot hold NUL, and no model needs one.
 NO_NUL = r"^[^\x00]*$"
 Prompt = Annotated[str, Field(min_length=1, pattern=NO_NUL)]
@@ -26,25 +34,25 @@ class _Strict(BaseModel):
 
 
 class TextParams(_Strict):
-    max_new_tokens: int = Field(32, ge=1, le=4096)
+    max_new_tokens: Integer = Field(32, ge=1, le=4096)
     do_sample: bool = False
     temperature: float = Field(1.0, gt=0, le=100)
-    top_k: int = Field(0, ge=0)
+    top_k: Integer = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     seed: Seed | None = None
 
 
 class ImageParams(_Strict):
-    num_inference_steps: int = Field(20, ge=1, le=1000)
+    num_inference_steps: Integer = Field(20, ge=1, le=1000)
     guidance_scale: float = Field(7.5, ge=0, le=100)
-    width: int = Field(512, ge=8, le=4096, multiple_of=8)
-    height: int = Field(512, ge=8, le=4096, multiple_of=8)
+    width: Integer = Field(512, ge=8, le=4096, multiple_of=8)
+    height: Integer = Field(512, ge=8, le=4096, multiple_of=8)
     negative_prompt: Annotated[str, Field(pattern=NO_NUL)] | None = None
     seed: Seed | None = None
 
 
 class UnconditionalImageParams(_Strict):
-    num_inference_steps: int = Field(20, ge=1, le=1000)
+    num_inference_steps: Integer = Field(20, ge=1, le=1000)
     seed: Seed | None = None
 
 
@@ -65,7 +73,7 @@ class JobRequest(_Strict):
     prompts: list[Prompt] | None = None
     inputs: list[InputItem] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    priority: int = Field(5, ge=0, le=9)
+    priority: Integer = Field(5, ge=0, le=9)
 
     @model_validator(mode="after")
     def _one_input_list(self) -> "JobRequest":

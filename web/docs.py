@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
 from markupsafe import Markup, escape
 
+from web.context import genq
 from web.openapi import build_document
 
 docs = Blueprint("docs", __name__, template_folder="templates", static_folder="static", static_url_path="/docs/static")
@@ -37,15 +38,20 @@ def home():
 
 @docs.get("/openapi.json")
 def openapi_json():
-    return jsonify(build_document())
+    return jsonify(deployment_document())
 
 
 @docs.get("/docs")
 def docs_page():
-    document = build_document()
+    document = deployment_document()
     base_url = request.host_url.rstrip("/")
     operations = [_operation_view(path, method, op, base_url) for path, method, op in _operations(document)]
     return render_template("docs.html", doc=document, operations=operations, schemas=_schema_views(document))
+
+
+def deployment_document() -> dict[str, Any]:
+    ctx = genq()
+    return build_document(ctx.registry, ctx.settings)
 
 
 def _operations(document: dict[str, Any]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -13,13 +14,17 @@ from shared.orm import Job
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
+# No control characters, and at least one character that is not a space. The OpenAPI
+# document declares this very pattern, so the server and its contract cannot disagree.
+KEY_PATTERN = r"^[^\x00-\x1f\x7f]*[^\x00-\x20\x7f][^\x00-\x1f\x7f]*$"
+_KEY = re.compile(KEY_PATTERN.replace("$", "\\Z"))
 
 
 def key_from(headers) -> str | None:
     key = headers.get(HEADER)
     if key is None:
         return None
-    if not key.strip() or len(key) > MAX_KEY_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in key):
+    if len(key) > MAX_KEY_LENGTH or not _KEY.match(key):
         raise InvalidRequest(f"{HEADER} must be 1 to {MAX_KEY_LENGTH} printable characters", field=HEADER)
     return key
 

@@ -13,7 +13,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from shared.schemas import JobRequest
+from shared.registry import ModelSpec, Registry
+from shared.schemas import PARAMS_BY_TASK, JobRequest
+from shared.settings import Settings
 from web.openapi_routes import PARAMS_MODELS, ROUTES, SECURITY_SCHEME, Param, Reply, Route
 
 OPENAPI_VERSION = "3.1.0"
@@ -91,6 +93,8 @@ def response(reply: Reply) -> dict[str, Any]:
         out["content"] = {media: {"schema": schema} for media, schema in reply.media_types.items()}
     if reply.headers:
         out["headers"] = {name: dict(header) for name, header in reply.headers.items()}
+    if reply.links:
+        out["links"] = {name: dict(link) for name, link in reply.links.items()}
     return out
 
 
@@ -151,6 +155,101 @@ def _document() -> dict[str, Any]:
     }
 
 
-def build_document() -> dict[str, Any]:
-    """The document (a fresh copy: callers may change it)."""
-    return copy.deepcopy(_document())
+def build_document(registry: Registry | None = None, settings: Settings | None = None) -> dict[str, Any]:
+    """The document (a fresh copy: callers may change it). With a deployment's registry
+    and settings, it declares what that deployment checks (see `for_deployment`)."""
+    document = copy.deepcopy(_document())
+    if registry is not None and settings is not None:
+        for_deployment(document, registry, settings)
+    return document
+
+
+def for_deployment(document: dict[str, Any], registry: Registry, settings: Settings) -> None:
+    """Declare the limits that come from settings and the registry, so that the document
+    says exactly what the server refuses: the model names (an enum), each model's
+    parameters narrowed by its `limits` (one branch per model), items per job, prompt
+    characters and page sizes. Request examples name this deployment's models."""
+    schemas = document["components"]["schemas"]
+    job_request = schemas[JobRequest.__name__]
+    job_request["properties"]["model"]["enum"] = registry.names()
+    job_request["properties"]["prompts"]["anyOf"][0].update(maxItems=settings.max_items_per_job)
+    job_request["properties"]["prompts"]["anyOf"][0]["items"]["maxLength"] = settings.max_prompt_chars
+    job_request["properties"]["inputs"]["anyOf"][0].update(maxItems=settings.max_items_per_job)
+    schemas["InputItem"]["properties"]["prompt"]["maxLength"] = settings.max_prompt_chars
+    branches = []
+    for spec in registry:
+        name = f"{PARAMS_BY_TASK[spec.task].__name__}_{spec.name}"
+        schemas[name] = params_within_limits(schemas[PARAMS_BY_TASK[spec.task].__name__], spec)
+        branches += [job_request_branch(job_request, schemas["InputItem"], spec.name, name, given, other) for given, other in
+                     (("prompts", "inputs"), ("inputs", "prompts"))]
+    if branches:  # whole objects, one per model and kind of input, so a generator need not merge constraints
+        schemas[JobRequest.__name__] = {"title": job_request["title"], "description": "One model's job request: "
+                                        "its parameters as that model takes them.", "anyOf": branches}
+    for path_item in document["paths"].values():
+        for op in path_item.values():
+            for param in op.get("parameters", []):
+                if param["in"] == "query" and param["name"] == "limit":
+                    param["schema"]["maximum"] = settings.max_page_size
+            examples = op.get("requestBody", {}).get("content", {}).get(JSON, {}).get("examples", {})
+            for key in list(examples):
+                model = _stand_in(registry, examples[key]["value"]["model"])
+                if model is None:
+                    del examples[key]
+                else:
+                    examples[key]["value"]["model"] = model
+
+
+def job_request_branch(job_request: dict[str, Any], input_item: dict[str, Any], model: str, params_schema: str,
+                       given: str, other: str) -> dict:
+    """A job request for `model` that gives `given` (prompts or inputs) and not `other`."""
+    properties = copy.deepcopy(job_request["properties"])
+    properties["model"] = {"const": model}
+    properties[given] = properties[given]["anyOf"][0]
+    if given == "inputs":  # inlined: generators have dropped the item's bounds behind a $ref in a branch
+        properties[given]["items"] = _nullable_as_type_list(copy.deepcopy(input_item))
+    properties[other] = {"type": "null"}
+    properties["params"] = {"$ref": REF_TEMPLATE.format(model=params_schema), "default": {}}
+    return {"type": "object", "additionalProperties": False, "required": ["model", given], "properties": properties}
+
+
+def _nullable_as_type_list(schema: dict[str, Any]) -> dict[str, Any]:
+    """`{"anyOf": [{"type": "integer", ...}, {"type": "null"}]}` as `{"type": ["integer", "null"], ...}`:
+    the same values, in the form that generators keep the bounds of."""
+    for name, field in schema.get("properties", {}).items():
+        options = field.get("anyOf", [])
+        if len(options) == 2 and options[1] == {"type": "null"} and isinstance(options[0].get("type"), str):
+            flat = {key: value for key, value in field.items() if key != "anyOf"}
+            flat.update(options[0], type=[options[0]["type"], "null"])
+            schema["properties"][name] = flat
+    return schema
+
+
+def params_within_limits(schema: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
+    """A task's parameter schema, narrowed by one model's registry `limits`."""
+    schema = copy.deepcopy(schema)
+    schema["title"] = f"Parameters of {spec.name}"
+    for field_name, bounds in spec.limits.items():
+        field = schema["properties"].get(field_name)
+        if field is None:
+            continue
+        field["default"] = spec.defaults.get(field_name, field.get("default"))
+        if bounds.max is not None:
+            field["maximum"] = _number(min(field.get("maximum", bounds.max), bounds.max))
+        if bounds.min is not None:
+            field["minimum"] = _number(max(field.get("minimum", bounds.min), bounds.min))
+        if not field.get("minimum", field["default"]) <= field["default"] <= field.get("maximum", field["default"]):
+            del field["default"]  # the task's default is out of this model's range, and it has none of its own
+    return schema
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _stand_in(registry: Registry, example_model: str) -> str | None:
+    """This deployment's model for an example written for a demo model: the same name, or
+    the first model of the same kind (text or image)."""
+    if registry.get(example_model) is not None:
+        return example_model
+    wants_image = "image" in example_model
+    return next((spec.name for spec in registry if spec.task.is_image == wants_image), None)

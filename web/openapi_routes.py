@@ -11,7 +11,8 @@ from pydantic import BaseModel
 from shared.api_schemas import Error, Health, ItemPage, Job, JobAccepted, JobList, ModelList, Readiness
 from shared.schemas import ImageParams, JobRequest, TextParams, UnconditionalImageParams
 from web.idempotency import HEADER as IDEMPOTENCY_HEADER
-from web.idempotency import MAX_KEY_LENGTH
+from web.queries import CURSOR
+from web.idempotency import KEY_PATTERN, MAX_KEY_LENGTH
 
 SECURITY_SCHEME = "bearerAuth"
 PARAMS_MODELS: tuple[type[BaseModel], ...] = (TextParams, ImageParams, UnconditionalImageParams)
@@ -34,6 +35,7 @@ class Reply:
     model: type[BaseModel] | None = None
     media_types: dict[str, dict[str, Any]] = field(default_factory=dict)
     headers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    links: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,18 @@ NO_JOB = Reply("No such job (`not_found`).", Error)
 ANY_JOB = Reply("The job.", Job)
 
 
+def _links_from_job_id(source: str) -> dict[str, dict[str, Any]]:
+    """OpenAPI links from a response that names a job to what can be done with it (a
+    client, or schemathesis' stateful phase, follows them)."""
+    job = {"job_id": source}
+    return {
+        "GetJob": {"operationId": "get_job", "parameters": job},
+        "ListItems": {"operationId": "list_items", "parameters": job},
+        "CancelJob": {"operationId": "cancel_job", "parameters": job},
+        "RetryJob": {"operationId": "retry_job", "parameters": job},
+    }
+
+
 def _secured(responses: dict[int, Reply]) -> dict[int, Reply]:
     """Every /v1 operation needs a key and is rate limited."""
     return {401: UNAUTHORIZED, 429: TOO_MANY, **responses}
@@ -78,7 +92,7 @@ ROUTES: tuple[Route, ...] = (
         "POST", "/v1/jobs", "api.create_job", "Submit a job", "jobs",
         description="Commits the job and all its items, then wakes a worker. Nothing is written for a refused "
         "request. With an `Idempotency-Key`, a repeated request returns the first job.",
-        params=(Param(IDEMPOTENCY_HEADER, "header", {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+        params=(Param(IDEMPOTENCY_HEADER, "header", {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": KEY_PATTERN},
                       "Makes the submit idempotent: the same key with the same body returns the first job; "
                       "with another body, 409."),),
         request=JobRequest,
@@ -87,7 +101,8 @@ ROUTES: tuple[Route, ...] = (
             "inputs": {"model": "demo-image", "inputs": [{"prompt": "7", "seed": 42}], "priority": 7},
         },
         responses=_secured({
-            202: Reply("Accepted: the job is stored and queued.", JobAccepted, headers={
+            202: Reply("Accepted: the job is stored and queued.", JobAccepted, links=_links_from_job_id("$response.body#/id"),
+                       headers={
                 "Location": {"description": "The job's URL.", "required": True, "schema": {"type": "string"}},
                 "Idempotent-Replayed": {"description": "`true` when this is the first job of a repeated key.",
                                         "schema": {"type": "string", "enum": ["true"]}},
@@ -106,7 +121,8 @@ ROUTES: tuple[Route, ...] = (
         params=(
             Param("state", "query", {"$ref": "#/components/schemas/JobState"}, "Only jobs in this state."),
             LIMIT,
-            Param("cursor", "query", {"type": "string"}, "`next_cursor` of the previous page."),
+            Param("cursor", "query", {"type": "string", "pattern": CURSOR.pattern.replace("\\Z", "$")},
+                  "`next_cursor` of the previous page: a position in the list, `<microseconds since the epoch>-<job id>`."),
         ),
         responses=_secured({200: Reply("A page of jobs.", JobList), 400: BAD_REQUEST}),
     ),

@@ -1,10 +1,8 @@
 """Reads of jobs and items for the API, always through `visible_jobs`."""
 from __future__ import annotations
 
-import base64
-import binascii
 import re
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
@@ -45,20 +43,24 @@ def list_items(session: Session, job: Job, offset: int, limit: int) -> list[JobI
     )
 
 
+CURSOR = re.compile(r"^([0-9]{1,17})-([0-9a-f]{32})\Z")  # declared as the parameter's pattern
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def encode_cursor(job: Job) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    """A position in the listing's order: the job's creation time in microseconds since
+    the epoch (UTC) and its id. Any string of this form is a valid position, so the
+    document can declare the form and every value of it answers a page."""
+    created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=timezone.utc)
+    return f"{(created - EPOCH) // timedelta(microseconds=1)}-{job.id}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, job_id = raw.split("|", 1)
-        if not JOB_ID.match(job_id):
-            raise ValueError(job_id)
-        return datetime.fromisoformat(created), job_id
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidRequest("cursor is not one this API returned", field="cursor") from None
+    match = CURSOR.match(cursor)
+    if match is None:
+        raise InvalidRequest("cursor is not one this API returned (it looks like 1764522000123456-<job id>)",
+                             field="cursor")
+    return EPOCH + timedelta(microseconds=int(match.group(1))), match.group(2)
 
 
 def list_jobs(
@@ -68,7 +70,7 @@ def list_jobs(
     query = visible_jobs(principal).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
     if state is not None:
         query = query.where(Job.state == state)
-    if cursor:
+    if cursor is not None:
         created, job_id = decode_cursor(cursor)
         query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
     jobs = list(session.scalars(query))

@@ -35,10 +35,21 @@ def document(client):
     return response.get_json()
 
 
-def test_the_document_is_valid_openapi_3_1(document):
+def test_the_document_is_valid_openapi_3_1(document, registry, settings):
     assert document["openapi"].startswith("3.1")
     validate(document, cls=OpenAPIV31SpecValidator)
-    assert document == build_document()
+    validate(build_document(), cls=OpenAPIV31SpecValidator)  # the generic one, before a deployment's limits
+    assert document == build_document(registry, settings)
+
+
+def test_the_served_document_declares_this_deployments_limits(document, settings):
+    jobs = document["paths"]["/v1/jobs"]
+    assert {p["name"]: p["schema"].get("maximum") for p in jobs["get"]["parameters"]}["limit"] == settings.max_page_size
+    branches = document["components"]["schemas"]["JobRequest"]["anyOf"]
+    assert sorted({b["properties"]["model"]["const"] for b in branches}) == ["tiny-sd", "tiny-text", "tiny-uncond"]
+    text_params = document["components"]["schemas"]["TextParams_tiny-text"]["properties"]
+    assert text_params["max_new_tokens"]["maximum"] == 128  # the registry's limit, not the task's 4096
+    assert set(jobs["post"]["responses"]["202"]["links"]) == {"GetJob", "ListItems", "CancelJob", "RetryJob"}
 
 
 def flask_path(rule: str) -> str:
@@ -67,7 +78,8 @@ def test_v1_needs_a_key_and_the_probes_do_not(document):
             assert ("401" in op["responses"]) == secured, path
 
 
-def test_params_are_described_by_the_three_parameter_models(document):
+def test_params_are_described_by_the_three_parameter_models(generic_document):
+    document = generic_document
     params = document["components"]["schemas"]["JobRequest"]["properties"]["params"]
     names = [sub["$ref"].rsplit("/", 1)[1] for sub in params["anyOf"]]
     assert names == ["TextParams", "ImageParams", "UnconditionalImageParams"]
@@ -222,8 +234,19 @@ def test_the_request_examples_are_valid_requests(document):
         validator.validate(example["value"])
 
 
-def test_the_document_says_what_the_model_validator_checks(document):
-    validator = component_validator(document, "JobRequest")
+@pytest.fixture
+def generic_document():
+    """The document before a deployment's registry and settings narrow it."""
+    return build_document()
+
+
+def test_the_document_says_what_the_model_validator_checks(generic_document, document):
+    deployed = component_validator(document, "JobRequest")
+    assert deployed.is_valid({"model": "tiny-text", "inputs": [{"prompt": "a"}], "prompts": None, "params": {"seed": 1}})
+    assert not deployed.is_valid({"model": "tiny-text", "prompts": ["a"], "params": {"width": 64}})  # not its task's
+    assert not deployed.is_valid({"model": "tiny-text", "prompts": ["a"], "params": {"max_new_tokens": 129}})
+    assert not deployed.is_valid({"model": "m", "prompts": ["a"]})
+    validator = component_validator(generic_document, "JobRequest")
     assert validator.is_valid({"model": "m", "prompts": ["a"], "params": {}})
     assert validator.is_valid({"model": "m", "inputs": [{"prompt": "a"}], "prompts": None, "params": {"seed": 1}})
     assert not validator.is_valid({"model": "m"})

@@ -1,0 +1,59 @@
+"""The published contract matches the server, checked from outside: the `schemathesis`
+command (every phase, stateful included, every check) against `genq up` over real HTTP,
+gunicorn and all, as a user would run it against their own deployment.
+
+The deployment is configured so that everything it checks is in its document: a text
+model's prompt-token budget is a run-time limit JSON Schema cannot state, so this
+registry gives tiny-text a budget (96 tokens) that no prompt of GENQ_MAX_PROMPT_CHARS (24
+characters, at most 4 bytes-level tokens each) can exceed, and caps max_new_tokens so
+that budget plus the answer fits the model's 128 positions.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests import tiny_models
+from tests.helpers.processes import free_port
+from tests.helpers.up import UpProcess
+
+pytestmark = pytest.mark.integration
+SEED = 20261130
+MAX_EXAMPLES = int(os.environ.get("GENQ_SCHEMATHESIS_EXAMPLES", "25"))
+
+
+@pytest.fixture
+def contract_registry(tmp_path, tiny_model_dirs):
+    entries = tiny_models.tiny_registry_entries(tiny_model_dirs["text"], tiny_model_dirs["uncond"], tiny_model_dirs["sd"])
+    entries["models"]["tiny-text"]["limits"] = {"max_new_tokens": {"max": 32}, "prompt_tokens": {"max": 96}}
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(entries))
+    return path
+
+
+@pytest.mark.xfail(strict=True, reason="open finding: schemathesis' fuzzing phase sends POST /v1/jobs bodies whose "
+                   "inputs[].seed lies outside the declared 0..2^63-1 and counts them schema-valid (ST202); not yet "
+                   "known whether the document or the generator is at fault. Strict: passes once it is gone.")
+def test_schemathesis_from_outside_finds_nothing(tmp_path, contract_registry):
+    up = UpProcess(tmp_path / "var", contract_registry, free_port(), GENQ_MAX_PROMPT_CHARS="24",
+                   GENQ_RATE_LIMIT="1000000/minute", GENQ_MAX_ITEMS_PER_JOB="50")
+    try:
+        up.wait_up()
+        key = (up.data_dir / "api-key").read_text().strip()
+        run = subprocess.run(
+            [str(Path(sys.executable).parent / "schemathesis"), "run", f"{up.url}/openapi.json",
+             "-H", f"Authorization: Bearer {key}", "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
+             "--seed", str(SEED), "--workers", "2"],
+            capture_output=True, text=True, timeout=900, cwd=tmp_path, env=dict(os.environ, NO_COLOR="1"))
+    finally:
+        assert up.stop() == 0
+    output = run.stdout + run.stderr
+    summary = [line for line in output.splitlines() if " in " in line and ("passed" in line or "failure" in line)]
+    print("\n" + "\n".join(summary[-1:]))
+    assert run.returncode == 0, output[-6000:]
+    assert "Stateful" in output and "failure" not in summary[-1], summary
