@@ -9,13 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.worker.conftest import StopAfter, png_pixels
+from tests.worker.conftest import PIXEL_TOLERANCE, StopAfter, png_pixels
 from worker.runners.base import Cancelled, ItemInput
 
 PROMPTS = ["a red cat", "blue sky over the city at night", "", "a small green house with a tree and a river"]
 SD_PARAMS = {"num_inference_steps": 4, "guidance_scale": 5.0, "width": 64, "height": 64}
 UNCOND_PARAMS = {"num_inference_steps": 4}
-PIXEL_TOLERANCE = 1
 
 
 def items(seed_base: int = 7) -> list[ItemInput]:
