@@ -23,7 +23,7 @@ def _integral(value: Any) -> Any:
 
 Integer = Annotated[int, BeforeValidator(_integral)]
 MAX_SEED = 2**63 - 1
-Seed = Annotated[Integer, Field(ge=0, le=MAX_SEED)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_integral)]  # bounds first: they reach the schema
 # PostgreSQL text cannot hold NUL, and no model needs one.
 NO_NUL = r"^[^\x00]*$"
 Prompt = Annotated[str, Field(min_length=1, pattern=NO_NUL)]

@@ -7,3 +7,9 @@ from shared.processes import die_with_parent
 def post_fork(server, worker) -> None:
     """A web worker dies with its master, even when the master is killed outright."""
     die_with_parent(parent_pid=server.pid)
+
+# Long query strings and headers reach the app, which answers them with a JSON 400 (a
+# request line of 0 means gunicorn's own cap, 1 MiB); gunicorn's defaults (8190 bytes)
+# would answer an HTML 414 or 400 that no client of this API expects.
+limit_request_line = 0
+limit_request_field_size = 65536

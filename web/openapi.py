@@ -180,7 +180,7 @@ def for_deployment(document: dict[str, Any], registry: Registry, settings: Setti
     for spec in registry:
         name = f"{PARAMS_BY_TASK[spec.task].__name__}_{spec.name}"
         schemas[name] = params_within_limits(schemas[PARAMS_BY_TASK[spec.task].__name__], spec)
-        branches += [job_request_branch(job_request, schemas["InputItem"], spec.name, name, given, other) for given, other in
+        branches += [job_request_branch(job_request, spec.name, name, given, other) for given, other in
                      (("prompts", "inputs"), ("inputs", "prompts"))]
     if branches:  # whole objects, one per model and kind of input, so a generator need not merge constraints
         schemas[JobRequest.__name__] = {"title": job_request["title"], "description": "One model's job request: "
@@ -199,29 +199,14 @@ def for_deployment(document: dict[str, Any], registry: Registry, settings: Setti
                     examples[key]["value"]["model"] = model
 
 
-def job_request_branch(job_request: dict[str, Any], input_item: dict[str, Any], model: str, params_schema: str,
-                       given: str, other: str) -> dict:
+def job_request_branch(job_request: dict[str, Any], model: str, params_schema: str, given: str, other: str) -> dict:
     """A job request for `model` that gives `given` (prompts or inputs) and not `other`."""
     properties = copy.deepcopy(job_request["properties"])
     properties["model"] = {"const": model}
     properties[given] = properties[given]["anyOf"][0]
-    if given == "inputs":  # inlined: generators have dropped the item's bounds behind a $ref in a branch
-        properties[given]["items"] = _nullable_as_type_list(copy.deepcopy(input_item))
     properties[other] = {"type": "null"}
     properties["params"] = {"$ref": REF_TEMPLATE.format(model=params_schema), "default": {}}
     return {"type": "object", "additionalProperties": False, "required": ["model", given], "properties": properties}
-
-
-def _nullable_as_type_list(schema: dict[str, Any]) -> dict[str, Any]:
-    """`{"anyOf": [{"type": "integer", ...}, {"type": "null"}]}` as `{"type": ["integer", "null"], ...}`:
-    the same values, in the form that generators keep the bounds of."""
-    for name, field in schema.get("properties", {}).items():
-        options = field.get("anyOf", [])
-        if len(options) == 2 and options[1] == {"type": "null"} and isinstance(options[0].get("type"), str):
-            flat = {key: value for key, value in field.items() if key != "anyOf"}
-            flat.update(options[0], type=[options[0]["type"], "null"])
-            schema["properties"][name] = flat
-    return schema
 
 
 def params_within_limits(schema: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
