@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.db import session_scope  # noqa: E402
 from shared.orm import ItemState, Job, JobItem  # noqa: E402
+from shared.states import TERMINAL_JOB_STATES  # noqa: E402
 from tests import tiny_models  # noqa: E402
 from tests.helpers.ledger import count_result_writes, items_written_more_than_once  # noqa: E402
 from tests.helpers.processes import RedisServer  # noqa: E402
@@ -144,7 +145,7 @@ class Chaos:
 
     def unfinished(self) -> int:
         with session_scope(self.stack.database_url) as session:
-            return session.query(Job).filter(Job.state.notin_(["succeeded", "failed", "cancelled"])).count()
+            return session.query(Job).filter(Job.state.notin_(TERMINAL_JOB_STATES)).count()
 
     def verdict(self) -> dict:
         with session_scope(self.stack.database_url) as session:

@@ -8,7 +8,6 @@ from typing import Any, Iterator
 
 import requests
 
-TERMINAL_STATES = {"succeeded", "failed", "cancelled"}
 
 
 class ApiError(Exception):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
-from genq.client import TERMINAL_STATES, ApiClient, ApiError, parse_param, read_prompts_file
+from genq.client import ApiClient, ApiError, parse_param, read_prompts_file
 from genq.progress import ProgressBar
+from shared.states import TERMINAL
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 KEY_FILE_NAME = "api-key"
@@ -74,7 +75,7 @@ def wait_with_progress(client: ApiClient, job_id: str, interval: float = 0.5) ->
     while True:
         counts = job["counts"]
         bar.update(counts["succeeded"] + counts["failed"] + counts["cancelled"], job["state"])
-        if job["state"] in TERMINAL_STATES:
+        if job["state"] in TERMINAL:
             bar.close()
             return job
         time.sleep(interval)

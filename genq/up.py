@@ -28,6 +28,7 @@ from genq.supervisor import Supervisor, stop_leftovers, wait_until
 from shared.orm import DEFAULT_TENANT
 from shared.registry import Registry, load_registry
 from shared.settings import Settings
+from shared.states import TERMINAL
 from web.auth import is_loopback
 
 DEMO_MODELS = ("demo-text", "demo-image")
@@ -243,7 +244,7 @@ class Up:
 
         def finished():
             state = requests.get(f"{self.url}/v1/jobs/{job['id']}", timeout=10, headers=self.headers()).json()["state"]
-            return state in ("succeeded", "failed", "cancelled")
+            return state in TERMINAL
 
         if not wait_until(finished, 120, abort=self._stop_asked):
             self.say(f"self-check: {model} did not answer within 120 s; see logs/worker.log")

@@ -107,3 +107,16 @@ def load_registry(path: Path | str) -> Registry:
         except ValidationError as exc:
             raise ConfigError(f"model registry {path}: entry {name!r} is invalid: {exc}") from exc
     return Registry(specs)
+
+
+# Where a model's config names the longest sequence it takes, in the order they are read.
+POSITION_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length")
+
+
+def max_positions(config: dict[str, Any]) -> int | None:
+    """The longest sequence (prompt plus new tokens) a model's `config.json` allows, if
+    it names one. The web process (which reads the file) and the worker (which has the
+    loaded config) both ask this, so they cannot disagree on a limit."""
+    return next((config[name] for name in POSITION_FIELDS
+                 if isinstance(config.get(name), int) and not isinstance(config.get(name), bool) and config[name] > 0),
+                None)

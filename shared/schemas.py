@@ -88,6 +88,15 @@ class ValidatedJob:
     params: dict[str, Any]
     inputs: list[tuple[str, int]]
     priority: int
+    field: str  # "prompts" or "inputs": the list the request gave
+
+    def item_path(self, index: int) -> str:
+        return item_path(self.field, index)
+
+
+def item_path(field: str, index: int) -> str:
+    """Where item `index`'s prompt is in the request: `prompts.3` or `inputs.3.prompt`."""
+    return f"{field}.{index}" + (".prompt" if field == "inputs" else "")
 
 
 def pydantic_error(exc: ValidationError, prefix: str = "") -> InvalidRequest:
@@ -112,7 +121,7 @@ def validate_job_request(body: Any, registry: Registry, settings) -> ValidatedJo
     field = "inputs" if request.inputs is not None else "prompts"
     _check_items(items, field, settings)
     params = effective_params(spec, request.params)
-    return ValidatedJob(spec, params, assign_seeds(items, params.get("seed")), request.priority)
+    return ValidatedJob(spec, params, assign_seeds(items, params.get("seed")), request.priority, field)
 
 
 def _check_items(items: list[InputItem], field: str, settings) -> None:
@@ -122,7 +131,7 @@ def _check_items(items: list[InputItem], field: str, settings) -> None:
         raise LimitExceeded(f"{field} holds {len(items)} items; the limit is {settings.max_items_per_job}", field=field)
     for i, item in enumerate(items):
         if len(item.prompt) > settings.max_prompt_chars:
-            path = f"{field}.{i}" + (".prompt" if field == "inputs" else "")
+            path = item_path(field, i)
             raise LimitExceeded(f"{path} has {len(item.prompt)} characters; the limit is {settings.max_prompt_chars}", field=path)
 
 

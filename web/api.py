@@ -47,7 +47,7 @@ def create_job():
         if replay is not None:
             return _accepted(replay, replayed=True)
     job_request = validate_job_request(body, ctx.registry, ctx.settings)
-    ctx.token_limits.check(job_request, "inputs" if "inputs" in body else "prompts")
+    ctx.token_limits.check(job_request)
     check_pending_quota(session, tenant, len(job_request.inputs))
     job = lifecycle.create_job(
         session,

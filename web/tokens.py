@@ -13,10 +13,8 @@ import threading
 from pathlib import Path
 
 from shared.errors import LimitExceeded
-from shared.registry import ModelSpec, Task
+from shared.registry import ModelSpec, Task, max_positions
 from shared.schemas import ValidatedJob
-
-POSITION_FIELDS = ("n_positions", "max_position_embeddings", "max_sequence_length")
 
 
 class PromptTokenLimits:
@@ -25,7 +23,7 @@ class PromptTokenLimits:
         self._positions: dict[str, int | None] = {}
         self._lock = threading.Lock()
 
-    def check(self, job: ValidatedJob, field: str) -> None:
+    def check(self, job: ValidatedJob) -> None:
         spec = job.spec
         if spec.task is not Task.TEXT_GENERATION:
             return
@@ -35,7 +33,7 @@ class PromptTokenLimits:
             return
         for i, encoding in enumerate(tokenizer.encode_batch([prompt for prompt, _seed in job.inputs])):
             if len(encoding.ids) > limit:
-                path = f"{field}.{i}" + (".prompt" if field == "inputs" else "")
+                path = job.item_path(i)
                 raise LimitExceeded(f"{path} is {len(encoding.ids)} tokens; {spec.name} takes at most {limit} "
                                     f"with max_new_tokens {job.params.get('max_new_tokens')}", field=path)
 
@@ -51,7 +49,7 @@ class PromptTokenLimits:
             if spec.name not in self._positions:
                 config = _model_file(spec, "config.json")
                 values = json.loads(config.read_text()) if config else {}
-                self._positions[spec.name] = next((values[k] for k in POSITION_FIELDS if isinstance(values.get(k), int)), None)
+                self._positions[spec.name] = max_positions(values)
             return self._positions[spec.name]
 
     def _tokenizer(self, spec: ModelSpec):

@@ -11,9 +11,9 @@ import requests
 from migrations import upgrade
 from shared.db import session_scope
 from shared.keys import create_api_key
+from shared.states import TERMINAL
 from tests.helpers.processes import ServiceProcess, free_port, wait_for
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

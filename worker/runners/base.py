@@ -43,3 +43,39 @@ class Runner(Protocol):
         should_stop: Callable[[], bool] | None = None,
     ) -> list[ItemOutput]:
         """One output per input, in order. `should_stop` is polled during generation."""
+
+
+class BaseRunner:
+    """What every runner does around its model call, written once: set up on first use,
+    nothing to do for no items, and no start for a job that is being cancelled. A
+    subclass loads in `setup()`, says whether it has in `loaded()`, and produces outputs
+    in `generate()`."""
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu"):
+        self.spec = spec
+        self.device = device
+
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def loaded(self) -> bool:
+        raise NotImplementedError
+
+    def predict(
+        self,
+        inputs: list[ItemInput],
+        params: dict[str, Any],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[ItemOutput]:
+        if not self.loaded():
+            self.setup()
+        if not inputs:
+            return []
+        if should_stop is not None and should_stop():
+            raise Cancelled("generation cancelled")
+        return self.generate(inputs, params, should_stop)
+
+    def generate(
+        self, inputs: list[ItemInput], params: dict[str, Any], should_stop: Callable[[], bool] | None
+    ) -> list[ItemOutput]:
+        raise NotImplementedError

@@ -29,7 +29,7 @@ from diffusers import DiffusionPipeline
 
 from shared.errors import ConfigError
 from shared.registry import ModelSpec
-from worker.runners.base import Cancelled, ItemInput, ItemOutput
+from worker.runners.base import BaseRunner, Cancelled, ItemInput, ItemOutput
 from worker.runners.common import make_generator, param, resolve_source, torch_dtype
 from worker.runners.image import to_png
 
@@ -37,12 +37,11 @@ DEFAULT_STEPS = 25
 DEFAULT_DISPLAY_SIZE = 64
 
 
-class ClassConditionalImageRunner:
+class ClassConditionalImageRunner(BaseRunner):
     """Runs a class-conditional UNet over micro-batches; one grayscale or RGB PNG per item."""
 
     def __init__(self, spec: ModelSpec, device: str = "cpu"):
-        self.spec = spec
-        self.device = device
+        super().__init__(spec, device)
         self.labels = [str(label) for label in spec.options.get("labels") or []]
         if not self.labels:
             raise ConfigError(f"model {spec.name!r}: options.labels must list the class names")
@@ -80,16 +79,12 @@ class ClassConditionalImageRunner:
         named = ", ".join(self.labels[i] for i in found)
         raise ValueError(f"prompt {prompt!r} names several classes ({named}); name exactly one")
 
-    def predict(
-        self,
-        inputs: list[ItemInput],
-        params: dict[str, Any],
-        should_stop: Callable[[], bool] | None = None,
+    def loaded(self) -> bool:
+        return self.unet is not None
+
+    def generate(
+        self, inputs: list[ItemInput], params: dict[str, Any], should_stop: Callable[[], bool] | None
     ) -> list[ItemOutput]:
-        if self.unet is None:
-            self.setup()
-        if not inputs:
-            return []
         classes = [self.class_of(item.prompt) for item in inputs]
         guidance = float(param(params, "guidance_scale", 1.0))
         samples = sample(

@@ -18,7 +18,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from shared.registry import ModelSpec, Task
-from worker.runners.base import Cancelled, ItemInput, ItemOutput
+from worker.runners.base import BaseRunner, Cancelled, ItemInput, ItemOutput
 from worker.runners.common import make_generator, resolve_source, torch_dtype
 
 # Job parameters handed to the pipeline call when it accepts them.
@@ -26,12 +26,11 @@ _TEXT_TO_IMAGE_PARAMS = ("num_inference_steps", "guidance_scale", "width", "heig
 _UNCONDITIONAL_PARAMS = ("num_inference_steps", "eta")
 
 
-class ImageRunner:
+class ImageRunner(BaseRunner):
     """Runs a diffusers pipeline over micro-batches of items; one PNG per item."""
 
     def __init__(self, spec: ModelSpec, device: str = "cpu"):
-        self.spec = spec
-        self.device = device
+        super().__init__(spec, device)
         self.pipe = None
         self._call_params: set[str] = set()
         self._accepts_any = False
@@ -53,18 +52,12 @@ class ImageRunner:
         self._accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
         self.pipe = pipe
 
-    def predict(
-        self,
-        inputs: list[ItemInput],
-        params: dict[str, Any],
-        should_stop: Callable[[], bool] | None = None,
+    def loaded(self) -> bool:
+        return self.pipe is not None
+
+    def generate(
+        self, inputs: list[ItemInput], params: dict[str, Any], should_stop: Callable[[], bool] | None
     ) -> list[ItemOutput]:
-        if self.pipe is None:
-            self.setup()
-        if not inputs:
-            return []
-        if should_stop is not None and should_stop():
-            raise Cancelled("generation cancelled")
         kwargs = self._call_kwargs(inputs, params)
         poll = should_stop
         if should_stop is not None and self._accepts("callback_on_step_end"):

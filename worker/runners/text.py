@@ -22,8 +22,8 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from shared.registry import ModelSpec
-from worker.runners.base import Cancelled, ItemInput, ItemOutput
+from shared.registry import ModelSpec, max_positions
+from worker.runners.base import BaseRunner, Cancelled, ItemInput, ItemOutput
 from worker.runners.common import make_generator, param, resolve_source, torch_dtype
 
 DEFAULT_MAX_NEW_TOKENS = 32
@@ -86,12 +86,11 @@ class ShouldStop(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-class TextRunner:
+class TextRunner(BaseRunner):
     """Runs a causal language model over micro-batches of prompts."""
 
     def __init__(self, spec: ModelSpec, device: str = "cpu"):
-        self.spec = spec
-        self.device = device
+        super().__init__(spec, device)
         self.model = None
         self.tokenizer = None
 
@@ -131,26 +130,18 @@ class TextRunner:
 
     def max_positions(self) -> int | None:
         """The longest sequence the model takes (prompt + new tokens), if it has a limit."""
-        config = self.model.config
-        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-            value = getattr(config, name, None)
-            if isinstance(value, int) and value > 0:
-                return value
+        value = max_positions(self.model.config.to_dict())
+        if value is not None:
+            return value
         value = getattr(self.tokenizer, "model_max_length", None)
         return value if isinstance(value, int) and 0 < value < 1_000_000 else None
 
-    def predict(
-        self,
-        inputs: list[ItemInput],
-        params: dict[str, Any],
-        should_stop: Callable[[], bool] | None = None,
+    def loaded(self) -> bool:
+        return self.model is not None
+
+    def generate(
+        self, inputs: list[ItemInput], params: dict[str, Any], should_stop: Callable[[], bool] | None
     ) -> list[ItemOutput]:
-        if self.model is None:
-            self.setup()
-        if not inputs:
-            return []
-        if should_stop is not None and should_stop():
-            raise Cancelled("generation cancelled")
         max_new_tokens, prompt_room = self._lengths(params)
         input_ids, attention_mask = self._encode([item.prompt for item in inputs], prompt_room)
         processors = LogitsProcessorList()
