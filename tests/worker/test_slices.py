@@ -1,0 +1,128 @@
+"""The worker core in process: a wake-up driven through claim, micro-batches, commit and
+settle with the fault runner, a real SQLite ledger and a recording stand-in for the one
+publish call (the integration tests keep the real broker). A failure here points at a
+function, not at a worker's log line."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from shared import lifecycle
+from shared.db import session_scope
+from shared.orm import ItemState, Job, JobItem, JobState
+from shared.registry import load_registry
+from shared.settings import Settings
+from shared.storage import storage_from_settings
+from tests.helpers.database import create_schema, reset_schema
+from worker.cache import ModelCache
+from worker.context import WorkerContext
+from worker.slices import handle_wakeup
+
+
+class RecordingCelery:
+    """Stands in for `Celery.send_task`, the only call the worker core makes on it."""
+
+    def __init__(self):
+        self.sent: list[tuple[str, list, str]] = []
+
+    def send_task(self, name, args=None, queue=None, **_options):
+        self.sent.append((name, list(args or []), queue))
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    url = f"sqlite:///{tmp_path / 'genq.db'}"
+    reset_schema(url)
+    create_schema(url)
+    registry_file = tmp_path / "models.yaml"
+    registry_file.write_text(yaml.safe_dump({"models": {"fault": {
+        "task": "text-generation", "source": str(tmp_path), "runner": "tests.fault_runner:FaultRunner",
+        "micro_batch_size": 4, "options": {"slow_seconds": 0.05, "oom_above": 2}}}}))
+    settings = Settings(data_dir=tmp_path / "var", database_url=url, models_file=registry_file, slice_max_items=8,
+                        cancel_check_seconds=0.01)
+    return WorkerContext(settings=settings, registry=load_registry(registry_file), storage=storage_from_settings(settings),
+                         celery=RecordingCelery(), cache=ModelCache("cpu"), name="test-worker")
+
+
+def submit(ctx, prompts: list[str]) -> str:
+    with session_scope(ctx.settings.database_url) as session:
+        job = lifecycle.create_job(session, model="fault", task="text-generation", params={},
+                                   inputs=[(prompt, i) for i, prompt in enumerate(prompts)])
+        return job.id
+
+
+def job_and_items(ctx, job_id: str) -> tuple[Job, list[JobItem]]:
+    with session_scope(ctx.settings.database_url) as session:
+        job = session.get(Job, job_id)
+        items = session.query(JobItem).filter_by(job_id=job_id).order_by(JobItem.index).all()
+        session.expunge_all()
+        return job, items
+
+
+def test_a_wake_up_claims_a_slice_runs_it_in_micro_batches_and_settles_the_job(ctx):
+    job_id = submit(ctx, [f"ok {i}" for i in range(10)])
+    first = handle_wakeup(ctx, "fault")
+    assert (first.claimed, first.succeeded, first.failed, first.lost) == (8, 8, 0, 0)
+    assert ctx.celery.sent == [("genq.wake", ["fault"], "model.fault")]  # two items left: wake another worker
+    second = handle_wakeup(ctx, "fault")
+    assert (second.claimed, second.succeeded) == (2, 2)
+    job, items = job_and_items(ctx, job_id)
+    assert job.state == JobState.SUCCEEDED
+    assert [item.output_text for item in items] == [f"ok:ok {i}:{i}" for i in range(10)]
+    assert all(item.lease_id is None for item in items)
+    assert handle_wakeup(ctx, "fault") is None  # a duplicate wake-up finds nothing
+    assert len(ctx.celery.sent) == 1
+
+
+def test_an_item_that_raises_fails_alone(ctx):
+    job_id = submit(ctx, ["ok a", "raise", "ok b"])
+    report = handle_wakeup(ctx, "fault")
+    assert (report.succeeded, report.failed) == (2, 1)
+    job, items = job_and_items(ctx, job_id)
+    assert [item.state for item in items] == [ItemState.SUCCEEDED, ItemState.FAILED, ItemState.SUCCEEDED]
+    assert items[1].error.startswith("RuntimeError: injected failure on item 1")
+    assert job.state == JobState.FAILED
+
+
+def test_out_of_memory_halves_the_micro_batch_and_every_item_completes(ctx):
+    job_id = submit(ctx, [f"oom {i}" for i in range(8)])
+    report = handle_wakeup(ctx, "fault")
+    assert report.succeeded == 8 and ctx.registry.get("fault").micro_batch_size == 2
+    assert job_and_items(ctx, job_id)[0].state == JobState.SUCCEEDED
+
+
+def test_a_cancel_stops_the_slice_and_keeps_what_finished(ctx):
+    job_id = submit(ctx, [f"slow {i}" for i in range(8)])
+    calls = {"n": 0}
+    runner = ctx.cache.get(ctx.registry.get("fault"))
+    original = runner.predict
+
+    def predict_then_cancel(inputs, params, should_stop=None):
+        outputs = original(inputs, params, should_stop)
+        calls["n"] += 1
+        with session_scope(ctx.settings.database_url) as session:  # what POST /cancel does, mid-slice
+            lifecycle.cancel_job(session, session.get(Job, job_id))
+        return outputs
+
+    runner.predict = predict_then_cancel
+    report = handle_wakeup(ctx, "fault")
+    assert report.stopped == "cancelled" and report.succeeded == 4 and calls["n"] == 1
+    job, items = job_and_items(ctx, job_id)
+    assert job.state == JobState.CANCELLED
+    assert [item.state for item in items] == [ItemState.SUCCEEDED] * 4 + [ItemState.CANCELLED] * 4
+
+
+def test_a_slice_whose_lease_was_taken_writes_nothing(ctx):
+    job_id = submit(ctx, ["ok 0", "ok 1"])
+    runner = ctx.cache.get(ctx.registry.get("fault"))
+    original = runner.predict
+
+    def predict_after_losing_the_lease(inputs, params, should_stop=None):
+        with session_scope(ctx.settings.database_url) as session:  # the reconciler, after an expiry
+            session.query(JobItem).filter_by(job_id=job_id).update({"lease_id": "someone-else"})
+        return original(inputs, params, should_stop)
+
+    runner.predict = predict_after_losing_the_lease
+    report = handle_wakeup(ctx, "fault")
+    assert (report.succeeded, report.lost) == (0, 2)
+    assert all(item.output_text is None for item in job_and_items(ctx, job_id)[1])
