@@ -21,7 +21,10 @@ class Unauthorized(GenqError):
 
 
 def require_api_key() -> None:
-    """A `before_request` hook: sets `g.principal` or refuses the request."""
+    """A `before_request` hook: sets `g.principal` or refuses the request. A CORS
+    preflight (OPTIONS) carries no key by design and reads nothing: it passes."""
+    if request.method == "OPTIONS":
+        return
     if genq().settings.auth == "off":
         g.principal = DEVELOPMENT_PRINCIPAL
         return

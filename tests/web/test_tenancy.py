@@ -143,3 +143,11 @@ def test_cors_is_off_unless_configured(client, settings, redis_server, api_key):
     app = create_app(settings.model_copy(update={"cors_origins": ["https://x.example"]}))
     response = app.test_client().get("/v1/jobs", headers={"Origin": "https://x.example", "Authorization": f"Bearer {api_key}"})
     assert response.headers["Access-Control-Allow-Origin"] == "https://x.example"
+    preflight = app.test_client().options("/v1/jobs", headers={  # a browser's, before a POST: no key yet
+        "Origin": "https://x.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type, idempotency-key"})
+    assert preflight.status_code == 200 and preflight.headers["Access-Control-Allow-Origin"] == "https://x.example"
+    assert "idempotency-key" in preflight.headers["Access-Control-Allow-Headers"].lower()
+    other = app.test_client().options("/v1/jobs", headers={"Origin": "https://evil.example",
+                                                           "Access-Control-Request-Method": "POST"})
+    assert "Access-Control-Allow-Origin" not in other.headers
