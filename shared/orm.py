@@ -1,6 +1,6 @@
 """The ORM: jobs and their items (the ledger).
 
-Only `shared.lifecycle` writes the `state` columns. A job's counts are derived from its
+Only `shared.ledger` writes the `state` columns. A job's counts are derived from its
 items with one grouped query on the (job_id, state) index, so they can never drift.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.exc import IntegrityError
 
-from shared import lifecycle
+from shared import ledger
 from shared.errors import Conflict, InvalidRequest, QuotaExceeded
 from shared.orm import Job, JobState
 from shared.queue import send_wakeup
@@ -49,7 +49,7 @@ def create_job():
     job_request = validate_job_request(body, ctx.registry, ctx.settings)
     ctx.token_limits.check(job_request)
     check_pending_quota(session, tenant, len(job_request.inputs))
-    job = lifecycle.create_job(
+    job = ledger.create_job(
         session,
         tenant=tenant,
         model=job_request.spec.name,
@@ -71,7 +71,7 @@ def create_job():
 
 def check_pending_quota(session, tenant: str, new_items: int) -> None:
     cap = genq().settings.max_pending_items_per_tenant
-    pending = lifecycle.pending_items_of_tenant(session, tenant)
+    pending = queries.pending_items_of_tenant(session, tenant)
     if pending + new_items > cap:
         raise QuotaExceeded(
             f"tenant {tenant!r} has {pending} pending items; {new_items} more would pass the limit of {cap}. "
@@ -99,7 +99,7 @@ def list_jobs():
     limit = _int_arg("limit", settings.default_page_size, 1, settings.max_page_size)
     session = db()
     jobs, next_cursor = queries.list_jobs(session, current_principal(), state, limit, request.args.get("cursor"))
-    counts = lifecycle.item_counts(session, [job.id for job in jobs])
+    counts = ledger.item_counts(session, [job.id for job in jobs])
     return jsonify({"jobs": [job_to_dict(job, counts[job.id]) for job in jobs], "next_cursor": next_cursor})
 
 
@@ -107,7 +107,7 @@ def list_jobs():
 def get_job(job_id: str):
     session = db()
     job = queries.find_job(session, current_principal(), job_id)
-    return jsonify(job_to_dict(job, lifecycle.item_counts(session, [job.id])[job.id]))
+    return jsonify(job_to_dict(job, ledger.item_counts(session, [job.id])[job.id]))
 
 
 @api.get("/jobs/<job_id>/items")
@@ -138,9 +138,9 @@ def get_item_output(job_id: str, index: int):
 @api.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id: str):
     session = db()
-    job = lifecycle.cancel_job(session, queries.find_job(session, current_principal(), job_id))
+    job = ledger.cancel_job(session, queries.find_job(session, current_principal(), job_id))
     session.commit()
-    return jsonify(job_to_dict(job, lifecycle.item_counts(session, [job.id])[job.id]))
+    return jsonify(job_to_dict(job, ledger.item_counts(session, [job.id])[job.id]))
 
 
 @api.post("/jobs/<job_id>/retry")
@@ -148,10 +148,10 @@ def retry_job(job_id: str):
     """Put a finished job's failed items back to pending, then wake a worker."""
     session = db()
     job = queries.find_job(session, current_principal(), job_id)
-    lifecycle.retry_job(session, job)
+    ledger.retry_job(session, job)
     session.commit()
     send_wakeup(genq().celery, job.model)
-    response = jsonify(job_to_dict(job, lifecycle.item_counts(session, [job.id])[job.id]))
+    response = jsonify(job_to_dict(job, ledger.item_counts(session, [job.id])[job.id]))
     response.status_code = 202
     return response
 

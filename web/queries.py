@@ -4,14 +4,14 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidRequest, NotFound
 from shared.keys import Principal
+from shared.orm import ItemState, Job, JobItem, JobState
 
-JOB_ID = re.compile(r"^[0-9a-f]{32}\Z")  # what lifecycle.new_id makes
-from shared.orm import Job, JobItem, JobState
+JOB_ID = re.compile(r"^[0-9a-f]{32}\Z")  # what ledger.new_id makes
 
 
 def visible_jobs(principal: Principal):
@@ -76,3 +76,9 @@ def list_jobs(
     jobs = list(session.scalars(query))
     next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
     return jobs[:limit], next_cursor
+
+
+def pending_items_of_tenant(session: Session, tenant: str) -> int:
+    return session.scalar(
+        select(func.count(JobItem.id)).join(Job, Job.id == JobItem.job_id).where(Job.tenant == tenant, JobItem.state == ItemState.PENDING)
+    ) or 0

@@ -5,7 +5,7 @@ from datetime import datetime
 
 from flask import url_for
 
-from shared.lifecycle import Counts
+from shared.ledger import Counts
 from shared.orm import Job, JobItem
 
 

@@ -15,8 +15,7 @@ import logging
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
-from shared import lifecycle
-from shared.db import dispose_engines, session_scope
+from shared.db import dispose_engines
 from shared.processes import die_with_parent
 from shared.queue import WAKE_TASK, make_celery, queue_name, send_wakeup
 from worker import context
@@ -51,8 +50,6 @@ def _wake_own_models(sender=None, **_kwargs) -> None:
     (covers work submitted while no worker or no Redis was up)."""
     ctx = context.current()
     queues = {q.name for q in sender.app.amqp.queues.consume_from.values()} if sender else set()
-    with session_scope(ctx.settings.database_url) as session:
-        waiting = lifecycle.models_with_claimable_work(session)
-    for model in waiting:
+    for model in ctx.ledger.models_with_claimable_work():
         if queue_name(model) in queues:
             send_wakeup(ctx.celery, model)

@@ -12,7 +12,7 @@ from typing import Callable
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared.lifecycle import ClaimedItem
+from shared.ledger import ClaimedItem
 from shared.registry import ModelSpec
 from worker.memory import OutOfMemory, free_device_memory, is_out_of_memory
 from worker.runners.base import Cancelled, ItemInput, ItemOutput, Runner

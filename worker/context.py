@@ -1,5 +1,5 @@
-"""What a worker process builds once: settings, registry, storage, Celery client and the
-model cache. Built in `worker.main` before Celery starts, never at import time."""
+"""What a worker process builds once: settings, registry, storage, Celery client, the
+ledger and the model cache. Built in `worker.main` before Celery starts, never at import time."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from celery import Celery
 
+from shared.ledger import Ledger
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
@@ -21,6 +22,7 @@ class WorkerContext:
     storage: Storage
     celery: Celery
     cache: ModelCache
+    ledger: Ledger
     name: str = field(default_factory=lambda: f"{socket.gethostname()}")
 
     @property

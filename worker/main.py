@@ -10,6 +10,7 @@ import os
 
 import click
 
+from shared.ledger import Ledger
 from shared.queue import queue_name
 from shared.registry import load_registry
 from shared.settings import get_settings
@@ -42,6 +43,7 @@ def main(hostname: str, models: str, loglevel: str) -> None:
         storage=storage_from_settings(settings),
         celery=None,  # set by make_worker_app
         cache=ModelCache(device_for_this_process(), capacity=settings.worker_max_models, torch_threads=settings.torch_threads),
+        ledger=Ledger(settings.database_url),
         name=hostname,
     )
     context.set_context(ctx)

@@ -15,8 +15,7 @@ import signal
 import time
 from dataclasses import dataclass
 
-from shared import lifecycle
-from shared.db import session_scope
+from shared.ledger import Ledger
 from shared.queue import make_celery, queue_name, send_wakeup
 from shared.storage import storage_from_settings
 from worker.slices import remove_orphaned_outputs
@@ -31,18 +30,15 @@ class PassReport:
     wakeups_sent: int = 0
 
 
-def reconcile_once(settings, celery, storage) -> PassReport:
+def reconcile_once(settings, celery, storage, ledger: Ledger | None = None) -> PassReport:
+    ledger = ledger or Ledger(settings.database_url)
     report = PassReport()
-    with session_scope(settings.database_url) as session:
-        report.leases_released = lifecycle.release_expired_leases(session, max_attempts=settings.max_attempts)
-    with session_scope(settings.database_url) as session:
-        settled = [job_id for job_id in lifecycle.unsettled_job_ids(session) if lifecycle.settle_job(session, job_id)]
+    report.leases_released = ledger.release_expired_leases(settings.max_attempts)
+    settled = ledger.settle_unsettled()
     report.jobs_settled = len(settled)
     for job_id in settled:
-        remove_orphaned_outputs(settings, storage, job_id)
-    with session_scope(settings.database_url) as session:
-        waiting = lifecycle.models_with_claimable_work(session)
-    for model in waiting:
+        remove_orphaned_outputs(ledger, storage, job_id)
+    for model in ledger.models_with_claimable_work():
         if queued_wakeups(celery, model) == 0 and send_wakeup(celery, model):
             report.wakeups_sent += 1
     return report
@@ -59,14 +55,14 @@ def queued_wakeups(celery, model: str) -> int:
 
 
 def run_forever(settings, interval: float) -> None:
-    celery, storage = make_celery(settings), storage_from_settings(settings)
+    celery, storage, ledger = make_celery(settings), storage_from_settings(settings), Ledger(settings.database_url)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
     log.info("reconciler started: a pass every %.1fs", interval)
     while not stopping:
         try:
-            report = reconcile_once(settings, celery, storage)
+            report = reconcile_once(settings, celery, storage, ledger)
             if report.leases_released or report.jobs_settled or report.wakeups_sent:
                 log.info("reconciled: %s", report)
         except Exception:

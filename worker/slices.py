@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
-from shared import lifecycle
-from shared.db import session_scope
-from shared.lifecycle import Slice
+from shared.ledger import Ledger, ResultRow, Slice
 from shared.queue import send_wakeup
 from shared.storage import output_key
 from worker.batches import run_micro_batch
@@ -62,18 +60,13 @@ def handle_wakeup(ctx: WorkerContext, model: str) -> SliceReport | None:
 
 def claim_next_slice(ctx: WorkerContext, model: str) -> Slice | None:
     settings = ctx.settings
-    with session_scope(settings.database_url) as session:
-        lifecycle.release_expired_leases(session, max_attempts=settings.max_attempts)
-        return lifecycle.claim_slice(
-            session, model=model, owner=ctx.owner, max_items=settings.slice_max_items, lease_seconds=settings.lease_seconds
-        )
+    return ctx.ledger.claim(model, owner=ctx.owner, max_items=settings.slice_max_items,
+                            lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
 
 
 def wake_another_worker(ctx: WorkerContext, model: str) -> None:
     """While this worker runs its slice, let an idle one take the next (multi-GPU)."""
-    with session_scope(ctx.settings.database_url) as session:
-        more = lifecycle.has_claimable_work(session, model)
-    if more:
+    if ctx.ledger.has_claimable_work(model):
         send_wakeup(ctx.celery, model)
 
 
@@ -113,38 +106,25 @@ def commit_results(ctx: WorkerContext, slice_: Slice, results, report: SliceRepo
     rows = []
     for item, outcome in results:
         if isinstance(outcome, Exception):
-            rows.append((item, None, None, _error_text(outcome)))
+            rows.append(ResultRow(item.id, error=_error_text(outcome)))
         elif outcome.image_png is not None:
             key = output_key(slice_.job_id, item.index, "png")
             ctx.storage.put(key, outcome.image_png)
-            rows.append((item, None, key, None))
+            rows.append(ResultRow(item.id, key=key))
         else:
-            rows.append((item, outcome.text, None, None))
+            rows.append(ResultRow(item.id, text=outcome.text))
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
-            _commit_rows(ctx, slice_, rows, report)
-            return
+            stored = ctx.ledger.record_results(slice_.lease_id, rows)
+            break
         except OperationalError as exc:
             if attempt == COMMIT_ATTEMPTS:
                 raise
             log.warning("result commit failed (%s); retrying", exc.orig)
             time.sleep(0.2 * attempt)
-
-
-def _commit_rows(ctx: WorkerContext, slice_: Slice, rows, report: SliceReport) -> None:
-    succeeded = failed = lost = 0
-    with session_scope(ctx.settings.database_url) as session:
-        for item, text, key, error in rows:
-            if error is not None:
-                stored = lifecycle.record_item_failure(session, slice_.lease_id, item.id, error)
-                failed += stored
-            else:
-                stored = lifecycle.record_item_success(session, slice_.lease_id, item.id, text=text, key=key)
-                succeeded += stored
-            lost += not stored
-    report.succeeded += succeeded
-    report.failed += failed
-    report.lost += lost
+    report.succeeded += stored.succeeded
+    report.failed += stored.failed
+    report.lost += stored.lost
 
 
 def _error_text(exc: Exception) -> str:
@@ -153,45 +133,35 @@ def _error_text(exc: Exception) -> str:
 
 
 def finish_slice(ctx: WorkerContext, slice_: Slice) -> None:
-    with session_scope(ctx.settings.database_url) as session:
-        given_back = lifecycle.release_slice(session, slice_.lease_id, slice_.job_id)
-    settle_and_continue(ctx, slice_, given_back)
+    settle_and_continue(ctx, slice_, ctx.ledger.release(slice_))
 
 
 def abandon_slice(ctx: WorkerContext, slice_: Slice, exc: Exception) -> None:
     log.exception("slice of job %s broke off", slice_.job_id)
-    with session_scope(ctx.settings.database_url) as session:
-        given_back = lifecycle.abandon_slice(
-            session, slice_.lease_id, slice_.job_id, error=_error_text(exc), max_attempts=ctx.settings.max_attempts
-        )
+    given_back = ctx.ledger.abandon(slice_, error=_error_text(exc), max_attempts=ctx.settings.max_attempts)
     settle_and_continue(ctx, slice_, given_back)
 
 
 def time_out_slice(ctx: WorkerContext, slice_: Slice) -> None:
     limit = ctx.settings.slice_soft_time_limit
     log.warning("slice of job %s passed its soft time limit (%.0fs)", slice_.job_id, limit)
-    with session_scope(ctx.settings.database_url) as session:
-        lifecycle.fail_held_items(session, slice_.lease_id, f"timeout: the slice ran past its time limit of {limit:g}s")
+    ctx.ledger.time_out(slice_, f"timeout: the slice ran past its time limit of {limit:g}s")
     settle_and_continue(ctx, slice_, 0)
 
 
 def settle_and_continue(ctx: WorkerContext, slice_: Slice, given_back: int) -> None:
     """Settle the job in its own transaction (after the results are committed), sweep
     files no row points to, and wake a worker for the items this slice gave back."""
-    with session_scope(ctx.settings.database_url) as session:
-        final = lifecycle.settle_job(session, slice_.job_id)
-    if final is not None:
-        remove_orphaned_outputs(ctx.settings, ctx.storage, slice_.job_id)
+    if ctx.ledger.settle(slice_.job_id) is not None:
+        remove_orphaned_outputs(ctx.ledger, ctx.storage, slice_.job_id)
     if given_back:
         send_wakeup(ctx.celery, slice_.model)
 
 
-def remove_orphaned_outputs(settings, storage, job_id: str) -> None:
+def remove_orphaned_outputs(ledger: Ledger, storage, job_id: str) -> None:
     """A worker that died between writing a file and committing its row left a file no
     client can reach; once the job is final, remove the files of items without output."""
-    with session_scope(settings.database_url) as session:
-        indices = lifecycle.indices_without_output(session, job_id)
-    for index in indices:
+    for index in ledger.indices_without_output(job_id):
         storage.delete(output_key(job_id, index, "png"))
 
 
@@ -201,6 +171,7 @@ class LeaseKeeper:
 
     def __init__(self, ctx: WorkerContext, lease_id: str):
         self._settings = ctx.settings
+        self._ledger = ctx.ledger
         self._lease_id = lease_id
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
@@ -216,8 +187,7 @@ class LeaseKeeper:
     def _beat(self) -> None:
         while not self._stop.wait(self._settings.heartbeat_seconds):
             try:
-                with session_scope(self._settings.database_url) as session:
-                    lifecycle.extend_lease(session, self._lease_id, self._settings.lease_seconds)
+                self._ledger.extend_lease(self._lease_id, self._settings.lease_seconds)
             except Exception as exc:  # a missed beat is retried at the next one
                 log.warning("lease heartbeat failed: %s", exc)
 
@@ -227,7 +197,7 @@ class CancelWatch:
     `cancel_check_seconds`, so generation steps do not each cost a query."""
 
     def __init__(self, ctx: WorkerContext, job_id: str):
-        self._url = ctx.settings.database_url
+        self._ledger = ctx.ledger
         self._interval = ctx.settings.cancel_check_seconds
         self._job_id = job_id
         self._checked_at = float("-inf")
@@ -238,8 +208,7 @@ class CancelWatch:
         if not self._cancelled and now - self._checked_at >= self._interval:
             self._checked_at = now
             try:
-                with session_scope(self._url) as session:
-                    self._cancelled = lifecycle.is_cancelling(session, self._job_id)
+                self._cancelled = self._ledger.is_cancelling(self._job_id)
             except OperationalError as exc:  # the next check will see it
                 log.warning("cancel check failed: %s", exc)
         return self._cancelled

@@ -8,6 +8,7 @@ import sqlalchemy
 from sqlalchemy import text
 
 from shared.db import session_scope
+from shared.ledger import Ledger, ResultRow, Slice
 from shared.orm import ItemState, Job, JobItem
 
 WRITES_TABLE = "chaos_result_writes"
@@ -57,3 +58,20 @@ def items_written_more_than_once(url: str) -> int:
             f"SELECT COUNT(*) FROM (SELECT item_id FROM {WRITES_TABLE} GROUP BY item_id HAVING COUNT(*) > 1) d")).scalar()
     engine.dispose()
     return count
+
+
+def work_by_hand(database_url: str, model: str, outcomes: list[str | dict | Exception], *, settle: bool = True) -> Slice:
+    """What a worker does, without one: claim the next slice of `model` (one item per
+    outcome), store the outcomes in index order (a str is a text, `{"key": k}` an output
+    key, an exception an error), then settle the job, each step through the `Ledger`."""
+    ledger = Ledger(database_url)
+    slice_ = ledger.claim(model, owner="by-hand", max_items=len(outcomes), lease_seconds=60, max_attempts=3)
+    assert slice_ is not None and len(slice_.items) == len(outcomes), slice_
+    rows = [ResultRow(item.id, error=str(outcome)) if isinstance(outcome, Exception)
+            else ResultRow(item.id, key=outcome["key"]) if isinstance(outcome, dict)
+            else ResultRow(item.id, text=outcome)
+            for item, outcome in zip(slice_.items, outcomes)]
+    ledger.record_results(slice_.lease_id, rows)
+    if settle:
+        ledger.settle(slice_.job_id)
+    return slice_

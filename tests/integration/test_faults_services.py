@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy
 
-from shared import lifecycle
+from shared import ledger
 from shared.db import session_scope
 from shared.orm import ItemState, JobItem, utcnow
 from shared.queue import WAKE_TASK, queue_name
@@ -125,7 +125,7 @@ def test_a_lease_left_expired_with_no_message(make_stack, fault_redis, attempts_
     job_id = stack.submit({"model": "fault", "prompts": ["ok 0", "ok 1"]})
     fault_redis.client().flushall()
     with session_scope(stack.database_url) as session:
-        slice_ = lifecycle.claim_slice(session, model="fault", owner="vanished", max_items=2,
+        slice_ = ledger.claim_slice(session, model="fault", owner="vanished", max_items=2,
                                        lease_seconds=1, now=utcnow() - timedelta(minutes=5))
         session.query(JobItem).filter(JobItem.lease_id == slice_.lease_id).update({"attempts": attempts_spent})
     stack.start_reconciler()

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared import lifecycle
 from shared.db import session_scope
+from tests.helpers.ledger import work_by_hand
 from shared.orm import Job
 
 
@@ -113,10 +113,7 @@ def test_cancel_a_queued_job(client):
 def test_outputs_are_served_from_the_row(client, settings):
     job_id = client.post("/v1/jobs", json={"model": "tiny-text", "prompts": ["a", "b"]}).get_json()["id"]
     assert client.get(f"/v1/jobs/{job_id}/items/0/output").status_code == 409
-    with session_scope(settings.database_url) as session:
-        slice_ = lifecycle.claim_slice(session, model="tiny-text", owner="t", max_items=2, lease_seconds=60)
-    with session_scope(settings.database_url) as session:
-        lifecycle.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="hello")
+    work_by_hand(settings.database_url, "tiny-text", ["hello"], settle=False)
     response = client.get(f"/v1/jobs/{job_id}/items/0/output")
     assert response.status_code == 200 and response.mimetype == "text/plain" and response.data == b"hello"
     item = client.get(f"/v1/jobs/{job_id}/items?limit=1").get_json()["items"][0]

@@ -1,8 +1,8 @@
 """Idempotent submit and retry of failed items."""
 from __future__ import annotations
 
-from shared import lifecycle
 from shared.db import session_scope
+from tests.helpers.ledger import work_by_hand
 from shared.orm import Job
 
 BODY = {"model": "tiny-text", "prompts": ["a", "b"]}
@@ -36,13 +36,7 @@ def test_keys_are_checked(client):
 def test_retry_puts_failed_items_back_and_wakes_a_worker(client, settings, redis_server):
     job_id = client.post("/v1/jobs", json=BODY).get_json()["id"]
     assert client.post(f"/v1/jobs/{job_id}/retry").status_code == 409  # not finished
-    with session_scope(settings.database_url) as session:
-        slice_ = lifecycle.claim_slice(session, model="tiny-text", owner="t", max_items=2, lease_seconds=60)
-    with session_scope(settings.database_url) as session:
-        lifecycle.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="ok")
-        lifecycle.record_item_failure(session, slice_.lease_id, slice_.items[1].id, "boom")
-    with session_scope(settings.database_url) as session:
-        lifecycle.settle_job(session, job_id)
+    work_by_hand(settings.database_url, "tiny-text", ["ok", RuntimeError("boom")])
     assert client.get(f"/v1/jobs/{job_id}").get_json()["state"] == "failed"
     response = client.post(f"/v1/jobs/{job_id}/retry")
     assert response.status_code == 202

@@ -14,9 +14,10 @@ from pydantic import BaseModel, ValidationError
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from shared import lifecycle
 from shared.api_schemas import Error, Health, ItemPage, Job, JobAccepted, JobList, ModelList, Readiness
 from shared.db import session_scope
+from tests.helpers.ledger import work_by_hand
+from shared.orm import Job as JobRow
 from shared.schemas import JobRequest
 from shared.storage import output_key, storage_from_settings
 from web.app import create_app
@@ -134,17 +135,12 @@ def conform(document):
 def finish_some_items(settings, job_id: str, *, image: bool = False) -> None:
     """Item 0 succeeds (text, or a PNG in storage), item 1 fails; the rest stay pending."""
     with session_scope(settings.database_url) as session:
-        model = session.get(lifecycle.Job, job_id).model
-        slice_ = lifecycle.claim_slice(session, model=model, owner="t", max_items=2, lease_seconds=60)
-    with session_scope(settings.database_url) as session:
-        first, second = slice_.items[0], slice_.items[1]
-        if image:
-            key = output_key(job_id, first.index, "png")
-            storage_from_settings(settings).put(key, b"\x89PNG\r\n\x1a\n")
-            lifecycle.record_item_success(session, slice_.lease_id, first.id, key=key)
-        else:
-            lifecycle.record_item_success(session, slice_.lease_id, first.id, text="hello")
-        lifecycle.record_item_failure(session, slice_.lease_id, second.id, "boom")
+        model = session.get(JobRow, job_id).model
+    first = "hello"
+    if image:
+        first = {"key": output_key(job_id, 0, "png")}
+        storage_from_settings(settings).put(first["key"], b"\x89PNG\r\n\x1a\n")
+    work_by_hand(settings.database_url, model, [first, RuntimeError("boom")], settle=False)
 
 
 def test_job_responses_conform(client, settings, conform):

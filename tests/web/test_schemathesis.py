@@ -33,8 +33,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from shared import lifecycle
-from shared.db import session_scope
+from shared.ledger import Ledger
 from shared.orm import JobState
 from tests.web.test_openapi import finish_some_items
 from web.openapi import build_document
@@ -126,8 +125,7 @@ def real_jobs(client, settings):
     finish_some_items(settings, failed)  # claimed first: the highest priority
     finish_some_items(settings, text)
     finish_some_items(settings, image, image=True)
-    with session_scope(settings.database_url) as session:
-        assert lifecycle.settle_job(session, failed) == JobState.FAILED
+    assert Ledger(settings.database_url).settle(failed) == JobState.FAILED
     assert client.post(f"/v1/jobs/{cancelled}/cancel").status_code == 200
     REAL_JOBS[:] = [text, image, failed, cancelled]
     yield REAL_JOBS

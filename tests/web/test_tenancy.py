@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared import lifecycle
 from shared.db import session_scope
+from tests.helpers.ledger import work_by_hand
 from shared.keys import create_api_key, revoke_api_key
 from tests.web.conftest import make_key
 
@@ -24,13 +24,7 @@ def tenants(app, settings):
 
 
 def finish(settings, job_id):
-    with session_scope(settings.database_url) as session:
-        slice_ = lifecycle.claim_slice(session, model="tiny-text", owner="t", max_items=2, lease_seconds=60)
-    with session_scope(settings.database_url) as session:
-        lifecycle.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="secret of " + job_id)
-        lifecycle.record_item_failure(session, slice_.lease_id, slice_.items[1].id, "boom")
-    with session_scope(settings.database_url) as session:
-        lifecycle.settle_job(session, job_id)
+    work_by_hand(settings.database_url, "tiny-text", ["secret of " + job_id, RuntimeError("boom")])
 
 
 ENDPOINTS = [

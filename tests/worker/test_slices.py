@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from shared import lifecycle
+from shared import ledger
+from shared.ledger import Ledger
 from shared.db import session_scope
 from shared.orm import ItemState, Job, JobItem, JobState
 from shared.registry import load_registry
@@ -41,12 +42,13 @@ def ctx(tmp_path):
     settings = Settings(data_dir=tmp_path / "var", database_url=url, models_file=registry_file, slice_max_items=8,
                         cancel_check_seconds=0.01)
     return WorkerContext(settings=settings, registry=load_registry(registry_file), storage=storage_from_settings(settings),
-                         celery=RecordingCelery(), cache=ModelCache("cpu"), name="test-worker")
+                         celery=RecordingCelery(), cache=ModelCache("cpu"), ledger=Ledger(url),
+                         name="test-worker")
 
 
 def submit(ctx, prompts: list[str]) -> str:
     with session_scope(ctx.settings.database_url) as session:
-        job = lifecycle.create_job(session, model="fault", task="text-generation", params={},
+        job = ledger.create_job(session, model="fault", task="text-generation", params={},
                                    inputs=[(prompt, i) for i, prompt in enumerate(prompts)])
         return job.id
 
@@ -101,7 +103,7 @@ def test_a_cancel_stops_the_slice_and_keeps_what_finished(ctx):
         outputs = original(inputs, params, should_stop)
         calls["n"] += 1
         with session_scope(ctx.settings.database_url) as session:  # what POST /cancel does, mid-slice
-            lifecycle.cancel_job(session, session.get(Job, job_id))
+            ledger.cancel_job(session, session.get(Job, job_id))
         return outputs
 
     runner.predict = predict_then_cancel

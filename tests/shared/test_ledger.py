@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 
-from shared import lifecycle
+from shared import ledger
 from shared.db import session_scope
 from shared.errors import Conflict
 from shared.orm import ItemState, Job, JobItem, JobState, utcnow
@@ -13,7 +13,7 @@ from shared.orm import ItemState, Job, JobItem, JobState, utcnow
 
 def submit(url, model="m", n=5, priority=5) -> str:
     with session_scope(url) as session:
-        job = lifecycle.create_job(
+        job = ledger.create_job(
             session, model=model, task="text-generation", params={"max_new_tokens": 4},
             inputs=[(f"p{i}", i) for i in range(n)], priority=priority,
         )
@@ -22,7 +22,7 @@ def submit(url, model="m", n=5, priority=5) -> str:
 
 def claim(url, model="m", n=2, owner="w1", lease=60.0, now=None):
     with session_scope(url) as session:
-        return lifecycle.claim_slice(session, model=model, owner=owner, max_items=n, lease_seconds=lease, now=now)
+        return ledger.claim_slice(session, model=model, owner=owner, max_items=n, lease_seconds=lease, now=now)
 
 
 def states(url, job_id):
@@ -62,13 +62,13 @@ def test_results_are_written_once_and_the_job_settles(database_url):
     job_id = submit(database_url, n=2)
     slice_ = claim(database_url, n=2)
     with session_scope(database_url) as session:
-        assert lifecycle.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="a")
-        assert not lifecycle.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="again")
-        assert not lifecycle.record_item_success(session, "someone-else", slice_.items[1].id, text="x")
-        assert lifecycle.record_item_failure(session, slice_.lease_id, slice_.items[1].id, "boom")
+        assert ledger.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="a")
+        assert not ledger.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="again")
+        assert not ledger.record_item_success(session, "someone-else", slice_.items[1].id, text="x")
+        assert ledger.record_item_failure(session, slice_.lease_id, slice_.items[1].id, "boom")
     with session_scope(database_url) as session:
-        assert lifecycle.settle_job(session, job_id) == JobState.FAILED
-        counts = lifecycle.item_counts(session, [job_id])[job_id]
+        assert ledger.settle_job(session, job_id) == JobState.FAILED
+        counts = ledger.item_counts(session, [job_id])[job_id]
         assert (counts.succeeded, counts.failed, counts.progress) == (1, 1, 1.0)
         assert session.get(Job, job_id).error == "1 of 2 items failed"
         assert session.get(JobItem, slice_.items[0].id).output_text == "a"
@@ -78,16 +78,16 @@ def test_a_job_with_unfinished_items_does_not_settle(database_url):
     job_id = submit(database_url, n=2)
     slice_ = claim(database_url, n=1)
     with session_scope(database_url) as session:
-        lifecycle.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="a")
+        ledger.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="a")
     with session_scope(database_url) as session:
-        assert lifecycle.settle_job(session, job_id) is None
+        assert ledger.settle_job(session, job_id) is None
 
 
 def test_released_items_go_back_to_pending_without_spending_an_attempt(database_url):
     job_id = submit(database_url, n=3)
     slice_ = claim(database_url, n=3)
     with session_scope(database_url) as session:
-        assert lifecycle.release_slice(session, slice_.lease_id, job_id) == 3
+        assert ledger.release_slice(session, slice_.lease_id, job_id) == 3
     with session_scope(database_url) as session:
         assert {i.attempts for i in session.query(JobItem).filter_by(job_id=job_id)} == {0}
     assert [i.index for i in claim(database_url, n=3).items] == [0, 1, 2]
@@ -100,22 +100,22 @@ def test_expired_leases_are_reclaimed_then_failed_at_the_cap(database_url):
         stale = claim(database_url, n=1, lease=1, now=past)
         assert stale is not None
         with session_scope(database_url) as session:
-            assert lifecycle.release_expired_leases(session, max_attempts=3) == 1
+            assert ledger.release_expired_leases(session, max_attempts=3) == 1
     stale = claim(database_url, n=1, lease=1, now=past)
     with session_scope(database_url) as session:
-        lifecycle.release_expired_leases(session, max_attempts=3)
-        assert not lifecycle.record_item_success(session, stale.lease_id, stale.items[0].id, text="late")
+        ledger.release_expired_leases(session, max_attempts=3)
+        assert not ledger.record_item_success(session, stale.lease_id, stale.items[0].id, text="late")
     with session_scope(database_url) as session:
         item = session.query(JobItem).filter_by(job_id=job_id).one()
         assert item.state == ItemState.FAILED and item.attempts == 3 and "3 attempts" in item.error
-        assert lifecycle.unsettled_job_ids(session) == [job_id]
-        assert lifecycle.settle_job(session, job_id) == JobState.FAILED
+        assert ledger.unsettled_job_ids(session) == [job_id]
+        assert ledger.settle_job(session, job_id) == JobState.FAILED
 
 
 def test_cancel_a_queued_job_is_immediate(database_url):
     job_id = submit(database_url, n=3)
     with session_scope(database_url) as session:
-        job = lifecycle.cancel_job(session, session.get(Job, job_id))
+        job = ledger.cancel_job(session, session.get(Job, job_id))
         assert job.state == JobState.CANCELLED
     assert states(database_url, job_id) == (JobState.CANCELLED, [ItemState.CANCELLED] * 3)
     assert claim(database_url) is None
@@ -125,15 +125,15 @@ def test_cancel_a_running_job_keeps_finished_items(database_url):
     job_id = submit(database_url, n=4)
     slice_ = claim(database_url, n=2)
     with session_scope(database_url) as session:
-        lifecycle.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="kept")
+        ledger.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="kept")
     with session_scope(database_url) as session:
-        job = lifecycle.cancel_job(session, session.get(Job, job_id))
+        job = ledger.cancel_job(session, session.get(Job, job_id))
         assert job.state == JobState.CANCELLING
-        assert lifecycle.is_cancelling(session, job_id)
+        assert ledger.is_cancelling(session, job_id)
     with session_scope(database_url) as session:
-        lifecycle.release_slice(session, slice_.lease_id, job_id)
+        ledger.release_slice(session, slice_.lease_id, job_id)
     with session_scope(database_url) as session:
-        assert lifecycle.settle_job(session, job_id) == JobState.CANCELLED
+        assert ledger.settle_job(session, job_id) == JobState.CANCELLED
     assert states(database_url, job_id)[1] == [ItemState.SUCCEEDED] + [ItemState.CANCELLED] * 3
 
 
@@ -141,11 +141,11 @@ def test_cancel_a_finished_job_is_a_conflict(database_url):
     job_id = submit(database_url, n=1)
     slice_ = claim(database_url, n=1)
     with session_scope(database_url) as session:
-        lifecycle.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="x")
+        ledger.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="x")
     with session_scope(database_url) as session:
-        lifecycle.settle_job(session, job_id)
+        ledger.settle_job(session, job_id)
     with session_scope(database_url) as session, pytest.raises(Conflict):
-        lifecycle.cancel_job(session, session.get(Job, job_id))
+        ledger.cancel_job(session, session.get(Job, job_id))
 
 
 def test_models_with_claimable_work(database_url):
@@ -153,61 +153,61 @@ def test_models_with_claimable_work(database_url):
     submit(database_url, model="b", n=1)
     claim(database_url, model="b", n=1)
     with session_scope(database_url) as session:
-        assert lifecycle.models_with_claimable_work(session) == ["a"]
-        assert lifecycle.has_claimable_work(session, "a") and not lifecycle.has_claimable_work(session, "b")
+        assert ledger.models_with_claimable_work(session) == ["a"]
+        assert ledger.has_claimable_work(session, "a") and not ledger.has_claimable_work(session, "b")
 
 
 def test_an_abandoned_slice_keeps_its_attempts_and_fails_at_the_cap(database_url):
     job_id = submit(database_url, n=2)
     slice_ = claim(database_url, n=2)
     with session_scope(database_url) as session:
-        assert lifecycle.abandon_slice(session, slice_.lease_id, job_id, error="DataError: boom", max_attempts=3) == 2
+        assert ledger.abandon_slice(session, slice_.lease_id, job_id, error="DataError: boom", max_attempts=3) == 2
     # Both items are now suspects: each runs alone. Item 0 keeps breaking its slice.
     for attempt in (2, 3):
         alone = claim(database_url, n=2)
         assert [i.index for i in alone.items] == [0]
         with session_scope(database_url) as session:
-            lifecycle.abandon_slice(session, alone.lease_id, job_id, error="DataError: boom", max_attempts=3)
+            ledger.abandon_slice(session, alone.lease_id, job_id, error="DataError: boom", max_attempts=3)
     survivor = claim(database_url, n=2)
     assert [i.index for i in survivor.items] == [1]
     with session_scope(database_url) as session:
-        lifecycle.record_item_success(session, survivor.lease_id, survivor.items[0].id, text="fine")
+        ledger.record_item_success(session, survivor.lease_id, survivor.items[0].id, text="fine")
     assert claim(database_url) is None
     with session_scope(database_url) as session:
         items = session.query(JobItem).filter_by(job_id=job_id).order_by(JobItem.index).all()
         assert [(i.state, i.attempts) for i in items] == [(ItemState.FAILED, 3), (ItemState.SUCCEEDED, 2)]
         assert items[0].error == "DataError: boom (attempt 3 of 3)" and items[1].error is None
-        assert lifecycle.settle_job(session, job_id) == JobState.FAILED
+        assert ledger.settle_job(session, job_id) == JobState.FAILED
 
 
 def test_retry_puts_failed_items_back(database_url):
     job_id = submit(database_url, n=2)
     slice_ = claim(database_url, n=2)
     with session_scope(database_url) as session:
-        lifecycle.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="ok")
-        lifecycle.record_item_failure(session, slice_.lease_id, slice_.items[1].id, "boom")
+        ledger.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="ok")
+        ledger.record_item_failure(session, slice_.lease_id, slice_.items[1].id, "boom")
     with session_scope(database_url) as session:
         job = session.get(Job, job_id)
         with pytest.raises(Conflict):
-            lifecycle.retry_job(session, job)  # still running: not settled yet
+            ledger.retry_job(session, job)  # still running: not settled yet
     with session_scope(database_url) as session:
-        lifecycle.settle_job(session, job_id)
+        ledger.settle_job(session, job_id)
     with session_scope(database_url) as session:
         job = session.get(Job, job_id)
-        assert lifecycle.retry_job(session, job) == 1
+        assert ledger.retry_job(session, job) == 1
         assert job.state == JobState.QUEUED and job.error is None
     again = claim(database_url, n=2)
     assert [i.index for i in again.items] == [1]
     with session_scope(database_url) as session, pytest.raises(Conflict):
-        lifecycle.record_item_success(session, again.lease_id, again.items[0].id, text="ok")
-        lifecycle.settle_job(session, job_id)
-        lifecycle.retry_job(session, session.get(Job, job_id))  # nothing failed now
+        ledger.record_item_success(session, again.lease_id, again.items[0].id, text="ok")
+        ledger.settle_job(session, job_id)
+        ledger.retry_job(session, session.get(Job, job_id))  # nothing failed now
 
 
 def test_a_timed_out_slice_fails_its_unfinished_items(database_url):
     job_id = submit(database_url, n=3)
     slice_ = claim(database_url, n=3)
     with session_scope(database_url) as session:
-        lifecycle.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="ok")
-        assert lifecycle.fail_held_items(session, slice_.lease_id, "timeout: too slow") == 2
+        ledger.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="ok")
+        assert ledger.fail_held_items(session, slice_.lease_id, "timeout: too slow") == 2
     assert states(database_url, job_id)[1] == [ItemState.SUCCEEDED, ItemState.FAILED, ItemState.FAILED]

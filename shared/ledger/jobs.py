@@ -1,0 +1,168 @@
+"""Jobs: submit, cancel, retry, and the final state once no item is left to run."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.orm import Session
+
+from shared.errors import Conflict
+from shared.orm import DEFAULT_TENANT, ItemState, Job, JobItem, JobState, utcnow
+
+OPEN_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
+UNFINISHED_JOB_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING)
+
+
+@dataclass(frozen=True)
+class Counts:
+    total: int = 0
+    pending: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failed + self.cancelled
+
+    @property
+    def progress(self) -> float:
+        return self.finished / self.total if self.total else 0.0
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in ("total", "pending", "running", "succeeded", "failed", "cancelled")}
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def create_job(
+    session: Session,
+    *,
+    model: str,
+    task: str,
+    params: dict[str, Any],
+    inputs: Sequence[tuple[str, int]],
+    priority: int = 5,
+    tenant: str = DEFAULT_TENANT,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> Job:
+    """Insert a queued job and all its pending items (one bulk insert)."""
+    job = Job(
+        id=new_id(),
+        tenant=tenant,
+        model=model,
+        task=task,
+        state=JobState.QUEUED,
+        priority=priority,
+        params=params,
+        total_items=len(inputs),
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        created_at=utcnow(),
+    )
+    session.add(job)
+    session.flush()
+    session.execute(
+        JobItem.__table__.insert(),
+        [
+            {"job_id": job.id, "idx": i, "prompt": prompt, "seed": seed, "state": ItemState.PENDING.value, "attempts": 0}
+            for i, (prompt, seed) in enumerate(inputs)
+        ],
+    )
+    return job
+
+
+def item_counts(session: Session, job_ids: Iterable[str]) -> dict[str, Counts]:
+    """Counts per state for each job, from one grouped query."""
+    job_ids = list(job_ids)
+    tallies: dict[str, dict[str, int]] = {job_id: {} for job_id in job_ids}
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        select(JobItem.job_id, JobItem.state, func.count())
+        .where(JobItem.job_id.in_(job_ids))
+        .group_by(JobItem.job_id, JobItem.state)
+    )
+    for job_id, state, count in rows:
+        tallies[job_id][ItemState(state).value] = count
+    return {job_id: Counts(total=sum(t.values()), **t) for job_id, t in tallies.items()}
+
+
+def settle_job(session: Session, job_id: str) -> JobState | None:
+    """Give an unfinished job its final state once none of its items is left to run.
+
+    Call it in a transaction of its own after the item results are committed, so the
+    last worker to commit always sees every other worker's results.
+    """
+    job = session.get(Job, job_id)
+    if job is None or job.state.is_terminal():
+        return None
+    counts = item_counts(session, [job_id])[job_id]
+    if counts.pending or counts.running:
+        return None
+    if job.state == JobState.CANCELLING or (counts.cancelled and not counts.failed):
+        final, error = JobState.CANCELLED, None
+    elif counts.failed:
+        final, error = JobState.FAILED, f"{counts.failed} of {counts.total} items failed"
+    else:
+        final, error = JobState.SUCCEEDED, None
+    changed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_(UNFINISHED_JOB_STATES))
+        .values(state=final, error=error, finished_at=utcnow())
+    ).rowcount
+    return final if changed else None
+
+
+def unsettled_job_ids(session: Session) -> list[str]:
+    """Unfinished jobs that have no item left to run (a crash between commit and settle)."""
+    left = exists().where(JobItem.job_id == Job.id, JobItem.state.in_((ItemState.PENDING, ItemState.RUNNING)))
+    return list(session.scalars(select(Job.id).where(Job.state.in_(UNFINISHED_JOB_STATES), ~left)))
+
+
+def cancel_job(session: Session, job: Job) -> Job:
+    """Cancel a job: pending items at once; running items at their micro-batch boundary."""
+    if job.state == JobState.CANCELLED:
+        return job
+    if job.state.is_terminal():
+        raise Conflict(f"job {job.id} already finished ({job.state.value}) and cannot be cancelled", field="id")
+    now = utcnow()
+    session.execute(
+        update(JobItem)
+        .where(JobItem.job_id == job.id, JobItem.state == ItemState.PENDING)
+        .values(state=ItemState.CANCELLED, finished_at=now)
+    )
+    session.execute(
+        update(Job).where(Job.id == job.id, Job.state.in_(UNFINISHED_JOB_STATES)).values(state=JobState.CANCELLING)
+    )
+    session.flush()
+    settle_job(session, job.id)
+    session.refresh(job)
+    return job
+
+
+def retry_job(session: Session, job: Job) -> int:
+    """Put a finished job's failed items back to pending (with fresh attempts); the job
+    is queued again. Returns how many items will run again."""
+    if not job.state.is_terminal():
+        raise Conflict(f"job {job.id} is {job.state.value}; only a finished job can be retried", field="id")
+    retried = session.execute(
+        update(JobItem)
+        .where(JobItem.job_id == job.id, JobItem.state == ItemState.FAILED)
+        .values(state=ItemState.PENDING, error=None, attempts=0, finished_at=None, started_at=None)
+    ).rowcount
+    if not retried:
+        raise Conflict(f"job {job.id} has no failed items to retry", field="id")
+    session.execute(
+        update(Job)
+        .where(Job.id == job.id)
+        .values(state=JobState.QUEUED, error=None, finished_at=None, attempts=Job.attempts + 1)
+    )
+    session.refresh(job)
+    return retried
