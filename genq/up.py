@@ -23,12 +23,11 @@ from pathlib import Path
 
 import requests
 
-from genq.client_cli import KEY_FILE_NAME
+from genq.client import KEY_FILE_NAME, Client
 from genq.supervisor import Supervisor, stop_leftovers, wait_until
 from shared.orm import DEFAULT_TENANT
 from shared.registry import Registry, load_registry
 from shared.settings import Settings
-from shared.states import TERMINAL
 from web.auth import is_loopback
 
 DEMO_MODELS = ("demo-text", "demo-image")
@@ -202,9 +201,6 @@ class Up:
         path.write_text(key + "\n")
         return key
 
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-
     def prepare_models(self) -> Registry:
         registry = load_registry(self.settings.models_file)
         missing = [spec for spec in registry if spec.name in DEMO_MODELS and spec.local_source() is None]
@@ -239,18 +235,12 @@ class Up:
             return
         model = text_models[0]
         started = time.monotonic()
-        job = requests.post(f"{self.url}/v1/jobs", json={"model": model, "prompts": ["genq is"]}, timeout=10,
-                            headers=self.headers()).json()
-
-        def finished():
-            state = requests.get(f"{self.url}/v1/jobs/{job['id']}", timeout=10, headers=self.headers()).json()["state"]
-            return state in TERMINAL
-
-        if not wait_until(finished, 120, abort=self._stop_asked):
+        job = Client(self.url, self.api_key or "", timeout=10).submit(model, ["genq is"])
+        if not wait_until(lambda: job.refresh().done, 120, abort=self._stop_asked):
             self.say(f"self-check: {model} did not answer within 120 s; see logs/worker.log")
             return
-        item = requests.get(f"{self.url}/v1/jobs/{job['id']}/items", timeout=10, headers=self.headers()).json()["items"][0]
-        text = (item["output"] or {}).get("text") or item["error"]
+        result = next(job.results())
+        text = result.text or result.error
         self.say(f"self-check: {model} answered in {time.monotonic() - started:.1f}s: 'genq is{text[:60]!s}'")
 
     def print_banner(self, registry: Registry) -> None:

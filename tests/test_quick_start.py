@@ -1,4 +1,5 @@
-"""The README's quick start, run verbatim against a `genq up` as a person would paste it:
+"""The README's quick start (and its Python client example), run verbatim against a
+`genq up` as a person would paste it:
 `genq up` in one shell, the quick start's commands in another, in the same folder, with
 the demo models (built at --quick size) under their registry names.
 
@@ -36,6 +37,8 @@ set -euo pipefail
 (
 {quick_start}
 ) > quick-start.out
+echo "--- the Python client"
+python sdk_example.py > sdk.out
 echo "--- home"
 curl -s -o /dev/null -w '%{{http_code}} %{{redirect_url}}\\n' localhost:8000/ > home.out
 kill -TERM $UP
@@ -47,6 +50,12 @@ def quick_start_commands() -> str:
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Quick start"):]
     return re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+
+
+def python_example() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### From Python"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 def isolation() -> list[str]:
@@ -65,6 +74,7 @@ def test_the_quick_start_works_as_pasted(tmp_path):
     env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", GENQ_RECONCILE_INTERVAL_SECONDS="1",
                GENQ_WEB_PROCESSES="1")  # and the registry: models.yaml in the folder, the default
     script = SCRIPT.format(quick_start=quick_start_commands())
+    (tmp_path / "sdk_example.py").write_text(python_example())
     run = subprocess.run([*prefix, "bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=400)
     log = (tmp_path / "up.log").read_text() if (tmp_path / "up.log").exists() else ""
@@ -77,3 +87,5 @@ def test_the_quick_start_works_as_pasted(tmp_path):
     assert status["state"] == "succeeded" and status["counts"]["succeeded"] == 3
     assert accepted["state"] == "queued" and len(accepted["id"]) == 32
     assert (tmp_path / "home.out").read_text().split() == ["302", "http://localhost:8000/docs"]
+    printed = (tmp_path / "sdk.out").read_text()  # generated text may hold newlines of its own
+    assert printed.startswith("0 succeeded ") and "\n1 succeeded " in printed, printed
