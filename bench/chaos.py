@@ -24,13 +24,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.db import session_scope  # noqa: E402
-from shared.orm import ItemState, Job, JobItem  # noqa: E402
-from shared.states import TERMINAL_JOB_STATES  # noqa: E402
-from tests import tiny_models  # noqa: E402
-from tests.helpers.ledger import count_result_writes, items_written_more_than_once  # noqa: E402
-from tests.helpers.processes import RedisServer  # noqa: E402
-from tests.helpers.stack import Stack  # noqa: E402
+from genq.devstack import RedisServer, Stack
+from shared.db import session_scope
+from shared.orm import ItemState, Job, JobItem
+from shared.states import TERMINAL_JOB_STATES
+from tests import tiny_models
+from tests.helpers.ledger import count_result_writes, items_written_more_than_once
 
 HARD_LIMIT = 60
 

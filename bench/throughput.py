@@ -21,9 +21,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers.processes import RedisServer  # noqa: E402
-from tests.helpers.stack import Stack  # noqa: E402
-from tests.tiny_models import build_tiny_text_model  # noqa: E402
+from genq.devstack import (
+    RedisServer,
+    Stack,
+)
+from tests.tiny_models import build_tiny_text_model
 
 
 def parse_args() -> argparse.Namespace:

@@ -225,14 +225,3 @@ class Supervisor:
         except (ProcessLookupError, PermissionError):
             pass
         child.process.wait(10)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.2, abort: Callable[[], bool] = lambda: False) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        if abort():
-            return False
-        time.sleep(interval)
-    return False

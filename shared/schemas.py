@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from shared.errors import InvalidRequest, LimitExceeded, UnknownModel
 from shared.registry import ModelSpec, Registry, Task
-
 
 
 def _integral(value: Any) -> Any:

@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from genq.devstack import RedisServer
 from shared.db import dispose_engines
 from shared.registry import load_registry
 from shared.settings import Settings
 from tests import tiny_models
 from tests.helpers.database import BACKENDS, create_schema, database_url_for, reset_schema
-from tests.helpers.processes import RedisServer
 
 
 @pytest.fixture(params=BACKENDS)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from genq.up import port_is_free
+from genq.devstack import port_is_free
 from worker.demo import build_demo_models, demo_registry_entries
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ from shared.orm import Job, JobState
 from shared.queue import send_wakeup
 from shared.schemas import validate_job_request
 from web import idempotency, queries
-from web.bodies import json_body
 from web.auth import current_principal, require_api_key
+from web.bodies import json_body
 from web.context import db, genq
 from web.serializers import item_to_dict, job_links, job_to_dict
 

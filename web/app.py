@@ -11,12 +11,12 @@ from shared.registry import load_registry
 from shared.settings import Settings, get_settings
 from shared.storage import storage_from_settings
 from web.api import api
-from web.hardening import add_security_headers, init_cors, init_rate_limits
 from web.context import GenqContext, close_db
-from web.tokens import PromptTokenLimits
 from web.docs import docs
 from web.errors import register_error_handlers
+from web.hardening import add_security_headers, init_cors, init_rate_limits
 from web.health import health
+from web.tokens import PromptTokenLimits
 
 
 def create_app(settings: Settings | None = None) -> Flask:

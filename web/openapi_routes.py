@@ -11,8 +11,8 @@ from pydantic import BaseModel
 from shared.api_schemas import Error, Health, ItemPage, Job, JobAccepted, JobList, ModelList, Readiness
 from shared.schemas import ImageParams, JobRequest, TextParams, UnconditionalImageParams
 from web.idempotency import HEADER as IDEMPOTENCY_HEADER
-from web.queries import CURSOR
 from web.idempotency import KEY_PATTERN, MAX_KEY_LENGTH
+from web.queries import CURSOR
 
 SECURITY_SCHEME = "bearerAuth"
 PARAMS_MODELS: tuple[type[BaseModel], ...] = (TextParams, ImageParams, UnconditionalImageParams)

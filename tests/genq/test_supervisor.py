@@ -5,8 +5,8 @@ import json
 import sys
 import time
 
+from genq.devstack import wait_for
 from genq.supervisor import Supervisor, backoff_seconds
-from tests.helpers.processes import wait_for
 
 
 def test_backoff_doubles_from_one_second_to_a_minute():

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from tests.helpers.processes import wait_for
+from genq.devstack import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

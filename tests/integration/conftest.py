@@ -2,14 +2,16 @@
 a registry with the fault runner, and short leases so recovery is quick."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
+from genq.devstack import RedisServer, Stack
 from tests import tiny_models
 from tests.helpers.database import BACKENDS, database_url_for, reset_schema
-from tests.helpers.processes import RedisServer
-from tests.helpers.stack import Stack
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FAST_RECOVERY = {
     "lease_seconds": 2,
     "reconcile_interval_seconds": 0.5,
@@ -62,7 +64,9 @@ def make_stack(tmp_path, backend, fault_redis, fault_models_file, journal):
     def build(**settings) -> Stack:
         url = database_url_for(backend, tmp_path)
         reset_schema(url)
-        stack = Stack(tmp_path / f"stack{len(stacks)}", url, fault_redis.url, fault_models_file, **{**FAST_RECOVERY, **settings})
+        stack = Stack(tmp_path / f"stack{len(stacks)}", url, fault_redis.url, fault_models_file,
+                      env={"PYTHONPATH": str(REPO_ROOT)},  # workers import tests.fault_runner
+                      **{**FAST_RECOVERY, **settings})
         stack.migrate()
         stack.start_web()
         stacks.append(stack)

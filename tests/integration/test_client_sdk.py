@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from genq.client import ApiError, Client, Unreachable, WaitTimeout
-from tests.helpers.processes import free_port
+from genq.devstack import free_port
 
 pytestmark = pytest.mark.integration
 

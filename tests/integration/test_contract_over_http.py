@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from genq.devstack import free_port
 from tests import tiny_models
-from tests.helpers.processes import free_port
 from tests.helpers.up import UpProcess
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from genq.devstack import Stack
 from tests.helpers.database import BACKENDS, database_url_for, reset_schema
-from tests.helpers.stack import Stack
 from tests.worker.conftest import PIXEL_TOLERANCE, png_pixels
 
 pytestmark = pytest.mark.integration
@@ -106,7 +106,7 @@ def test_the_worker_loaded_each_model_once(stack, text_job):
 def test_cancel_a_running_job_keeps_finished_items(stack):
     job_id = stack.submit({"model": "tiny-text", "prompts": ["cancel me"] * 400,
                            "params": {"max_new_tokens": 64, "seed": 1}})
-    from tests.helpers.processes import wait_for
+    from genq.devstack import wait_for
     wait_for(lambda: stack.get(f"/v1/jobs/{job_id}").json()["counts"]["succeeded"] > 0, 120, interval=0.05)
     assert stack.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
     job = stack.wait_terminal(job_id, timeout=60)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
+from genq.devstack import wait_for
 from shared.db import session_scope
 from shared.orm import Job, JobItem
-from tests.helpers.processes import wait_for
 
 pytestmark = pytest.mark.integration
 

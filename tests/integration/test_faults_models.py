@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
+from genq.devstack import wait_for
 from shared.queue import queue_name
 from tests.helpers.ledger import assert_ledger_consistent
-from tests.helpers.processes import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
+from genq.devstack import wait_for
 from tests.fault_runner import journal_entries
 from tests.helpers.ledger import assert_ledger_consistent
-from tests.helpers.processes import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -10,13 +10,13 @@ from datetime import timedelta
 import pytest
 import sqlalchemy
 
+from genq.devstack import RedisServer, wait_for
 from shared import ledger
 from shared.db import session_scope
 from shared.orm import ItemState, JobItem, utcnow
 from shared.queue import WAKE_TASK, queue_name
 from tests.fault_runner import journal_entries
 from tests.helpers.ledger import assert_ledger_consistent
-from tests.helpers.processes import RedisServer, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 from PIL import Image
 
-from tests.helpers.processes import free_port, wait_for
+from genq.devstack import free_port, wait_for
 from tests.helpers.up import UpProcess
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ import pytest
 import redis
 import requests
 
+from genq.devstack import free_port, wait_for
 from tests.helpers.ledger import count_result_writes, items_written_more_than_once
-from tests.helpers.processes import free_port, wait_for
 from tests.helpers.up import UpProcess
 
 pytestmark = pytest.mark.integration

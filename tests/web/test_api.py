@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from shared.db import session_scope
-from tests.helpers.ledger import work_by_hand
 from shared.orm import Job
+from tests.helpers.ledger import work_by_hand
 
 
 def job_count(settings) -> int:
@@ -144,7 +144,7 @@ def test_models_health_and_readiness(client):
 
 
 def test_readiness_fails_when_redis_is_unreachable(settings, tmp_path):
-    from tests.helpers.processes import free_port
+    from genq.devstack import free_port
     from web.app import create_app
 
     app = create_app(settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}))
@@ -172,7 +172,7 @@ def test_readiness_names_a_service_that_genq_up_is_restarting(settings, tmp_path
 def test_submit_with_redis_down_keeps_the_job(settings, api_key):
     """Redis down at submit: the job is committed and answered 202; the worker's start-up
     sweep (and the reconciler) sends its wake-up later."""
-    from tests.helpers.processes import free_port
+    from genq.devstack import free_port
     from web.app import create_app
 
     app = create_app(settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}))

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from shared.db import session_scope
-from tests.helpers.ledger import work_by_hand
 from shared.orm import Job
+from tests.helpers.ledger import work_by_hand
 
 BODY = {"model": "tiny-text", "prompts": ["a", "b"]}
 

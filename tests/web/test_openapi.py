@@ -16,10 +16,10 @@ from referencing.jsonschema import DRAFT202012
 
 from shared.api_schemas import Error, Health, ItemPage, Job, JobAccepted, JobList, ModelList, Readiness
 from shared.db import session_scope
-from tests.helpers.ledger import work_by_hand
 from shared.orm import Job as JobRow
 from shared.schemas import JobRequest
 from shared.storage import output_key, storage_from_settings
+from tests.helpers.ledger import work_by_hand
 from web.app import create_app
 from web.docs import SECURITY_HEADERS
 from web.openapi import build_document

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from shared.db import session_scope
-from tests.helpers.ledger import work_by_hand
 from shared.keys import create_api_key, revoke_api_key
+from tests.helpers.ledger import work_by_hand
 from tests.web.conftest import make_key
 
 

@@ -10,7 +10,7 @@ import sys
 import psutil
 import pytest
 
-from tests.helpers.processes import wait_for
+from genq.devstack import wait_for
 from worker.launcher import LaunchError, choose_gpus, worker_commands
 
 

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from shared import ledger
-from shared.ledger import Ledger
 from shared.db import session_scope
+from shared.ledger import Ledger
 from shared.orm import ItemState, Job, JobItem, JobState
 from shared.registry import load_registry
 from shared.settings import Settings
