@@ -73,7 +73,14 @@ def session_factory(url: str) -> sessionmaker[Session]:
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
     """A session that commits on success and rolls back on error."""
-    session = session_factory(url)()
+    with transaction(session_factory(url)) as session:
+        yield session
+
+
+@contextmanager
+def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """One session of `sessions` that commits on success and rolls back on error."""
+    session = sessions()
     try:
         yield session
         session.commit()

@@ -3,13 +3,12 @@ needs is one transaction of its own, so `worker/` tells its story without openin
 sessions. (The web's views use the session-level functions: one transaction a request.)"""
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import ContextManager
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import session_factory
+from shared.db import session_factory, transaction
 from shared.ledger import claims, jobs, results
 from shared.ledger.claims import Slice
 from shared.orm import JobState
@@ -36,17 +35,8 @@ class Ledger:
     def __init__(self, database_url: str | None = None, *, sessions: sessionmaker[Session] | None = None):
         self.sessions = sessions or session_factory(database_url)
 
-    @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        session = self.sessions()
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+    def transaction(self) -> ContextManager[Session]:
+        return transaction(self.sessions)
 
     # --- claims ---------------------------------------------------------------------
     def claim(self, model: str, *, owner: str, max_items: int, lease_seconds: float, max_attempts: int) -> Slice | None:
