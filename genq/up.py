@@ -22,7 +22,7 @@ from pathlib import Path
 import requests
 
 from genq.client import KEY_FILE_NAME, Client
-from genq.devstack import NoRedisServer, free_port, port_is_free, redis_pings, redis_server_binary, wait_for
+from genq.devstack import NoRedisServer, free_port, poll, port_is_free, redis_pings, redis_server_binary
 from genq.supervisor import Supervisor, stop_leftovers
 from shared.orm import DEFAULT_TENANT
 from shared.registry import Registry, load_registry
@@ -196,12 +196,8 @@ class Up:
 
     def _wait(self, condition, timeout: float, failure: str) -> None:
         """Wait for a child to be ready; a Ctrl-C or a child that died ends the wait."""
-        try:
-            ready = wait_for(condition, timeout, interval=0.2,
-                             abort=lambda: self._stop_asked() or self.supervisor.first_dead() is not None)
-        except TimeoutError:
-            ready = None
-        if not ready:
+        if not poll(condition, timeout, interval=0.2,
+                    abort=lambda: self._stop_asked() or self.supervisor.first_dead() is not None):
             raise UpError(failure)
 
     def _web_ready(self) -> bool:
@@ -218,11 +214,7 @@ class Up:
         model = text_models[0]
         started = time.monotonic()
         job = Client(self.url, self.api_key or "", timeout=10).submit(model, ["genq is"])
-        try:
-            finished = wait_for(lambda: job.refresh().done, 120, interval=0.2, abort=self._stop_asked)
-        except TimeoutError:
-            finished = None
-        if not finished:
+        if not poll(lambda: job.refresh().done, 120, interval=0.2, abort=self._stop_asked):
             self.say(f"self-check: {model} did not answer within 120 s; see logs/worker.log")
             return
         result = next(job.results())

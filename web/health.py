@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from flask import Blueprint, jsonify
@@ -42,9 +43,10 @@ def supervised_services(state_file: Path | None) -> dict[str, str]:
         services = json.loads(state_file.read_text())["services"]
     except (OSError, ValueError, KeyError):
         return {}
+    now = time.time()
     return {name: "ok" if service["state"] == "running" else
             f"down: exited with {service['last_exit']}; restart {service['restarts'] + 1} "
-            f"in {service.get('restart_in_seconds', 0):.0f} s"
+            f"in {max(0.0, service.get('restart_at', now) - now):.0f} s"
             for name, service in services.items() if name != "web"}
 
 

@@ -1,6 +1,8 @@
 """The /v1 contract through the Flask app, with a real database and a real Redis."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from shared.db import session_scope
@@ -159,7 +161,8 @@ def test_readiness_names_a_service_that_genq_up_is_restarting(settings, tmp_path
 
     state = tmp_path / "services.json"
     state.write_text(json.dumps({"services": {
-        "worker": {"state": "restarting", "pid": None, "restarts": 2, "last_exit": "signal SIGKILL", "restart_in_seconds": 4},
+        "worker": {"state": "restarting", "pid": None, "restarts": 2, "last_exit": "signal SIGKILL",
+                   "restart_at": time.time() + 4.4},
         "reconciler": {"state": "running", "pid": 1, "restarts": 0, "last_exit": None},
         "redis": {"state": "running", "pid": 2, "restarts": 0, "last_exit": None},
     }}))
