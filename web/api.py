@@ -1,41 +1,82 @@
-"""The /v1 API: thin views that validate, commit, then send a wake-up (ids only)."""
+"""The /v1 API: thin views that validate, commit, then send a wake-up (ids only). Each
+view is declared with its OpenAPI operation (`web.operations`); each answer is built from
+a response model (`web.response_models`)."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Response, request
 from sqlalchemy.exc import IntegrityError
 
 from shared import ledger
-from shared.errors import Conflict, InvalidRequest, QuotaExceeded
-from shared.orm import Job, JobState
+from shared.errors import Conflict, QuotaExceeded
+from shared.orm import Job
 from shared.queue import send_wakeup
-from shared.schemas import validate_job_request
 from web import idempotency, queries
 from web.auth import current_principal, require_api_key
 from web.bodies import json_body
 from web.context import db, genq
-from web.serializers import item_to_dict, job_links, job_to_dict
+from web.operations import RETRY_AFTER, DocumentedBlueprint, Param, Reply
+from web.request_models import ItemPageQuery, JobListQuery, JobRequest, validate_job_request, validate_query
+from web.response_models import (
+    ErrorResponse,
+    ItemPageResponse,
+    ItemResponse,
+    JobAcceptedResponse,
+    JobLinks,
+    JobListResponse,
+    JobResponse,
+    ModelInfo,
+    ModelListResponse,
+)
 
 QUOTA_RETRY_AFTER_SECONDS = 30
 MAX_ITEM_INDEX = 2**31 - 1  # the column is an INTEGER: a larger index is a 404, never an overflow
 
-api = Blueprint("api", __name__, url_prefix="/v1")
+api = DocumentedBlueprint("api", __name__, url_prefix="/v1", secured=True)
 api.before_request(require_api_key)
 
+JOB_ID = Param("job_id", "path", {"type": "string"}, "The job's id, as POST /v1/jobs returned it.")
+ITEM_INDEX = Param("index", "path", {"type": "integer", "minimum": 0}, "The item's index in the job (0-based).")
+LIMIT = Param("limit", "query", {"type": "integer", "minimum": 1},
+              "Page size: 1 to GENQ_MAX_PAGE_SIZE (default 1000); GENQ_DEFAULT_PAGE_SIZE (default 100) when left out.")
+IDEMPOTENCY_KEY = Param(
+    idempotency.HEADER, "header",
+    {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY_LENGTH, "pattern": idempotency.KEY_PATTERN},
+    "Makes the submit idempotent: the same key with the same body returns the first job; with another body, 409.")
+BAD_REQUEST = Reply("The request is invalid (`invalid_request`, `unknown_model`, `limit_exceeded`); "
+                    "`field` names what is wrong.", ErrorResponse)
+NO_JOB = Reply("No such job (`not_found`).", ErrorResponse)
+THE_JOB = Reply("The job.", JobResponse)
+JOB_LINKS = {  # from a response that names a job to what can be done with it (clients and schemathesis follow them)
+    name: {"operationId": operation_id, "parameters": {"job_id": "$response.body#/id"}}
+    for name, operation_id in (("GetJob", "get_job"), ("ListItems", "list_items"), ("CancelJob", "cancel_job"),
+                               ("RetryJob", "retry_job"))
+}
 
-def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an integer", field=name) from None
-    if not minimum <= value <= maximum:
-        raise InvalidRequest(f"{name} must be between {minimum} and {maximum}", field=name)
-    return value
 
-
-@api.post("/jobs")
+@api.operation(
+    "POST", "/jobs", "Submit a job", tag="jobs",
+    description="Commits the job and all its items, then wakes a worker. Nothing is written for a refused "
+    "request. With an `Idempotency-Key`, a repeated request returns the first job.",
+    params=(IDEMPOTENCY_KEY,),
+    request=JobRequest,
+    request_examples={
+        "prompts": {"model": "demo-text", "prompts": ["Return the sum of", "Open a file"], "params": {"seed": 1}},
+        "inputs": {"model": "demo-image", "inputs": [{"prompt": "7", "seed": 42}], "priority": 7},
+    },
+    responses={
+        202: Reply("Accepted: the job is stored and queued.", JobAcceptedResponse, links=JOB_LINKS, headers={
+            "Location": {"description": "The job's URL.", "required": True, "schema": {"type": "string"}},
+            "Idempotent-Replayed": {"description": "`true` when this is the first job of a repeated key.",
+                                    "schema": {"type": "string", "enum": ["true"]}},
+        }),
+        400: BAD_REQUEST,
+        409: Reply("The Idempotency-Key was already used with another body (`conflict`).", ErrorResponse),
+        413: Reply("The body is larger than GENQ_MAX_BODY_BYTES (`request_entity_too_large`).", ErrorResponse),
+        429: Reply("Too many requests for this API key (`too_many_requests`), or the tenant's pending items "
+                   "would pass GENQ_MAX_PENDING_ITEMS_PER_TENANT (`quota_exceeded`).", ErrorResponse,
+                   headers={"Retry-After": RETRY_AFTER}),
+    },
+)
 def create_job():
     ctx = genq()
     body = json_body(request)
@@ -79,50 +120,74 @@ def check_pending_quota(session, tenant: str, new_items: int) -> None:
 
 
 def _accepted(job: Job, replayed: bool = False):
-    response = jsonify({"id": job.id, "state": job.state.value, "links": job_links(job.id)})
-    response.status_code = 202
-    response.headers["Location"] = job_links(job.id)["self"]
+    headers = {"Location": JobLinks.of(job.id).self}
     if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
+        headers["Idempotent-Replayed"] = "true"
+    return JobAcceptedResponse.of(job).reply(202, headers)
 
 
-@api.get("/jobs")
+@api.operation(
+    "GET", "/jobs", "List jobs", tag="jobs", description="Newest first, a page at a time.",
+    params=(
+        Param("state", "query", {"$ref": "#/components/schemas/JobState"}, "Only jobs in this state."),
+        LIMIT,
+        Param("cursor", "query", {"type": "string", "pattern": queries.CURSOR.pattern.replace("\\Z", "$")},
+              "`next_cursor` of the previous page: a position in the list, `<microseconds since the epoch>-<job id>`."),
+    ),
+    responses={200: Reply("A page of jobs.", JobListResponse), 400: BAD_REQUEST},
+)
 def list_jobs():
-    settings = genq().settings
-    raw_state = request.args.get("state")
-    try:
-        state = JobState(raw_state) if raw_state is not None else None
-    except ValueError:
-        allowed = ", ".join(s.value for s in JobState)
-        raise InvalidRequest(f"state must be one of {allowed}", field="state") from None
-    limit = _int_arg("limit", settings.default_page_size, 1, settings.max_page_size)
+    query = validate_query(JobListQuery, request.args, genq().settings)
     session = db()
-    jobs, next_cursor = queries.list_jobs(session, current_principal(), state, limit, request.args.get("cursor"))
+    jobs, next_cursor = queries.list_jobs(session, current_principal(), query.state, query.limit, query.cursor)
     counts = ledger.item_counts(session, [job.id for job in jobs])
-    return jsonify({"jobs": [job_to_dict(job, counts[job.id]) for job in jobs], "next_cursor": next_cursor})
+    return JobListResponse(jobs=[JobResponse.of(job, counts[job.id]) for job in jobs], next_cursor=next_cursor).reply()
 
 
-@api.get("/jobs/<job_id>")
+@api.operation(
+    "GET", "/jobs/<job_id>", "Get a job", tag="jobs",
+    description="State, counts of items by state, progress, timestamps, error and effective parameters.",
+    params=(JOB_ID,), responses={200: THE_JOB, 404: NO_JOB},
+)
 def get_job(job_id: str):
     session = db()
-    job = queries.find_job(session, current_principal(), job_id)
-    return jsonify(job_to_dict(job, ledger.item_counts(session, [job.id])[job.id]))
+    return job_reply(session, queries.find_job(session, current_principal(), job_id))
 
 
-@api.get("/jobs/<job_id>/items")
+def job_reply(session, job: Job, status: int = 200):
+    return JobResponse.of(job, ledger.item_counts(session, [job.id])[job.id]).reply(status)
+
+
+@api.operation(
+    "GET", "/jobs/<job_id>/items", "List a job's items", tag="jobs",
+    description="By index, a page at a time: prompt, seed, state, output and error of each.",
+    params=(JOB_ID, Param("offset", "query", {"type": "integer", "minimum": 0, "maximum": 10**9},
+                          "First index of the page."), LIMIT),
+    responses={200: Reply("A page of items.", ItemPageResponse), 400: BAD_REQUEST, 404: NO_JOB},
+)
 def list_items(job_id: str):
-    settings = genq().settings
     session = db()
     job = queries.find_job(session, current_principal(), job_id)
-    offset = _int_arg("offset", 0, 0, 10**9)
-    limit = _int_arg("limit", settings.default_page_size, 1, settings.max_page_size)
-    items = queries.list_items(session, job, offset, limit)
-    next_offset = offset + limit if offset + limit < job.total_items else None
-    return jsonify({"items": [item_to_dict(item) for item in items], "total": job.total_items, "next_offset": next_offset})
+    page = validate_query(ItemPageQuery, request.args, genq().settings)
+    items = queries.list_items(session, job, page.offset, page.limit)
+    end = page.offset + page.limit
+    return ItemPageResponse(items=[ItemResponse.of(item) for item in items], total=job.total_items,
+                            next_offset=end if end < job.total_items else None).reply()
 
 
-@api.get(f"/jobs/<job_id>/items/<int(max={MAX_ITEM_INDEX}):index>/output")
+@api.operation(
+    "GET", f"/jobs/<job_id>/items/<int(max={MAX_ITEM_INDEX}):index>/output", "Download an item's output", tag="jobs",
+    description="The raw output: text for text models, a PNG for image models.",
+    params=(JOB_ID, ITEM_INDEX),
+    responses={
+        200: Reply("The output.", media_types={
+            "text/plain": {"type": "string"},
+            "image/png": {"type": "string", "contentMediaType": "image/png"},
+        }),
+        404: Reply("No such job or item (`not_found`).", ErrorResponse),
+        409: Reply("The item has no output (yet, or it failed) (`conflict`).", ErrorResponse),
+    },
+)
 def get_item_output(job_id: str, index: int):
     session = db()
     job = queries.find_job(session, current_principal(), job_id)
@@ -130,20 +195,32 @@ def get_item_output(job_id: str, index: int):
     if item.output_text is not None:
         return Response(item.output_text, mimetype="text/plain")
     if item.output_key is not None:
-        data = genq().storage.get(item.output_key)
-        return Response(data, mimetype="image/png")
+        return Response(genq().storage.get(item.output_key), mimetype="image/png")
     raise Conflict(f"item {index} has no output (state {item.state.value})", field="index")
 
 
-@api.post("/jobs/<job_id>/cancel")
+@api.operation(
+    "POST", "/jobs/<job_id>/cancel", "Cancel a job", tag="jobs",
+    description="Pending items are cancelled at once; running ones stop at the next micro-batch boundary, "
+    "keeping finished items. Cancelling a cancelled job answers it again.",
+    params=(JOB_ID,),
+    responses={200: THE_JOB, 404: NO_JOB,
+               409: Reply("The job already finished otherwise (`conflict`).", ErrorResponse)},
+)
 def cancel_job(job_id: str):
     session = db()
     job = ledger.cancel_job(session, queries.find_job(session, current_principal(), job_id))
     session.commit()
-    return jsonify(job_to_dict(job, ledger.item_counts(session, [job.id])[job.id]))
+    return job_reply(session, job)
 
 
-@api.post("/jobs/<job_id>/retry")
+@api.operation(
+    "POST", "/jobs/<job_id>/retry", "Retry a job's failed items", tag="jobs",
+    description="Puts a finished job's failed items back in the queue, with fresh attempts.",
+    params=(JOB_ID,),
+    responses={202: Reply("Accepted: the failed items are queued again.", JobResponse), 404: NO_JOB,
+               409: Reply("The job is not finished, or has no failed items (`conflict`).", ErrorResponse)},
+)
 def retry_job(job_id: str):
     """Put a finished job's failed items back to pending, then wake a worker."""
     session = db()
@@ -151,23 +228,13 @@ def retry_job(job_id: str):
     ledger.retry_job(session, job)
     session.commit()
     send_wakeup(genq().celery, job.model)
-    response = jsonify(job_to_dict(job, ledger.item_counts(session, [job.id])[job.id]))
-    response.status_code = 202
-    return response
+    return job_reply(session, job, 202)
 
 
-@api.get("/models")
+@api.operation(
+    "GET", "/models", "List models", tag="models",
+    description="Each model with its task, output type, defaults and limits.",
+    responses={200: Reply("The models.", ModelListResponse)},
+)
 def list_models():
-    models = [
-        {
-            "name": spec.name,
-            "task": spec.task.value,
-            "output": "image/png" if spec.task.is_image else "text/plain",
-            "micro_batch_size": spec.micro_batch_size,
-            "defaults": spec.defaults,
-            "limits": {name: bounds.model_dump(exclude_none=True) for name, bounds in spec.limits.items()},
-        }
-        for spec in genq().registry
-    ]
-    return jsonify({"models": models})
-
+    return ModelListResponse(models=[ModelInfo.of(spec) for spec in genq().registry]).reply()

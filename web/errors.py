@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from shared.errors import GenqError
+from web.response_models import ErrorResponse
 
 log = logging.getLogger(__name__)
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None):
-    response = jsonify({"error": {"code": code, "message": message, "field": field}})
-    response.status_code = status
-    return response
+    return ErrorResponse.of(code, message, field).reply(status)
 
 
 def register_error_handlers(app: Flask) -> None:

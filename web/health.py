@@ -5,27 +5,32 @@ import json
 import time
 from pathlib import Path
 
-from flask import Blueprint, jsonify
 from sqlalchemy import text
 
 from web.context import db, genq
+from web.operations import DocumentedBlueprint, Reply
+from web.response_models import HealthResponse, ReadinessChecks, ReadinessResponse
 
-health = Blueprint("health", __name__)
+health = DocumentedBlueprint("health", __name__)
 
 
-@health.get("/healthz")
+@health.operation("GET", "/healthz", "Liveness", tag="health",
+                  responses={200: Reply("The process is up.", HealthResponse)})
 def healthz():
-    return jsonify({"status": "ok"})
+    return HealthResponse(status="ok").reply()
 
 
-@health.get("/readyz")
+@health.operation("GET", "/readyz", "Readiness", tag="health", description="Whether the database and Redis answer.",
+                  responses={200: Reply("Ready.", ReadinessResponse),
+                             503: Reply("Not ready: a check failed.", ReadinessResponse)})
 def readyz():
     checks = {"database": _check(lambda: db().execute(text("SELECT 1"))), "redis": _check(_ping_redis)}
     for name, status in supervised_services(genq().settings.supervisor_state_file).items():
         if status != "ok" or name not in checks:  # a failed probe is never hidden by "running"
             checks[name] = status
     ready = all(value == "ok" for value in checks.values())
-    return jsonify({"status": "ready" if ready else "not_ready", "checks": checks}), 200 if ready else 503
+    return ReadinessResponse(status="ready" if ready else "not_ready",
+                             checks=ReadinessChecks(**checks)).reply(200 if ready else 503)
 
 
 def _ping_redis() -> None:

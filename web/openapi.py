@@ -1,8 +1,9 @@
-"""The OpenAPI 3.1 document, built from the route table in `web.openapi_routes` and the
-pydantic models that validate requests (`shared.schemas`) and describe responses
-(`shared.api_schemas`). Nothing here is written by hand beside those models: each
-schema comes from `model_json_schema` (through `models_json_schema`, which collects
-every model's `$defs` into one `components.schemas` and names each model once).
+"""The OpenAPI 3.1 document, built from the operations declared beside the views
+(`web.operations`) and the pydantic models that validate requests (`web.request_models`)
+and build responses (`web.response_models`). Nothing here is written by hand beside
+those models: each schema comes from `model_json_schema` (through `models_json_schema`,
+which collects every model's `$defs` into one `components.schemas` and names each model
+once).
 """
 from __future__ import annotations
 
@@ -14,13 +15,23 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from shared.registry import ModelSpec, Registry
-from shared.schemas import PARAMS_BY_TASK, JobRequest
 from shared.settings import Settings
-from web.openapi_routes import PARAMS_MODELS, ROUTES, SECURITY_SCHEME, Param, Reply, Route
+from web.api import api
+from web.health import health
+from web.operations import Operation, Param, Reply
+from web.request_models import PARAMS_BY_TASK, JobRequest
 
 OPENAPI_VERSION = "3.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
 JSON = "application/json"
+SECURITY_SCHEME = "bearerAuth"
+DOCUMENTED_BLUEPRINTS = (api, health)
+PARAMS_MODELS: tuple[type[BaseModel], ...] = tuple(PARAMS_BY_TASK.values())
+
+
+def operations() -> list[Operation]:
+    """Every documented operation, in the order the views are declared."""
+    return [op for blueprint in DOCUMENTED_BLUEPRINTS for op in blueprint.operations]
 
 
 def ref(model: type[BaseModel]) -> dict[str, str]:
@@ -28,9 +39,9 @@ def ref(model: type[BaseModel]) -> dict[str, str]:
 
 
 def referenced_models() -> list[type[BaseModel]]:
-    """Every model the table names, once each, in a stable order."""
+    """Every model the operations name, once each, in a stable order."""
     seen: dict[type[BaseModel], None] = {}
-    for route in ROUTES:
+    for route in operations():
         if route.request is not None:
             seen[route.request] = None
         for reply in route.responses.values():
@@ -98,9 +109,9 @@ def response(reply: Reply) -> dict[str, Any]:
     return out
 
 
-def operation(route: Route) -> dict[str, Any]:
+def operation(route: Operation) -> dict[str, Any]:
     op: dict[str, Any] = {
-        "operationId": route.endpoint.split(".", 1)[1],
+        "operationId": route.operation_id,
         "summary": route.summary,
         "tags": [route.tag],
     }
@@ -120,7 +131,7 @@ def operation(route: Route) -> dict[str, Any]:
 
 def paths() -> dict[str, Any]:
     out: dict[str, dict[str, Any]] = {}
-    for route in ROUTES:
+    for route in operations():
         out.setdefault(route.path, {})[route.method.lower()] = operation(route)
     return out
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from shared.errors import LimitExceeded
 from shared.registry import ModelSpec, Task, max_positions
-from shared.schemas import ValidatedJob
+from web.request_models import ValidatedJob
 
 
 class PromptTokenLimits:

@@ -14,16 +14,25 @@ from pydantic import BaseModel, ValidationError
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from shared.api_schemas import Error, Health, ItemPage, Job, JobAccepted, JobList, ModelList, Readiness
 from shared.db import session_scope
 from shared.orm import Job as JobRow
-from shared.schemas import JobRequest
 from shared.storage import output_key, storage_from_settings
 from tests.helpers.ledger import work_by_hand
 from web.app import create_app
 from web.docs import SECURITY_HEADERS
-from web.openapi import build_document
-from web.openapi_routes import ROUTES
+from web.openapi import build_document, operations
+from web.operations import openapi_path
+from web.request_models import JobRequest
+from web.response_models import (
+    ErrorResponse,
+    HealthResponse,
+    ItemPageResponse,
+    JobAcceptedResponse,
+    JobListResponse,
+    JobResponse,
+    ModelListResponse,
+    ReadinessResponse,
+)
 
 DOCUMENTED_BLUEPRINTS = ("api", "health")
 TEXT_JOB = {"model": "tiny-text", "prompts": ["a", "b", "c"], "params": {"seed": 3}}
@@ -60,19 +69,14 @@ def test_the_served_document_declares_this_deployments_limits(document, settings
     assert set(jobs["post"]["responses"]["202"]["links"]) == {"GetJob", "ListItems", "CancelJob", "RetryJob"}
 
 
-def flask_path(rule: str) -> str:
-    """`/v1/jobs/<job_id>/items/<int:index>` as OpenAPI writes it: `/v1/jobs/{job_id}/items/{index}`."""
-    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
-
-
 def test_every_route_is_documented_and_every_documented_route_exists(app, document):
     served = {
-        (method, flask_path(rule.rule), rule.endpoint)
+        (method, openapi_path(rule.rule), rule.endpoint)
         for rule in app.url_map.iter_rules()
         if rule.endpoint.split(".")[0] in DOCUMENTED_BLUEPRINTS
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
-    table = {(route.method, route.path, route.endpoint) for route in ROUTES}
+    table = {(op.method, op.path, op.endpoint) for op in operations()}
     assert served == table
     in_document = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
     assert in_document == {(method, path) for method, path, _ in served}
@@ -145,33 +149,33 @@ def finish_some_items(settings, job_id: str, *, image: bool = False) -> None:
 
 def test_job_responses_conform(client, settings, conform):
     accepted = client.post("/v1/jobs", json=TEXT_JOB)
-    job_id = conform.check(accepted, JobAccepted, "POST", "/v1/jobs")["id"]
+    job_id = conform.check(accepted, JobAcceptedResponse, "POST", "/v1/jobs")["id"]
     finish_some_items(settings, job_id)
-    conform.check(client.get(f"/v1/jobs/{job_id}"), Job, "GET", "/v1/jobs/{job_id}")
-    conform.check(client.get("/v1/jobs?limit=1"), JobList, "GET", "/v1/jobs")
-    page = conform.check(client.get(f"/v1/jobs/{job_id}/items?limit=2"), ItemPage, "GET", "/v1/jobs/{job_id}/items")
+    conform.check(client.get(f"/v1/jobs/{job_id}"), JobResponse, "GET", "/v1/jobs/{job_id}")
+    conform.check(client.get("/v1/jobs?limit=1"), JobListResponse, "GET", "/v1/jobs")
+    page = conform.check(client.get(f"/v1/jobs/{job_id}/items?limit=2"), ItemPageResponse, "GET", "/v1/jobs/{job_id}/items")
     assert page["items"][0]["output"] == {"text": "hello"} and page["items"][1]["error"] == "boom"
     assert page["next_offset"] == 2
-    cancelled = conform.check(client.post(f"/v1/jobs/{job_id}/cancel"), Job, "POST", "/v1/jobs/{job_id}/cancel")
+    cancelled = conform.check(client.post(f"/v1/jobs/{job_id}/cancel"), JobResponse, "POST", "/v1/jobs/{job_id}/cancel")
     assert cancelled["state"] == "cancelled" and cancelled["finished_at"]
     retried = client.post(f"/v1/jobs/{job_id}/retry")
     assert retried.status_code == 202
-    conform.check(retried, Job, "POST", "/v1/jobs/{job_id}/retry")
+    conform.check(retried, JobResponse, "POST", "/v1/jobs/{job_id}/retry")
 
 
 def test_image_items_conform(client, settings, conform):
     job_id = client.post("/v1/jobs", json={"model": "tiny-sd", "prompts": ["x", "y"]}).get_json()["id"]
     finish_some_items(settings, job_id, image=True)
-    page = conform.check(client.get(f"/v1/jobs/{job_id}/items"), ItemPage, "GET", "/v1/jobs/{job_id}/items")
+    page = conform.check(client.get(f"/v1/jobs/{job_id}/items"), ItemPageResponse, "GET", "/v1/jobs/{job_id}/items")
     url = page["items"][0]["output"]["image_url"]
     assert client.get(url).mimetype == "image/png"
     assert url in {f"/v1/jobs/{job_id}/items/0/output"}
 
 
 def test_models_and_probes_conform(client, conform):
-    conform.check(client.get("/v1/models"), ModelList, "GET", "/v1/models")
-    conform.check(client.get("/healthz"), Health, "GET", "/healthz")
-    conform.check(client.get("/readyz"), Readiness, "GET", "/readyz")
+    conform.check(client.get("/v1/models"), ModelListResponse, "GET", "/v1/models")
+    conform.check(client.get("/healthz"), HealthResponse, "GET", "/healthz")
+    conform.check(client.get("/readyz"), ReadinessResponse, "GET", "/readyz")
 
 
 ERRORS = [
@@ -189,13 +193,13 @@ ERRORS = [
 def test_errors_conform(client, conform, method, template, url, kwargs, status):
     response = client.open(url, method=method, **kwargs)
     assert response.status_code == status
-    conform.check(response, Error, method, template)
+    conform.check(response, ErrorResponse, method, template)
 
 
 def test_a_missing_key_is_a_documented_401(app, conform):
     response = app.test_client().get("/v1/jobs")
     assert response.status_code == 401
-    conform.check(response, Error, "GET", "/v1/jobs")
+    conform.check(response, ErrorResponse, "GET", "/v1/jobs")
 
 
 def test_too_many_requests_is_a_documented_429(settings, api_key, conform):
@@ -204,7 +208,7 @@ def test_too_many_requests_is_a_documented_429(settings, api_key, conform):
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_key}"
     responses = [client.get("/v1/models") for _ in range(3)]
     assert [r.status_code for r in responses] == [200, 200, 429]
-    conform.check(responses[-1], Error, "GET", "/v1/models")
+    conform.check(responses[-1], ErrorResponse, "GET", "/v1/models")
     assert responses[-1].headers["Retry-After"]
 
 
@@ -214,19 +218,19 @@ def test_a_full_queue_is_a_documented_429(settings, api_key, conform):
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_key}"
     response = client.post("/v1/jobs", json={"model": "tiny-text", "prompts": ["a", "b", "c"]})
     assert response.status_code == 429 and response.headers["Retry-After"]
-    conform.check(response, Error, "POST", "/v1/jobs")
+    conform.check(response, ErrorResponse, "POST", "/v1/jobs")
 
 
 def test_the_models_catch_a_missing_or_an_extra_field(client):
     body = client.get(f"/v1/jobs/{client.post('/v1/jobs', json=TEXT_JOB).get_json()['id']}").get_json()
-    Job.model_validate_json(json.dumps(body), strict=True)
+    JobResponse.model_validate_json(json.dumps(body), strict=True)
     for name in body:
         with pytest.raises(ValidationError):
-            Job.model_validate_json(json.dumps({k: v for k, v in body.items() if k != name}), strict=True)
+            JobResponse.model_validate_json(json.dumps({k: v for k, v in body.items() if k != name}), strict=True)
     with pytest.raises(ValidationError):
-        Job.model_validate_json(json.dumps({**body, "surprise": 1}), strict=True)
+        JobResponse.model_validate_json(json.dumps({**body, "surprise": 1}), strict=True)
     with pytest.raises(ValidationError):
-        Job.model_validate_json(json.dumps({**body, "progress": "0"}), strict=True)
+        JobResponse.model_validate_json(json.dumps({**body, "progress": "0"}), strict=True)
 
 
 def test_the_request_examples_are_valid_requests(document):

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from shared.registry import load_registry
-from shared.schemas import effective_params
 from tests.worker.conftest import StopAfter, png_pixels
+from web.request_models import effective_params
 from worker.demo import DIGIT_LABELS, build_demo_models, demo_registry_entries, read_quality
 from worker.runners.base import Cancelled, ItemInput
 

@@ -1,4 +1,4 @@
-"""Request schemas and the checks every submitted job passes before anything is written.
+"""What the API accepts, as pydantic models (bodies and query strings), and the checks every submitted job passes before anything is written.
 
 `validate_job_request` turns a JSON body into a `ValidatedJob` (the model's effective
 parameters and one (prompt, seed) per item) or raises a typed error naming the field.
@@ -9,10 +9,20 @@ import random
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from shared.errors import InvalidRequest, LimitExceeded, UnknownModel
 from shared.registry import ModelSpec, Registry, Task
+from shared.states import JobState
 
 
 def _integral(value: Any) -> Any:
@@ -168,3 +178,38 @@ def assign_seeds(items: list[InputItem], base_seed: int | None) -> list[tuple[st
             seed = rng.randrange(0, 2**31)
         seeds.append((item.prompt, seed))
     return seeds
+
+
+class _PageQuery(BaseModel):
+    """A query string. Unknown parameters are ignored; values arrive as text and are
+    parsed (lax mode). The page size's bounds are the deployment's settings."""
+
+    model_config = ConfigDict(extra="ignore")
+    limit: int | None = Field(None, ge=1, validate_default=True)
+
+    @field_validator("limit")
+    @classmethod
+    def _within_page_size(cls, value: int | None, info: ValidationInfo) -> int:
+        settings = info.context["settings"]
+        if value is None:
+            return settings.default_page_size
+        if value > settings.max_page_size:
+            raise ValueError(f"must be at most {settings.max_page_size}")
+        return value
+
+
+class JobListQuery(_PageQuery):
+    state: JobState | None = None
+    cursor: str | None = None
+
+
+class ItemPageQuery(_PageQuery):
+    offset: int = Field(0, ge=0, le=10**9)
+
+
+def validate_query(model: type[_PageQuery], args: Any, settings) -> Any:
+    """`request.args` through `model`, or an `InvalidRequest` naming the parameter."""
+    try:
+        return model.model_validate(args.to_dict(), context={"settings": settings})
+    except ValidationError as exc:
+        raise pydantic_error(exc) from None
