@@ -15,7 +15,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from shared.ledger import ClaimedItem
 from shared.registry import ModelSpec
 from worker.memory import OutOfMemory, free_device_memory, is_out_of_memory
-from worker.runners.base import Cancelled, ItemInput, ItemOutput, Runner
+from worker.runners.base import Cancelled, ItemOutput, Runner
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,8 @@ Outcome = ItemOutput | Exception
 def run_micro_batch(
     runner: Runner, spec: ModelSpec, batch: list[ClaimedItem], params: dict, should_stop: Callable[[], bool]
 ) -> list[tuple[ClaimedItem, Outcome]]:
-    inputs = [ItemInput(item.index, item.prompt, item.seed) for item in batch]
     try:
-        return list(zip(batch, runner.predict(inputs, params, should_stop)))
+        return list(zip(batch, runner.predict(batch, params, should_stop)))
     except (Cancelled, SoftTimeLimitExceeded):  # they stop the slice, not an item
         raise
     except Exception as exc:

@@ -9,16 +9,16 @@ from typing import Any
 from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
+from shared.items import ItemInput
 from shared.ledger.jobs import OPEN_JOB_STATES, new_id
 from shared.orm import ItemState, Job, JobItem, JobState, utcnow
 
 
 @dataclass(frozen=True)
-class ClaimedItem:
+class ClaimedItem(ItemInput):
+    """An item a worker holds under a lease, by its row id."""
+
     id: int
-    index: int
-    prompt: str
-    seed: int
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def claim_slice(
         .execution_options(synchronize_session=False)
     )
     rows = session.execute(
-        select(JobItem.id, JobItem.index, JobItem.prompt, JobItem.seed)
+        select(JobItem.index, JobItem.prompt, JobItem.seed, JobItem.id)
         .where(JobItem.lease_id == lease_id)
         .order_by(JobItem.index)
     ).all()

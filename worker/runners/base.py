@@ -10,14 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+from shared.items import ItemInput  # noqa: F401  (re-exported: part of the runner contract)
 from shared.registry import ModelSpec
-
-
-@dataclass(frozen=True)
-class ItemInput:
-    index: int
-    prompt: str
-    seed: int
 
 
 @dataclass(frozen=True)
