@@ -28,8 +28,9 @@ run: install
 test: install redis-server
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
+# make bench: every benchmark, then one table of figures (options: BENCH_ARGS="--jobs 500 --skip crossjob-tiny")
 bench: install redis-server
-	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

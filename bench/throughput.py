@@ -21,6 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import emit_result
 from genq.devstack import (
     RedisServer,
     Stack,
@@ -98,6 +99,8 @@ def main() -> None:
     print(f"service:    {service_s:8.2f} s  {service_rate:8.1f} items/s  (submit -> succeeded, polled over HTTP)")
     print(f"in-process: {direct_s:8.2f} s  {direct_rate:8.1f} items/s  (same runner, one batched loop)")
     print(f"ratio service/in-process: {service_rate / direct_rate:.2f}")
+    emit_result("throughput", {"items": args.items, "service_items_per_s": service_rate,
+                               "in_process_items_per_s": direct_rate, "ratio": service_rate / direct_rate})
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def make_engine(url: str) -> Engine:
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         )
         event.listen(engine, "connect", _configure_sqlite_connection)
-        event.listen(engine, "begin", _begin_immediate)
+        event.listen(engine, "begin", _begin)
         return engine
     return create_engine(url, pool_pre_ping=True)
 
@@ -43,10 +43,16 @@ def _configure_sqlite_connection(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def _begin_immediate(connection) -> None:
+READ_ONLY = "genq_read_only"  # an execution option: this connection's transactions only read
+
+
+def _begin(connection) -> None:
     """Take SQLite's write lock at BEGIN, so a reader that later writes never meets a
-    lock upgrade deadlock (which SQLite reports at once instead of waiting)."""
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    lock upgrade deadlock (which SQLite reports at once instead of waiting) — except in
+    a transaction that only reads, which must not queue behind writers (WAL gives it a
+    snapshot without any lock)."""
+    read_only = connection.get_execution_options().get(READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE")
 
 
 def get_engine(url: str) -> Engine:
@@ -66,8 +72,12 @@ def dispose_engines() -> None:
         _engines.clear()
 
 
-def session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+def session_factory(url: str, *, read_only: bool = False) -> sessionmaker[Session]:
+    """Sessions on the process's engine; `read_only` ones never take SQLite's write lock
+    (a write in one fails instead of waiting)."""
+    engine = get_engine(url)
+    return sessionmaker(bind=engine.execution_options(**{READ_ONLY: True}) if read_only else engine,
+                        expire_on_commit=False)
 
 
 @contextmanager

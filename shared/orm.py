@@ -80,6 +80,8 @@ class Job(Base):
     state: Mapped[JobState] = mapped_column(_enum(JobState, "job_state"), default=JobState.QUEUED)
     priority: Mapped[int] = mapped_column(Integer, default=5)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Jobs of one model with the same batch key may share a slice and a micro-batch.
+    batch_key: Mapped[str] = mapped_column(String(64), default="", server_default="")
     total_items: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -93,14 +95,28 @@ class Job(Base):
     items: Mapped[list["JobItem"]] = relationship(back_populates="job", order_by="JobItem.index", lazy="raise")
 
     __table_args__ = (
-        # The claim query: open jobs of one model, by priority then age.
-        Index("ix_jobs_claim", "model", "state", "priority", "created_at"),
+        # Listings (all, by state, by tenant, by tenant and state), newest first; the
+        # reconciler's unfinished jobs and a tenant's open jobs (the pending quota).
         Index("ix_jobs_created", "created_at", "id"),
+        Index("ix_jobs_state_created", "state", "created_at", "id"),
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
-        # Fairness: when did each tenant last get a slice of this model.
-        Index("ix_jobs_tenant_model_claimed", "tenant", "model", "last_claimed_at"),
+        Index("ix_jobs_tenant_state_created", "tenant", "state", "created_at", "id"),
+        # The claim, once the tenant is chosen: its open jobs of one model, by priority then age.
+        Index("ix_jobs_tenant_claim", "model", "tenant", "state", "priority", "created_at"),
         Index("ix_jobs_tenant_idempotency_key", "tenant", "idempotency_key", unique=True),
     )
+
+
+class TenantTurn(Base):
+    """When each tenant last got a slice of a model: the claim serves the tenant that
+    waited longest first. One row per (model, tenant), so choosing a tenant never reads
+    the jobs table's history."""
+
+    __tablename__ = "tenant_turns"
+
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_claimed_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class ApiKey(Base):

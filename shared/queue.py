@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from celery import Celery
 
 WAKE_TASK = "genq.wake"
 QUEUE_PREFIX = "model."
+WAITING_MARK = "genq:wakeup-waiting:{model}"
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +70,51 @@ def send_wakeup(celery: Celery, model: str) -> bool:
     except Exception as exc:  # kombu raises several types for a broker that is down
         log.warning("could not send wake-up for model %s: %s", model, exc)
         return False
+
+
+class Wakeups:
+    """Sends wake-ups, with at most one waiting per model.
+
+    A mark in Redis (beside the queue) says "a wake-up for M is waiting": `send` publishes
+    only when it sets the mark, and a worker removes it (`taken`) as it takes a wake-up,
+    before it claims. So every committed job still gets a worker: a job committed while
+    the mark is set is committed before that wake-up's claim reads the ledger. The mark
+    expires after `mark_seconds`, so a lost message costs at most that long (and the
+    reconciler, which reads the queue itself, publishes with `force`).
+    """
+
+    def __init__(self, celery: Celery, redis_url: str, mark_seconds: float):
+        self.celery = celery
+        self._redis_url = redis_url
+        self._mark_seconds = max(1, round(mark_seconds))
+        self._client: redis.Redis | None = None
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._client is None:
+            self._client = redis.Redis.from_url(self._redis_url, socket_timeout=2, socket_connect_timeout=2)
+        return self._client
+
+    def send(self, model: str, *, force: bool = False) -> bool:
+        """True when a wake-up is waiting (this one or an earlier one); False when the
+        broker is unreachable (the work is committed; the reconciler sends it later)."""
+        mark = WAITING_MARK.format(model=model)
+        try:
+            if not self.redis.set(mark, 1, nx=not force, ex=self._mark_seconds):
+                return True
+        except redis.RedisError as exc:
+            log.warning("could not mark a wake-up for model %s as waiting: %s", model, exc)
+        if send_wakeup(self.celery, model):
+            return True
+        self._forget(mark)
+        return False
+
+    def taken(self, model: str) -> None:
+        """A worker took a wake-up for `model` and is about to claim: the next send publishes."""
+        self._forget(WAITING_MARK.format(model=model))
+
+    def _forget(self, mark: str) -> None:
+        try:
+            self.redis.delete(mark)
+        except redis.RedisError as exc:  # the mark expires by itself
+            log.warning("could not clear wake-up mark %s: %s", mark, exc)

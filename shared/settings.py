@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0, description="CPU threads torch may use in a worker process (0: torch's default).")
     worker_max_models: int = Field(2, ge=1, description="Models a worker process keeps loaded at once.")
 
+    wakeup_mark_seconds: float = Field(
+        30.0, gt=0, description="How long a sent wake-up counts as waiting, so that submits publish no other.")
     reconcile_interval_seconds: float = Field(5.0, gt=0, description="Time between reconciler passes.")
 
     # The embedded default (`genq up`).

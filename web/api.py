@@ -9,7 +9,6 @@ from sqlalchemy.exc import IntegrityError
 from shared import ledger
 from shared.errors import Conflict, QuotaExceeded
 from shared.orm import Job
-from shared.queue import send_wakeup
 from web import idempotency, queries
 from web.auth import current_principal, require_api_key
 from web.bodies import json_body
@@ -106,7 +105,7 @@ def create_job():
     except IntegrityError:  # the same key, committed by a concurrent request
         session.rollback()
         return _accepted(idempotency.replay(session, tenant, key, fingerprint), replayed=True)
-    send_wakeup(ctx.celery, job.model)
+    ctx.wakeups.send(job.model)
     return _accepted(job)
 
 
@@ -227,7 +226,7 @@ def retry_job(job_id: str):
     job = queries.find_job(session, current_principal(), job_id)
     ledger.retry_job(session, job)
     session.commit()
-    send_wakeup(genq().celery, job.model)
+    genq().wakeups.send(job.model)
     return job_reply(session, job, 202)
 
 

@@ -6,7 +6,7 @@ import logging
 from flask import Flask
 
 from shared.db import session_factory
-from shared.queue import make_celery
+from shared.queue import Wakeups, make_celery
 from shared.registry import load_registry
 from shared.settings import Settings, get_settings
 from shared.storage import storage_from_settings
@@ -24,11 +24,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
+    celery = make_celery(settings)
     app.extensions["genq"] = GenqContext(
         settings=settings,
         registry=load_registry(settings.models_file),
-        celery=make_celery(settings),
+        celery=celery,
+        wakeups=Wakeups(celery, settings.redis_url, settings.wakeup_mark_seconds),
         sessions=session_factory(settings.database_url),
+        read_sessions=session_factory(settings.database_url, read_only=True),
         storage=storage_from_settings(settings),
         token_limits=PromptTokenLimits(),
     )

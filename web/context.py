@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from celery import Celery
-from flask import current_app, g
+from flask import current_app, g, request
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.queue import Wakeups
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
 from web.tokens import PromptTokenLimits
+
+SAFE_METHODS = ("GET", "HEAD")
 
 
 @dataclass
@@ -19,7 +22,9 @@ class GenqContext:
     settings: Settings
     registry: Registry
     celery: Celery
+    wakeups: Wakeups
     sessions: sessionmaker[Session]
+    read_sessions: sessionmaker[Session]  # for GET and HEAD: they never write
     storage: Storage
     token_limits: PromptTokenLimits
 
@@ -31,7 +36,8 @@ def genq() -> GenqContext:
 def db() -> Session:
     """The request's database session, closed at teardown."""
     if "db_session" not in g:
-        g.db_session = genq().sessions()
+        ctx = genq()
+        g.db_session = ctx.read_sessions() if request.method in SAFE_METHODS else ctx.sessions()
     return g.db_session
 
 

@@ -79,6 +79,10 @@ def list_jobs(
 
 
 def pending_items_of_tenant(session: Session, tenant: str) -> int:
+    """Pending items live only in open jobs: count them job by job through the items'
+    (job, state) index, so the plan never depends on how fresh the statistics are (a
+    join over every pending item turned quadratic on PostgreSQL while the table grew)."""
+    open_jobs = select(Job.id).where(Job.tenant == tenant, Job.state.in_((JobState.QUEUED, JobState.RUNNING)))
     return session.scalar(
-        select(func.count(JobItem.id)).join(Job, Job.id == JobItem.job_id).where(Job.tenant == tenant, JobItem.state == ItemState.PENDING)
+        select(func.count()).select_from(JobItem).where(JobItem.job_id.in_(open_jobs), JobItem.state == ItemState.PENDING)
     ) or 0

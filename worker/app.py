@@ -17,7 +17,7 @@ from celery.signals import worker_process_init, worker_ready
 
 from shared.db import dispose_engines
 from shared.processes import die_with_parent
-from shared.queue import WAKE_TASK, make_celery, queue_name, send_wakeup
+from shared.queue import WAKE_TASK, Wakeups, make_celery, queue_name
 from worker import context
 from worker.slices import handle_wakeup
 
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 def make_worker_app(ctx: context.WorkerContext) -> Celery:
     app = make_celery(ctx.settings)
     ctx.celery = app
+    ctx.wakeups = Wakeups(app, ctx.settings.redis_url, ctx.settings.wakeup_mark_seconds)
 
     @app.task(name=WAKE_TASK, ignore_result=True)
     def wake(model: str) -> dict | None:
@@ -52,4 +53,4 @@ def _wake_own_models(sender=None, **_kwargs) -> None:
     queues = {q.name for q in sender.app.amqp.queues.consume_from.values()} if sender else set()
     for model in ctx.ledger.models_with_claimable_work():
         if queue_name(model) in queues:
-            send_wakeup(ctx.celery, model)
+            ctx.wakeups.send(model)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from celery import Celery
 
 from shared.ledger import Ledger
+from shared.queue import Wakeups
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
@@ -23,6 +24,7 @@ class WorkerContext:
     celery: Celery
     cache: ModelCache
     ledger: Ledger
+    wakeups: Wakeups | None = None  # set with the Celery app (make_worker_app)
     name: str = field(default_factory=lambda: f"{socket.gethostname()}")
 
     @property

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from shared.ledger import Ledger
-from shared.queue import make_celery, queue_name, send_wakeup
+from shared.queue import Wakeups, make_celery, queue_name
 from shared.storage import storage_from_settings
 from worker.slices import remove_orphaned_outputs
 
@@ -30,8 +30,9 @@ class PassReport:
     wakeups_sent: int = 0
 
 
-def reconcile_once(settings, celery, storage, ledger: Ledger | None = None) -> PassReport:
+def reconcile_once(settings, celery, storage, ledger: Ledger | None = None, wakeups: Wakeups | None = None) -> PassReport:
     ledger = ledger or Ledger(settings.database_url)
+    wakeups = wakeups or Wakeups(celery, settings.redis_url, settings.wakeup_mark_seconds)
     report = PassReport()
     report.leases_released = ledger.release_expired_leases(settings.max_attempts)
     settled = ledger.settle_unsettled()
@@ -39,7 +40,7 @@ def reconcile_once(settings, celery, storage, ledger: Ledger | None = None) -> P
     for job_id in settled:
         remove_orphaned_outputs(ledger, storage, job_id)
     for model in ledger.models_with_claimable_work():
-        if queued_wakeups(celery, model) == 0 and send_wakeup(celery, model):
+        if queued_wakeups(celery, model) == 0 and wakeups.send(model, force=True):
             report.wakeups_sent += 1
     return report
 
@@ -56,13 +57,14 @@ def queued_wakeups(celery, model: str) -> int:
 
 def run_forever(settings, interval: float) -> None:
     celery, storage, ledger = make_celery(settings), storage_from_settings(settings), Ledger(settings.database_url)
+    wakeups = Wakeups(celery, settings.redis_url, settings.wakeup_mark_seconds)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
     log.info("reconciler started: a pass every %.1fs", interval)
     while not stopping:
         try:
-            report = reconcile_once(settings, celery, storage, ledger)
+            report = reconcile_once(settings, celery, storage, ledger, wakeups)
             if report.leases_released or report.jobs_settled or report.wakeups_sent:
                 log.info("reconciled: %s", report)
         except Exception:

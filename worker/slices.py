@@ -2,9 +2,11 @@
 
     claim_next_slice -> wake_another_worker -> perform_slice (micro-batches, each
     committed as it finishes, the lease kept alive by a heartbeat) -> finish_slice
-    (give back what was not reached, settle the job, wake again if work was given back)
+    (give back what was not reached, settle the jobs, wake again if work was given back)
 
-A duplicate or stale wake-up finds nothing to claim and returns at once. A slice that
+A slice may hold items of several jobs of one model and tenant whose parameters differ
+only in their seeds; they share micro-batches. A duplicate or stale wake-up finds
+nothing to claim and returns at once. A slice that
 breaks off keeps the attempt it spent (abandon_slice); one that passes its soft time
 limit fails its unfinished items with `timeout` (time_out_slice).
 """
@@ -14,12 +16,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
 from shared.ledger import Ledger, ResultRow, Slice
-from shared.queue import send_wakeup
 from shared.storage import output_key
 from worker.batches import run_micro_batch
 from worker.context import WorkerContext
@@ -32,7 +34,7 @@ COMMIT_ATTEMPTS = 4
 
 @dataclass
 class SliceReport:
-    job_id: str
+    job_ids: list[str]
     claimed: int
     succeeded: int = 0
     failed: int = 0
@@ -41,16 +43,17 @@ class SliceReport:
 
 
 def handle_wakeup(ctx: WorkerContext, model: str) -> SliceReport | None:
+    ctx.wakeups.taken(model)
     slice_ = claim_next_slice(ctx, model)
     if slice_ is None:
         return None
-    wake_another_worker(ctx, model)
+    wake_another_worker(ctx, slice_)
     try:
         with LeaseKeeper(ctx, slice_.lease_id):
             report = perform_slice(ctx, slice_)
     except SoftTimeLimitExceeded:
         time_out_slice(ctx, slice_)
-        return SliceReport(slice_.job_id, len(slice_.items), stopped="soft time limit")
+        return SliceReport(slice_.job_ids, len(slice_.items), stopped="soft time limit")
     except Exception as exc:
         abandon_slice(ctx, slice_, exc)
         raise
@@ -64,25 +67,26 @@ def claim_next_slice(ctx: WorkerContext, model: str) -> Slice | None:
                             lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
 
 
-def wake_another_worker(ctx: WorkerContext, model: str) -> None:
+def wake_another_worker(ctx: WorkerContext, slice_: Slice) -> None:
     """While this worker runs its slice, let an idle one take the next (multi-GPU)."""
-    if ctx.ledger.has_claimable_work(model):
-        send_wakeup(ctx.celery, model)
+    if slice_.more_waiting:
+        ctx.wakeups.send(slice_.model)
 
 
 def perform_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
     spec = ctx.registry.get(slice_.model)
-    report = SliceReport(slice_.job_id, len(slice_.items))
+    report = SliceReport(slice_.job_ids, len(slice_.items))
     if spec is None:
         error = RuntimeError(f"model {slice_.model!r} is not in this worker's registry")
         commit_results(ctx, slice_, [(item, error) for item in slice_.items], report)
         return report
     runner = ctx.cache.get(spec)
-    should_stop = CancelWatch(ctx, slice_.job_id)
+    cancels = CancelWatch(ctx, slice_.job_ids)
     deadline = time.monotonic() + ctx.settings.slice_max_seconds
     remaining = list(slice_.items)
     while remaining:
-        if should_stop():
+        remaining = [item for item in remaining if item.job_id not in cancels()]  # the release cancels them
+        if not remaining:
             report.stopped = "cancelled"
             break
         if time.monotonic() > deadline:
@@ -90,7 +94,7 @@ def perform_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
             break
         batch, remaining = remaining[: spec.micro_batch_size], remaining[spec.micro_batch_size :]
         try:
-            results = run_micro_batch(runner, spec, batch, slice_.params, should_stop)
+            results = run_micro_batch(runner, spec, batch, slice_.params, cancels.stops(batch))
         except Cancelled:
             report.stopped = "cancelled"
             break
@@ -108,7 +112,7 @@ def commit_results(ctx: WorkerContext, slice_: Slice, results, report: SliceRepo
         if isinstance(outcome, Exception):
             rows.append(ResultRow(item.id, error=_error_text(outcome)))
         elif outcome.image_png is not None:
-            key = output_key(slice_.job_id, item.index, "png")
+            key = output_key(item.job_id, item.index, "png")
             ctx.storage.put(key, outcome.image_png)
             rows.append(ResultRow(item.id, key=key))
         else:
@@ -137,25 +141,25 @@ def finish_slice(ctx: WorkerContext, slice_: Slice) -> None:
 
 
 def abandon_slice(ctx: WorkerContext, slice_: Slice, exc: Exception) -> None:
-    log.exception("slice of job %s broke off", slice_.job_id)
+    log.exception("slice of jobs %s broke off", ", ".join(slice_.job_ids))
     given_back = ctx.ledger.abandon(slice_, error=_error_text(exc), max_attempts=ctx.settings.max_attempts)
     settle_and_continue(ctx, slice_, given_back)
 
 
 def time_out_slice(ctx: WorkerContext, slice_: Slice) -> None:
     limit = ctx.settings.slice_soft_time_limit
-    log.warning("slice of job %s passed its soft time limit (%.0fs)", slice_.job_id, limit)
+    log.warning("slice of jobs %s passed its soft time limit (%.0fs)", ", ".join(slice_.job_ids), limit)
     ctx.ledger.time_out(slice_, f"timeout: the slice ran past its time limit of {limit:g}s")
     settle_and_continue(ctx, slice_, 0)
 
 
 def settle_and_continue(ctx: WorkerContext, slice_: Slice, given_back: int) -> None:
-    """Settle the job in its own transaction (after the results are committed), sweep
+    """Settle the jobs in their own transaction (after the results are committed), sweep
     files no row points to, and wake a worker for the items this slice gave back."""
-    if ctx.ledger.settle(slice_.job_id) is not None:
-        remove_orphaned_outputs(ctx.ledger, ctx.storage, slice_.job_id)
+    for job_id in ctx.ledger.settle_all(slice_.job_ids):
+        remove_orphaned_outputs(ctx.ledger, ctx.storage, job_id)
     if given_back:
-        send_wakeup(ctx.celery, slice_.model)
+        ctx.wakeups.send(slice_.model)
 
 
 def remove_orphaned_outputs(ledger: Ledger, storage, job_id: str) -> None:
@@ -193,22 +197,28 @@ class LeaseKeeper:
 
 
 class CancelWatch:
-    """`should_stop()` for a running job: reads the cancel flag at most every
+    """Which of a slice's jobs are being cancelled: reads the ledger at most every
     `cancel_check_seconds`, so generation steps do not each cost a query."""
 
-    def __init__(self, ctx: WorkerContext, job_id: str):
+    def __init__(self, ctx: WorkerContext, job_ids: list[str]):
         self._ledger = ctx.ledger
         self._interval = ctx.settings.cancel_check_seconds
-        self._job_id = job_id
+        self._job_ids = job_ids
         self._checked_at = float("-inf")
-        self._cancelled = False
+        self._cancelling: set[str] = set()
 
-    def __call__(self) -> bool:
+    def __call__(self) -> set[str]:
         now = time.monotonic()
-        if not self._cancelled and now - self._checked_at >= self._interval:
+        if len(self._cancelling) < len(self._job_ids) and now - self._checked_at >= self._interval:
             self._checked_at = now
             try:
-                self._cancelled = self._ledger.is_cancelling(self._job_id)
+                self._cancelling = self._ledger.cancelling_jobs(self._job_ids)
             except OperationalError as exc:  # the next check will see it
                 log.warning("cancel check failed: %s", exc)
-        return self._cancelled
+        return self._cancelling
+
+    def stops(self, batch) -> Callable[[], bool]:
+        """`should_stop()` for a micro-batch: true once every job in it is being cancelled
+        (a batch shared with a live job runs to its end)."""
+        jobs = {item.job_id for item in batch}
+        return lambda: jobs <= self()

@@ -30,6 +30,7 @@ from shared.ledger.jobs import (
     OPEN_JOB_STATES,
     UNFINISHED_JOB_STATES,
     Counts,
+    batch_key,
     cancel_job,
     create_job,
     item_counts,
@@ -40,9 +41,9 @@ from shared.ledger.jobs import (
 )
 from shared.ledger.results import (
     abandon_slice,
+    cancelling_jobs,
     fail_held_items,
     indices_without_output,
-    is_cancelling,
     record_item_failure,
     record_item_success,
     release_slice,
@@ -50,9 +51,9 @@ from shared.ledger.results import (
 from shared.ledger.transactions import Ledger, ResultRow
 
 __all__ = [
-    "OPEN_JOB_STATES", "UNFINISHED_JOB_STATES", "ClaimedItem", "Counts", "Ledger", "ResultRow", "Slice",
-    "abandon_slice", "cancel_job", "claim_slice", "create_job", "extend_lease", "fail_held_items",
-    "has_claimable_work", "indices_without_output", "is_cancelling", "item_counts", "models_with_claimable_work",
+    "OPEN_JOB_STATES", "UNFINISHED_JOB_STATES", "ClaimedItem", "Counts", "batch_key", "Ledger", "ResultRow", "Slice",
+    "abandon_slice", "cancel_job", "cancelling_jobs", "claim_slice", "create_job", "extend_lease", "fail_held_items",
+    "has_claimable_work", "indices_without_output", "item_counts", "models_with_claimable_work",
     "new_id", "next_job_for", "record_item_failure", "record_item_success", "release_expired_leases",
     "release_slice", "retry_job", "settle_job", "unsettled_job_ids",
 ]

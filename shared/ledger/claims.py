@@ -6,30 +6,38 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import and_, case, select, update
+from sqlalchemy.orm import Session
 
 from shared.items import ItemInput
+from shared.ledger import turns
 from shared.ledger.jobs import OPEN_JOB_STATES, new_id
-from shared.orm import ItemState, Job, JobItem, JobState, utcnow
+from shared.orm import ItemState, Job, JobItem, JobState, TenantTurn, utcnow
 
 
 @dataclass(frozen=True)
 class ClaimedItem(ItemInput):
-    """An item a worker holds under a lease, by its row id."""
+    """An item a worker holds under a lease, by its row id and its job."""
 
     id: int
+    job_id: str
 
 
 @dataclass(frozen=True)
 class Slice:
-    """Items of one job that one worker holds under one lease."""
+    """Items that one worker holds under one lease: of one model and one tenant, from one
+    or more jobs whose parameters are the same but for their seeds (one batch key), so
+    they can share micro-batches. `params` are the first job's."""
 
     lease_id: str
-    job_id: str
     model: str
     params: dict[str, Any]
     items: list[ClaimedItem]
+    more_waiting: bool = False  # whether claimable work of the model was left after this claim
+
+    @property
+    def job_ids(self) -> list[str]:
+        return list(dict.fromkeys(item.job_id for item in self.items))
 
 
 def release_expired_leases(session: Session, *, max_attempts: int, now: datetime | None = None) -> int:
@@ -53,53 +61,38 @@ def release_expired_leases(session: Session, *, max_attempts: int, now: datetime
     return failed + released
 
 
-def _has_pending_items(job_id_column) -> Any:
-    return exists().where(JobItem.job_id == job_id_column, JobItem.state == ItemState.PENDING)
-
-
 def next_job_for(session: Session, model: str) -> Job | None:
-    """The open job of `model` with pending items that comes first.
+    """The open job of `model` with pending items that comes first: the tenant that waited
+    longest (see `turns`), then within the tenant priority, then age."""
+    tenant = turns.next_tenant(session, model, OPEN_JOB_STATES)
+    return None if tenant is None else session.scalars(_jobs_in_claim_order(model, tenant).limit(1)).first()
 
-    Fair between tenants: the tenant that least recently got a slice of this model goes
-    first (one that never did, before all), so a tenant with 10 items waits for at most
-    one more slice of a tenant with 5,000. Within a tenant: priority, then age.
-    """
-    other = aliased(Job)
-    tenant_last_served = (
-        select(func.max(other.last_claimed_at))
-        .where(other.tenant == Job.tenant, other.model == Job.model)
-        .correlate(Job)
-        .scalar_subquery()
-    )
-    return session.scalars(
+
+def _jobs_in_claim_order(model: str, tenant: str):
+    return (
         select(Job)
-        .where(Job.model == model, Job.state.in_(OPEN_JOB_STATES), _has_pending_items(Job.id))
-        .order_by(tenant_last_served.asc().nulls_first(), Job.priority.desc(), Job.created_at, Job.id)
-        .limit(1)
-    ).first()
+        .where(Job.model == model, Job.tenant == tenant, Job.state.in_(OPEN_JOB_STATES),
+               turns.has_pending_items(Job.id))
+        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+    )
 
 
 def claim_slice(
     session: Session, *, model: str, owner: str, max_items: int, lease_seconds: float, now: datetime | None = None
 ) -> Slice | None:
-    """Take up to `max_items` pending items of the next job of `model` under a new lease.
+    """Take up to `max_items` pending items of `model` under a new lease: the next job's,
+    then those of the same tenant's next jobs with the same batch key, in claim order.
 
     The candidates are locked (PostgreSQL skips rows another claim holds; SQLite has one
     writer at a time) and the UPDATE re-checks `state = pending`, so two workers never
     hold the same item.
     """
     now = now or utcnow()
-    job = next_job_for(session, model)
-    if job is None:
+    first = next_job_for(session, model)
+    if first is None:
         return None
     lease_id = new_id()
-    candidate_ids = _suspect_item(session, job.id) or session.scalars(
-        select(JobItem.id)
-        .where(JobItem.job_id == job.id, JobItem.state == ItemState.PENDING)
-        .order_by(JobItem.index)
-        .limit(max_items)
-        .with_for_update(skip_locked=True)
-    ).all()
+    candidate_ids = _suspect_item(session, first.id) or _candidates(session, first, max_items)
     if not candidate_ids:
         return None
     session.execute(
@@ -116,17 +109,45 @@ def claim_slice(
         .execution_options(synchronize_session=False)
     )
     rows = session.execute(
-        select(JobItem.index, JobItem.prompt, JobItem.seed, JobItem.id)
+        select(JobItem.index, JobItem.prompt, JobItem.seed, JobItem.id, JobItem.job_id)
         .where(JobItem.lease_id == lease_id)
-        .order_by(JobItem.index)
     ).all()
     if not rows:
         return None
+    order = {item_id: position for position, item_id in enumerate(candidate_ids)}
+    items = sorted((ClaimedItem(*row) for row in rows), key=lambda item: order[item.id])
+    _start_jobs(session, {item.job_id for item in items}, now)
+    turns.take_turn(session, model, first.tenant, now)
+    more = turns.next_tenant(session, model, OPEN_JOB_STATES) is not None
+    return Slice(lease_id, model, dict(first.params or {}), items, more_waiting=more)
+
+
+def _candidates(session: Session, first: Job, max_items: int) -> list[int]:
+    """Pending items of `first` and of its tenant's next jobs with the same batch key, in
+    claim order (job by job, by index), that spent no attempt yet (see `_suspect_item`)."""
+    job_ids = list(session.scalars(
+        _jobs_in_claim_order(first.model, first.tenant).where(Job.batch_key == first.batch_key)
+        .with_only_columns(Job.id).limit(max_items)
+    ))
+    rank = {job_id: position for position, job_id in enumerate(job_ids)}
+    return list(session.scalars(
+        select(JobItem.id)
+        .where(JobItem.job_id.in_(job_ids), JobItem.state == ItemState.PENDING, JobItem.attempts == 0)
+        .order_by(case(rank, value=JobItem.job_id), JobItem.index)
+        .limit(max_items)
+        .with_for_update(skip_locked=True)
+    ))
+
+
+def _start_jobs(session: Session, job_ids: set[str], now: datetime) -> None:
+    queued = Job.state == JobState.QUEUED
     session.execute(
-        update(Job).where(Job.id == job.id, Job.state == JobState.QUEUED).values(state=JobState.RUNNING, started_at=now)
+        update(Job).where(Job.id.in_(job_ids)).values(
+            state=case((queued, JobState.RUNNING.value), else_=Job.state),
+            started_at=case((queued, now), else_=Job.started_at),
+            last_claimed_at=now,
+        ).execution_options(synchronize_session=False)
     )
-    session.execute(update(Job).where(Job.id == job.id).values(last_claimed_at=now))
-    return Slice(lease_id, job.id, job.model, dict(job.params or {}), [ClaimedItem(*row) for row in rows])
 
 
 def _suspect_item(session: Session, job_id: str) -> list[int]:
@@ -154,12 +175,9 @@ def extend_lease(session: Session, lease_id: str, lease_seconds: float) -> int:
 
 
 def has_claimable_work(session: Session, model: str) -> bool:
-    return next_job_for(session, model) is not None
+    return turns.next_tenant(session, model, OPEN_JOB_STATES) is not None
 
 
 def models_with_claimable_work(session: Session) -> list[str]:
-    return list(
-        session.scalars(
-            select(Job.model).where(Job.state.in_(OPEN_JOB_STATES), _has_pending_items(Job.id)).distinct()
-        )
-    )
+    open_work = turns.open_work_of(TenantTurn.tenant, TenantTurn.model, OPEN_JOB_STATES)
+    return list(session.scalars(select(TenantTurn.model).where(open_work).distinct()))

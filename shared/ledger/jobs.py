@@ -1,6 +1,8 @@
 """Jobs: submit, cancel, retry, and the final state once no item is left to run."""
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -9,6 +11,7 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import Conflict
+from shared.ledger import turns
 from shared.orm import DEFAULT_TENANT, ItemState, Job, JobItem, JobState, utcnow
 
 OPEN_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
@@ -40,6 +43,13 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def batch_key(params: dict[str, Any]) -> str:
+    """Jobs whose parameters are equal but for the seed (each item has its own) can share
+    a micro-batch: they get the same key."""
+    shared = {name: value for name, value in params.items() if name != "seed"}
+    return hashlib.sha256(json.dumps(shared, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def create_job(
     session: Session,
     *,
@@ -61,6 +71,7 @@ def create_job(
         state=JobState.QUEUED,
         priority=priority,
         params=params,
+        batch_key=batch_key(params),
         total_items=len(inputs),
         idempotency_key=idempotency_key,
         request_hash=request_hash,
@@ -68,6 +79,7 @@ def create_job(
     )
     session.add(job)
     session.flush()
+    turns.join_the_queue(session, model, tenant)
     session.execute(
         JobItem.__table__.insert(),
         [

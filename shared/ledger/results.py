@@ -44,12 +44,11 @@ def record_item_failure(session: Session, lease_id: str, item_id: int, error: st
     )
 
 
-def release_slice(session: Session, lease_id: str, job_id: str) -> int:
+def release_slice(session: Session, lease_id: str) -> int:
     """Give back what a slice did not reach (time budget spent): pending again, without
-    spending an attempt, or cancelled if the job is being cancelled. Returns how many
+    spending an attempt, or cancelled where its job is being cancelled. Returns how many
     items went back to pending."""
-    if _cancel_held_items_if_cancelling(session, lease_id, job_id):
-        return 0
+    _cancel_held_items_of_cancelling_jobs(session, lease_id)
     return session.execute(
         update(JobItem)
         .where(JobItem.lease_id == lease_id, JobItem.state == ItemState.RUNNING)
@@ -57,11 +56,11 @@ def release_slice(session: Session, lease_id: str, job_id: str) -> int:
     ).rowcount
 
 
-def abandon_slice(session: Session, lease_id: str, job_id: str, *, error: str, max_attempts: int) -> int:
+def abandon_slice(session: Session, lease_id: str, *, error: str, max_attempts: int) -> int:
     """A slice broke off with an error: its unfinished items keep the attempt they
-    spent; those at the cap fail with the error, the rest go back to pending."""
-    if _cancel_held_items_if_cancelling(session, lease_id, job_id):
-        return 0
+    spent; those at the cap fail with the error, the rest go back to pending (or are
+    cancelled where their job is being cancelled)."""
+    _cancel_held_items_of_cancelling_jobs(session, lease_id)
     held = and_(JobItem.lease_id == lease_id, JobItem.state == ItemState.RUNNING)
     session.execute(
         update(JobItem)
@@ -83,20 +82,21 @@ def fail_held_items(session: Session, lease_id: str, error: str) -> int:
     ).rowcount
 
 
-def _cancel_held_items_if_cancelling(session: Session, lease_id: str, job_id: str) -> bool:
-    if session.scalar(select(Job.state).where(Job.id == job_id)) != JobState.CANCELLING:
-        return False
-    session.execute(
+def _cancel_held_items_of_cancelling_jobs(session: Session, lease_id: str) -> int:
+    cancelling = select(Job.id).where(Job.state == JobState.CANCELLING)
+    return session.execute(
         update(JobItem)
-        .where(JobItem.lease_id == lease_id, JobItem.state == ItemState.RUNNING)
+        .where(JobItem.lease_id == lease_id, JobItem.state == ItemState.RUNNING, JobItem.job_id.in_(cancelling))
         .values(state=ItemState.CANCELLED, lease_id=None, lease_expires_at=None, finished_at=utcnow())
-    )
-    return True
+        .execution_options(synchronize_session=False)
+    ).rowcount
 
 
 def indices_without_output(session: Session, job_id: str) -> list[int]:
     return list(session.scalars(select(JobItem.index).where(JobItem.job_id == job_id, JobItem.state != ItemState.SUCCEEDED)))
 
 
-def is_cancelling(session: Session, job_id: str) -> bool:
-    return session.scalar(select(Job.state).where(Job.id == job_id)) in (JobState.CANCELLING, JobState.CANCELLED)
+def cancelling_jobs(session: Session, job_ids: list[str]) -> set[str]:
+    """Which of `job_ids` are being (or have been) cancelled."""
+    stopped = (JobState.CANCELLING, JobState.CANCELLED)
+    return set(session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.state.in_(stopped))))

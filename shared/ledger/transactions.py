@@ -79,19 +79,19 @@ class Ledger:
 
     def release(self, slice_: Slice) -> int:
         with self.transaction() as session:
-            return results.release_slice(session, slice_.lease_id, slice_.job_id)
+            return results.release_slice(session, slice_.lease_id)
 
     def abandon(self, slice_: Slice, *, error: str, max_attempts: int) -> int:
         with self.transaction() as session:
-            return results.abandon_slice(session, slice_.lease_id, slice_.job_id, error=error, max_attempts=max_attempts)
+            return results.abandon_slice(session, slice_.lease_id, error=error, max_attempts=max_attempts)
 
     def time_out(self, slice_: Slice, error: str) -> int:
         with self.transaction() as session:
             return results.fail_held_items(session, slice_.lease_id, error)
 
-    def is_cancelling(self, job_id: str) -> bool:
+    def cancelling_jobs(self, job_ids: list[str]) -> set[str]:
         with self.transaction() as session:
-            return results.is_cancelling(session, job_id)
+            return results.cancelling_jobs(session, job_ids)
 
     def indices_without_output(self, job_id: str) -> list[int]:
         with self.transaction() as session:
@@ -102,6 +102,12 @@ class Ledger:
         """In a transaction of its own, after the results are committed (see settle_job)."""
         with self.transaction() as session:
             return jobs.settle_job(session, job_id)
+
+    def settle_all(self, job_ids: list[str]) -> list[str]:
+        """Each of a slice's jobs that has no item left to run gets its final state, in
+        one transaction after the results are committed; returns the jobs it settled."""
+        with self.transaction() as session:
+            return [job_id for job_id in job_ids if jobs.settle_job(session, job_id) is not None]
 
     def settle_unsettled(self) -> list[str]:
         """Jobs a crash left unsettled get their final state; returns their ids."""

@@ -73,5 +73,5 @@ def work_by_hand(database_url: str, model: str, outcomes: list[str | dict | Exce
             for item, outcome in zip(slice_.items, outcomes)]
     ledger.record_results(slice_.lease_id, rows)
     if settle:
-        ledger.settle(slice_.job_id)
+        ledger.settle_all(slice_.job_ids)
     return slice_

@@ -36,7 +36,7 @@ def test_claim_takes_items_in_order_and_starts_the_job(database_url):
     job_id = submit(database_url, n=5)
     slice_ = claim(database_url, n=2)
     assert [i.index for i in slice_.items] == [0, 1]
-    assert slice_.job_id == job_id and slice_.params == {"max_new_tokens": 4}
+    assert slice_.job_ids == [job_id] and slice_.params == {"max_new_tokens": 4}
     job_state, item_states = states(database_url, job_id)
     assert job_state == JobState.RUNNING
     assert item_states == [ItemState.RUNNING] * 2 + [ItemState.PENDING] * 3
@@ -53,9 +53,46 @@ def test_two_claims_never_share_an_item(database_url):
 def test_claim_order_is_priority_then_age(database_url):
     old = submit(database_url, n=1, priority=5)
     urgent = submit(database_url, n=1, priority=9)
-    assert claim(database_url).job_id == urgent
-    assert claim(database_url).job_id == old
+    assert claim(database_url, n=1).job_ids == [urgent]
+    assert claim(database_url, n=1).job_ids == [old]
     assert claim(database_url, model="other") is None
+
+
+def test_a_slice_takes_items_of_several_jobs_in_claim_order(database_url):
+    old = submit(database_url, n=2, priority=5)
+    urgent = submit(database_url, n=1, priority=9)
+    slice_ = claim(database_url, n=4)
+    assert [(item.job_id, item.index) for item in slice_.items] == [(urgent, 0), (old, 0), (old, 1)]
+    assert slice_.job_ids == [urgent, old] and not slice_.more_waiting
+    assert states(database_url, old)[0] == states(database_url, urgent)[0] == JobState.RUNNING
+
+
+def test_jobs_share_a_slice_only_when_their_parameters_differ_at_most_in_the_seed(database_url):
+    with session_scope(database_url) as session:
+        first, same, other = (ledger.create_job(session, model="m", task="text-generation", params=params,
+                                                inputs=[("p", 1)]).id
+                              for params in ({"max_new_tokens": 4, "seed": 1}, {"max_new_tokens": 4, "seed": 2},
+                                             {"max_new_tokens": 5, "seed": 1}))
+    slice_ = claim(database_url, n=8)
+    assert slice_.job_ids == [first, same] and slice_.more_waiting
+    assert claim(database_url, n=8).job_ids == [other]
+
+
+def test_a_slice_holds_one_tenant_and_tenants_take_turns(database_url):
+    a1, a2, b1 = (submit_as(database_url, tenant) for tenant in ("a", "a", "b"))
+    assert claim(database_url, n=8).job_ids == [a1, a2]  # nobody was served yet: by name
+    a3 = submit_as(database_url, "a")
+    later = submit_as(database_url, "default")  # a tenant never served goes before one served
+    assert claim(database_url, n=8).job_ids == [b1]
+    assert claim(database_url, n=8).job_ids == [later]
+    assert claim(database_url, n=8).job_ids == [a3]
+    assert claim(database_url, n=8) is None
+
+
+def submit_as(url, tenant: str) -> str:
+    with session_scope(url) as session:
+        return ledger.create_job(session, model="m", task="text-generation", params={}, inputs=[("p", 1)],
+                                 tenant=tenant).id
 
 
 def test_results_are_written_once_and_the_job_settles(database_url):
@@ -87,7 +124,7 @@ def test_released_items_go_back_to_pending_without_spending_an_attempt(database_
     job_id = submit(database_url, n=3)
     slice_ = claim(database_url, n=3)
     with session_scope(database_url) as session:
-        assert ledger.release_slice(session, slice_.lease_id, job_id) == 3
+        assert ledger.release_slice(session, slice_.lease_id) == 3
     with session_scope(database_url) as session:
         assert {i.attempts for i in session.query(JobItem).filter_by(job_id=job_id)} == {0}
     assert [i.index for i in claim(database_url, n=3).items] == [0, 1, 2]
@@ -129,9 +166,9 @@ def test_cancel_a_running_job_keeps_finished_items(database_url):
     with session_scope(database_url) as session:
         job = ledger.cancel_job(session, session.get(Job, job_id))
         assert job.state == JobState.CANCELLING
-        assert ledger.is_cancelling(session, job_id)
+        assert ledger.cancelling_jobs(session, [job_id]) == {job_id}
     with session_scope(database_url) as session:
-        ledger.release_slice(session, slice_.lease_id, job_id)
+        ledger.release_slice(session, slice_.lease_id)
     with session_scope(database_url) as session:
         assert ledger.settle_job(session, job_id) == JobState.CANCELLED
     assert states(database_url, job_id)[1] == [ItemState.SUCCEEDED] + [ItemState.CANCELLED] * 3
@@ -161,13 +198,13 @@ def test_an_abandoned_slice_keeps_its_attempts_and_fails_at_the_cap(database_url
     job_id = submit(database_url, n=2)
     slice_ = claim(database_url, n=2)
     with session_scope(database_url) as session:
-        assert ledger.abandon_slice(session, slice_.lease_id, job_id, error="DataError: boom", max_attempts=3) == 2
+        assert ledger.abandon_slice(session, slice_.lease_id, error="DataError: boom", max_attempts=3) == 2
     # Both items are now suspects: each runs alone. Item 0 keeps breaking its slice.
     for attempt in (2, 3):
         alone = claim(database_url, n=2)
         assert [i.index for i in alone.items] == [0]
         with session_scope(database_url) as session:
-            ledger.abandon_slice(session, alone.lease_id, job_id, error="DataError: boom", max_attempts=3)
+            ledger.abandon_slice(session, alone.lease_id, error="DataError: boom", max_attempts=3)
     survivor = claim(database_url, n=2)
     assert [i.index for i in survivor.items] == [1]
     with session_scope(database_url) as session:

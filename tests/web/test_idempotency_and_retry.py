@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from shared.db import session_scope
 from shared.orm import Job
+from shared.queue import WAITING_MARK
 from tests.helpers.ledger import work_by_hand
 
 BODY = {"model": "tiny-text", "prompts": ["a", "b"]}
@@ -38,9 +39,23 @@ def test_retry_puts_failed_items_back_and_wakes_a_worker(client, settings, redis
     assert client.post(f"/v1/jobs/{job_id}/retry").status_code == 409  # not finished
     work_by_hand(settings.database_url, "tiny-text", ["ok", RuntimeError("boom")])
     assert client.get(f"/v1/jobs/{job_id}").get_json()["state"] == "failed"
+    redis = redis_server.client()
+    assert redis.llen("model.tiny-text") == 1  # the submit's (the retry above was refused)
+    redis.delete("model.tiny-text", WAITING_MARK.format(model="tiny-text"))  # as a worker takes it
     response = client.post(f"/v1/jobs/{job_id}/retry")
     assert response.status_code == 202
     body = response.get_json()
     assert body["state"] == "queued" and body["counts"]["pending"] == 1 and body["counts"]["succeeded"] == 1
-    assert redis_server.client().llen("model.tiny-text") == 2
+    assert redis.llen("model.tiny-text") == 1
     assert client.post("/v1/jobs/nope/retry").status_code == 404
+
+
+def test_one_wake_up_waits_per_model_however_many_jobs_are_submitted(client, redis_server):
+    redis = redis_server.client()
+    for _ in range(5):
+        assert client.post("/v1/jobs", json=BODY).status_code == 202
+    assert redis.llen("model.tiny-text") == 1
+    redis.delete(WAITING_MARK.format(model="tiny-text"))  # a worker took it (and is claiming)
+    assert client.post("/v1/jobs", json=BODY).status_code == 202
+    assert redis.llen("model.tiny-text") == 2
+    assert 0 < redis.ttl(WAITING_MARK.format(model="tiny-text")) <= 30  # a lost message costs at most this

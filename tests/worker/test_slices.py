@@ -20,14 +20,19 @@ from worker.context import WorkerContext
 from worker.slices import handle_wakeup
 
 
-class RecordingCelery:
-    """Stands in for `Celery.send_task`, the only call the worker core makes on it."""
+class RecordingWakeups:
+    """Stands in for `shared.queue.Wakeups`, the worker core's only way to the broker."""
 
     def __init__(self):
-        self.sent: list[tuple[str, list, str]] = []
+        self.sent: list[str] = []
+        self.taken_by_worker: list[str] = []
 
-    def send_task(self, name, args=None, queue=None, **_options):
-        self.sent.append((name, list(args or []), queue))
+    def send(self, model: str, *, force: bool = False) -> bool:
+        self.sent.append(model)
+        return True
+
+    def taken(self, model: str) -> None:
+        self.taken_by_worker.append(model)
 
 
 @pytest.fixture
@@ -42,7 +47,7 @@ def ctx(tmp_path):
     settings = Settings(data_dir=tmp_path / "var", database_url=url, models_file=registry_file, slice_max_items=8,
                         cancel_check_seconds=0.01)
     return WorkerContext(settings=settings, registry=load_registry(registry_file), storage=storage_from_settings(settings),
-                         celery=RecordingCelery(), cache=ModelCache("cpu"), ledger=Ledger(url),
+                         celery=None, wakeups=RecordingWakeups(), cache=ModelCache("cpu"), ledger=Ledger(url),
                          name="test-worker")
 
 
@@ -65,7 +70,7 @@ def test_a_wake_up_claims_a_slice_runs_it_in_micro_batches_and_settles_the_job(c
     job_id = submit(ctx, [f"ok {i}" for i in range(10)])
     first = handle_wakeup(ctx, "fault")
     assert (first.claimed, first.succeeded, first.failed, first.lost) == (8, 8, 0, 0)
-    assert ctx.celery.sent == [("genq.wake", ["fault"], "model.fault")]  # two items left: wake another worker
+    assert ctx.wakeups.sent == ["fault"]  # two items left: wake another worker
     second = handle_wakeup(ctx, "fault")
     assert (second.claimed, second.succeeded) == (2, 2)
     job, items = job_and_items(ctx, job_id)
@@ -73,7 +78,7 @@ def test_a_wake_up_claims_a_slice_runs_it_in_micro_batches_and_settles_the_job(c
     assert [item.output_text for item in items] == [f"ok:ok {i}:{i}" for i in range(10)]
     assert all(item.lease_id is None for item in items)
     assert handle_wakeup(ctx, "fault") is None  # a duplicate wake-up finds nothing
-    assert len(ctx.celery.sent) == 1
+    assert len(ctx.wakeups.sent) == 1 and ctx.wakeups.taken_by_worker == ["fault"] * 3
 
 
 def test_an_item_that_raises_fails_alone(ctx):
@@ -128,3 +133,42 @@ def test_a_slice_whose_lease_was_taken_writes_nothing(ctx):
     report = handle_wakeup(ctx, "fault")
     assert (report.succeeded, report.lost) == (0, 2)
     assert all(item.output_text is None for item in job_and_items(ctx, job_id)[1])
+
+
+def test_one_item_jobs_share_a_slice_and_a_micro_batch(ctx):
+    job_ids = [submit(ctx, [f"ok {n}"]) for n in range(6)]
+    runner = ctx.cache.get(ctx.registry.get("fault"))
+    original, batches = runner.predict, []
+
+    def recording_predict(inputs, params, should_stop=None):
+        batches.append([item.job_id for item in inputs])
+        return original(inputs, params, should_stop)
+
+    runner.predict = recording_predict
+    report = handle_wakeup(ctx, "fault")
+    assert report.job_ids == job_ids and report.succeeded == 6
+    assert batches == [job_ids[:4], job_ids[4:]]  # micro_batch_size 4
+    for job_id in job_ids:
+        job, items = job_and_items(ctx, job_id)
+        assert job.state == JobState.SUCCEEDED and items[0].output_text == f"ok:ok {job_ids.index(job_id)}:0"
+
+
+def test_a_cancel_drops_only_that_jobs_items_from_a_shared_slice(ctx):
+    kept, cancelled = submit(ctx, [f"slow k{i}" for i in range(2)]), submit(ctx, [f"slow c{i}" for i in range(6)])
+    runner = ctx.cache.get(ctx.registry.get("fault"))
+    original = runner.predict
+
+    def predict_then_cancel(inputs, params, should_stop=None):
+        outputs = original(inputs, params, should_stop)
+        with session_scope(ctx.settings.database_url) as session:
+            if session.get(Job, cancelled).state == JobState.RUNNING:
+                ledger.cancel_job(session, session.get(Job, cancelled))
+        return outputs
+
+    runner.predict = predict_then_cancel
+    report = handle_wakeup(ctx, "fault")
+    assert report.job_ids == [kept, cancelled] and report.succeeded == 4 and report.stopped == "cancelled"
+    assert job_and_items(ctx, kept)[0].state == JobState.SUCCEEDED
+    job, items = job_and_items(ctx, cancelled)
+    assert job.state == JobState.CANCELLED
+    assert [item.state for item in items] == [ItemState.SUCCEEDED] * 2 + [ItemState.CANCELLED] * 4

@@ -1,0 +1,190 @@
+"""What the service benchmarks share: a registry with the no-op model, a fresh database
+per backend, a running stack, concurrent submits over HTTP, a cheap wait for "all jobs
+terminal", and the one machine-readable line (`RESULT {json}`) that run_all.py reads.
+
+Waiting reads the ledger directly (one COUNT query every `interval`) rather than polling
+jobs over HTTP: the web process and the worker share two cores with this client, and a
+wait that competed with them would be measured as service overhead.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from genq.devstack import RedisServer, Stack  # noqa: E402
+
+DEFAULT_POSTGRES_URL = os.environ.get("GENQ_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+NOOP_RUNNER = "bench.noop_runner:NoopRunner"
+
+
+def write_registry(path: Path, models: dict[str, dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"models": models}))
+    return path
+
+
+def noop_entry(micro_batch: int = 64) -> dict:
+    """`source` must be a path or a hub id; "." (the registry's directory) is never read."""
+    return {"task": "text-generation", "source": ".", "runner": NOOP_RUNNER, "micro_batch_size": micro_batch}
+
+
+@contextmanager
+def fresh_postgres(server_url: str) -> Iterator[str]:
+    """A new database on the server of `server_url`, dropped afterwards (whatever is
+    still connected to it), so a run starts empty and leaves nothing behind."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"genq_bench_{secrets.token_hex(4)}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        from shared.db import dispose_engines
+
+        dispose_engines()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def database(backend: str, root: Path, postgres_url: str = DEFAULT_POSTGRES_URL) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{root / 'bench.db'}"
+    elif backend in ("postgres", "postgresql"):
+        with fresh_postgres(postgres_url) as url:
+            yield url
+    else:
+        raise SystemExit(f"unknown backend {backend!r} (sqlite or postgres)")
+
+
+@contextmanager
+def running_stack(root: Path, database_url: str, models_file: Path, **settings) -> Iterator[Stack]:
+    """Redis, web and one worker; PYTHONPATH is this checkout, so the subprocesses run
+    the code next to this file (and can import bench.noop_runner)."""
+    redis = RedisServer(root / "redis").start()
+    settings.setdefault("rate_limit", "10000000/minute")  # the limiter must not shape the load
+    stack = Stack(root / "stack", database_url, redis.url, models_file, env={"PYTHONPATH": str(ROOT)}, **settings)
+    try:
+        stack.migrate()
+        stack.start_web()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+        redis.stop()
+
+
+def worker_code_origin(stack: Stack) -> str:
+    """Where the worker imported `worker` from, as the no-op runner printed it."""
+    marker = "noop runner: worker code from "
+    for line in stack.processes["worker"].log().splitlines():
+        if marker in line:
+            return str(Path(line.split(marker, 1)[1].strip()).parent.parent)
+    return "unknown"
+
+
+def call_concurrently(args: list, threads: int, call) -> tuple[float, float, list[float]]:
+    """`call(state, arg)` for every arg from `threads` clients, each with its own `state`
+    (`call(None, None)` makes it). Returns the wall-clock time of the first call, of the
+    last reply, and each call's latency."""
+    lock, queue, latencies = threading.Lock(), list(reversed(args)), []
+
+    def client() -> None:
+        state = call(None, None)
+        while True:
+            with lock:
+                if not queue:
+                    return
+                arg = queue.pop()
+            started = time.perf_counter()
+            call(state, arg)
+            with lock:
+                latencies.append(time.perf_counter() - started)
+
+    workers = [threading.Thread(target=client) for _ in range(threads)]
+    first = time.time()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return first, time.time(), latencies
+
+
+def submit_concurrently(stack: Stack, bodies: list[dict], threads: int) -> tuple[float, float, list[float]]:
+    """POST every body from `threads` clients (one requests.Session each)."""
+    url, headers, errors = f"{stack.base_url}/v1/jobs", stack.auth(), []
+
+    def post(session, body):
+        if session is None:
+            return requests.Session()
+        response = session.post(url, json=body, headers=headers, timeout=120)
+        if response.status_code != 202:
+            errors.append(f"{response.status_code} {response.text[:200]}")
+
+    first, last, latencies = call_concurrently(bodies, threads, post)
+    if errors:
+        raise RuntimeError(f"{len(errors)} submits failed, first: {errors[0]}")
+    return first, last, latencies
+
+
+def wait_all_terminal(database_url: str, timeout: float, interval: float = 0.1) -> dict:
+    """Block until no job is unfinished; return the states' counts and the latest
+    `finished_at` (wall clock, seconds) the ledger recorded."""
+    from sqlalchemy import func, select
+
+    from shared.db import session_scope
+    from shared.orm import Job
+    from shared.states import TERMINAL_JOB_STATES
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with session_scope(database_url) as session:
+            open_jobs = session.scalar(select(func.count(Job.id)).where(Job.state.not_in(list(TERMINAL_JOB_STATES))))
+            if not open_jobs:
+                states = dict(session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).all())
+                last = session.scalar(select(func.max(Job.finished_at)))
+                return {"states": {getattr(k, "value", k): v for k, v in states.items()}, "last_finished": _epoch(last)}
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{open_jobs} jobs still unfinished after {timeout}s")
+        time.sleep(interval)
+
+
+def _epoch(moment: datetime | None) -> float:
+    if moment is None:
+        return time.time()
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = math.ceil(p / 100 * len(ordered)) - 1
+    return ordered[max(0, min(len(ordered) - 1, rank))]
+
+
+def emit_result(bench: str, figures: dict) -> None:
+    """The last line a benchmark prints, for run_all.py."""
+    print("RESULT " + json.dumps({"bench": bench, **figures}, sort_keys=True), flush=True)

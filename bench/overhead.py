@@ -1,0 +1,113 @@
+"""Issue 10, "small jobs as cheap as the broker under them": one-item jobs through the
+whole service against no-op tasks through bare Celery on the same kind of worker, in
+one run.
+
+1. Raw Celery: a redis-server of its own, `celery worker -P prefork --concurrency 1`
+   for bench/raw_celery_app.py, N `noop.delay()` calls from T client threads; tasks/s
+   from the first call to the last task's completion (recorded by the task in Redis).
+2. genq, per backend: web + one worker on a fresh database, N jobs
+   `{"model": "noop", "prompts": ["p"]}` POSTed from T threads (one requests.Session
+   each); jobs/s from the first submit to the last job's `finished_at`, and each
+   submit's latency. The model is bench/noop_runner.py, so no model time is counted.
+
+Usage:
+    python bench/overhead.py [--jobs 2000] [--backends sqlite,postgres] [--threads 8]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import harness  # noqa: E402
+from genq.devstack import RedisServer, ServiceProcess, wait_for  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--postgres-url", default=harness.DEFAULT_POSTGRES_URL, help="a server to create a fresh database on")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for all jobs of one backend")
+    return parser.parse_args()
+
+
+def run_raw_celery(root: Path, n: int, threads: int) -> dict:
+    """tasks/s of bare Celery with the same broker, pool and acks as genq's worker."""
+    from bench import raw_celery_app as raw
+
+    redis = RedisServer(root / "raw-redis").start()
+    raw.app.conf.broker_url = redis.url
+    argv = [sys.executable, "-m", "celery", "-A", "bench.raw_celery_app", "worker", "-P", "prefork", "--concurrency", "1",
+            "-Q", raw.QUEUE, "--without-gossip", "--without-mingle", "-l", "warning"]
+    env = dict(os.environ, BENCH_REDIS_URL=redis.url, PYTHONPATH=str(ROOT))
+    worker = ServiceProcess("raw-celery", argv, env, root, cwd=ROOT)
+    client = redis.client()
+    try:
+        raw.noop.delay(-1)  # warm-up: the worker is ready once this one is done
+        wait_for(lambda: client.get(raw.DONE_KEY) == b"1", 60, 0.05, "the raw Celery worker")
+        client.delete(raw.DONE_KEY, raw.LAST_KEY)
+        first, latencies = _delay_concurrently(raw.noop, n, threads)
+        wait_for(lambda: int(client.get(raw.DONE_KEY) or 0) >= n, 600, 0.01, f"{n} raw Celery tasks")
+        last = float(client.get(raw.LAST_KEY))
+    finally:
+        worker.stop()
+        redis.stop()
+    return {"tasks_per_s": n / (last - first), "delay_p50_ms": 1000 * harness.percentile(latencies, 50)}
+
+
+def _delay_concurrently(task, n: int, threads: int) -> tuple[float, list[float]]:
+    first, _last, latencies = harness.call_concurrently(list(range(n)), threads,
+                                                        lambda state, index: index is not None and task.delay(index))
+    return first, latencies
+
+
+def run_genq(root: Path, backend: str, args: argparse.Namespace) -> dict:
+    """jobs/s of N one-item jobs, submitted concurrently, through web + worker + ledger."""
+    models_file = harness.write_registry(root / "models.yaml", {"noop": harness.noop_entry()})
+    body = {"model": "noop", "prompts": ["p"]}
+    with harness.database(backend, root, args.postgres_url) as url, harness.running_stack(root, url, models_file) as stack:
+        stack.wait_terminal(stack.submit(body), timeout=120)  # warm-up: loads the runner
+        first, submitted, latencies = harness.submit_concurrently(stack, [body] * args.jobs, args.threads)
+        done = harness.wait_all_terminal(url, args.timeout)
+        origin = harness.worker_code_origin(stack)
+    assert done["states"] == {"succeeded": args.jobs + 1}, done["states"]
+    return {
+        "backend": backend,
+        "jobs_per_s": args.jobs / (done["last_finished"] - first),
+        "submits_per_s": args.jobs / (submitted - first),
+        "submit_p50_ms": 1000 * harness.percentile(latencies, 50),
+        "submit_p99_ms": 1000 * harness.percentile(latencies, 99),
+        "code": origin,
+    }
+
+
+def print_table(raw: dict, rows: list[dict]) -> None:
+    print(f"{'backend':<10} {'jobs/s':>8} {'raw celery tasks/s':>19} {'ratio':>6} {'submit p50 ms':>14} "
+          f"{'submit p99 ms':>14} {'submitted/s':>12}")
+    for row in rows:
+        print(f"{row['backend']:<10} {row['jobs_per_s']:8.1f} {raw['tasks_per_s']:19.1f} "
+              f"{row['jobs_per_s'] / raw['tasks_per_s']:6.3f} {row['submit_p50_ms']:14.1f} "
+              f"{row['submit_p99_ms']:14.1f} {row['submits_per_s']:12.1f}")
+
+
+def main() -> None:
+    args = parse_args()
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    with tempfile.TemporaryDirectory(prefix="genq-overhead-") as tmp:
+        raw = run_raw_celery(Path(tmp) / "raw", args.jobs, args.threads)
+        rows = [run_genq(Path(tmp) / backend, backend, args) for backend in backends]
+    print(f"jobs={args.jobs} threads={args.threads} code={rows[0]['code'] if rows else '-'}")
+    print_table(raw, rows)
+    harness.emit_result("overhead", {"raw_tasks_per_s": raw["tasks_per_s"], "raw_delay_p50_ms": raw["delay_p50_ms"],
+                                     "backends": {row["backend"]: row for row in rows}})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Whose turn it is: one row per (model, tenant) saying when that tenant last got a slice
+of that model. The claim serves the tenant that waited longest (one that never got a
+slice, first), so a tenant with 10 items waits for at most one more slice of a tenant
+with 5,000 — and choosing reads these few rows, never the jobs table's history."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import exists, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from shared.orm import ItemState, Job, JobItem, TenantTurn
+
+_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def _insert(session: Session):
+    return _INSERTS[session.get_bind().dialect.name](TenantTurn)
+
+
+def join_the_queue(session: Session, model: str, tenant: str) -> None:
+    """At submit: make sure the tenant has a turn for the model (kept if it has one)."""
+    session.execute(_insert(session).values(model=model, tenant=tenant).on_conflict_do_nothing())
+
+
+def take_turn(session: Session, model: str, tenant: str, now: datetime) -> None:
+    insert = _insert(session).values(model=model, tenant=tenant, last_claimed_at=now)
+    session.execute(insert.on_conflict_do_update(index_elements=["model", "tenant"], set_={"last_claimed_at": now}))
+
+
+def has_pending_items(job_id_column):
+    return exists().where(JobItem.job_id == job_id_column, JobItem.state == ItemState.PENDING)
+
+
+def open_work_of(tenant_column, model_column, open_states):
+    return exists().where(Job.model == model_column, Job.tenant == tenant_column, Job.state.in_(open_states),
+                          has_pending_items(Job.id))
+
+
+def next_tenant(session: Session, model: str, open_states) -> str | None:
+    """The tenant with claimable work of `model` that was served least recently."""
+    return session.scalar(
+        select(TenantTurn.tenant)
+        .where(TenantTurn.model == model, open_work_of(TenantTurn.tenant, TenantTurn.model, open_states))
+        .order_by(TenantTurn.last_claimed_at.asc().nulls_first(), TenantTurn.tenant)
+        .limit(1)
+    )
