@@ -90,7 +90,6 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    last_claimed_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
     items: Mapped[list["JobItem"]] = relationship(back_populates="job", order_by="JobItem.index", lazy="raise")
 

@@ -29,5 +29,7 @@ class ItemState(str, enum.Enum):
 
 
 TERMINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+OPEN_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)  # a job whose pending items may be claimed
+UNFINISHED_JOB_STATES = (*OPEN_JOB_STATES, JobState.CANCELLING)
 TERMINAL_ITEM_STATES = frozenset({ItemState.SUCCEEDED, ItemState.FAILED, ItemState.CANCELLED})
 TERMINAL = frozenset(state.value for state in TERMINAL_JOB_STATES)  # as the API spells them

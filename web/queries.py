@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from shared.errors import InvalidRequest, NotFound
 from shared.keys import Principal
 from shared.orm import ItemState, Job, JobItem, JobState
+from shared.states import OPEN_JOB_STATES
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}\Z")  # what ledger.new_id makes
 
@@ -82,7 +83,7 @@ def pending_items_of_tenant(session: Session, tenant: str) -> int:
     """Pending items live only in open jobs: count them job by job through the items'
     (job, state) index, so the plan never depends on how fresh the statistics are (a
     join over every pending item turned quadratic on PostgreSQL while the table grew)."""
-    open_jobs = select(Job.id).where(Job.tenant == tenant, Job.state.in_((JobState.QUEUED, JobState.RUNNING)))
+    open_jobs = select(Job.id).where(Job.tenant == tenant, Job.state.in_(OPEN_JOB_STATES))
     return session.scalar(
         select(func.count()).select_from(JobItem).where(JobItem.job_id.in_(open_jobs), JobItem.state == ItemState.PENDING)
     ) or 0

@@ -85,7 +85,8 @@ def perform_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
     deadline = time.monotonic() + ctx.settings.slice_max_seconds
     remaining = list(slice_.items)
     while remaining:
-        remaining = [item for item in remaining if item.job_id not in cancels()]  # the release cancels them
+        cancelling = cancels()
+        remaining = [item for item in remaining if item.job_id not in cancelling]  # the release cancels them
         if not remaining:
             report.stopped = "cancelled"
             break

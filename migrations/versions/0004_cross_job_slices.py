@@ -1,4 +1,4 @@
-"""cross-job slices and a flat claim: jobs.batch_key, tenant_turns, indexes that answer the hot queries
+"""cross-job slices and a flat claim: jobs.batch_key, tenant_turns (replaces jobs.last_claimed_at), indexes that answer the hot queries
 
 Revision ID: 0004
 Revises: 0003
@@ -49,10 +49,13 @@ def upgrade() -> None:
     connection.execute(sa.text(
         "INSERT INTO tenant_turns (model, tenant, last_claimed_at) "
         "SELECT model, tenant, MAX(last_claimed_at) FROM jobs GROUP BY model, tenant"))
+    with op.batch_alter_table("jobs", schema=None) as batch_op:  # tenant_turns holds it now
+        batch_op.drop_column("last_claimed_at")
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("last_claimed_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.drop_index("ix_jobs_tenant_state_created")
         batch_op.drop_index("ix_jobs_state_created")
         batch_op.drop_index("ix_jobs_tenant_claim")

@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session
 
 from shared.items import ItemInput
 from shared.ledger import turns
-from shared.ledger.jobs import OPEN_JOB_STATES, new_id
+from shared.ledger.jobs import new_id
 from shared.orm import ItemState, Job, JobItem, JobState, TenantTurn, utcnow
+from shared.states import OPEN_JOB_STATES
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def release_expired_leases(session: Session, *, max_attempts: int, now: datetime
 def next_job_for(session: Session, model: str) -> Job | None:
     """The open job of `model` with pending items that comes first: the tenant that waited
     longest (see `turns`), then within the tenant priority, then age."""
-    tenant = turns.next_tenant(session, model, OPEN_JOB_STATES)
+    tenant = turns.next_tenant(session, model)
     return None if tenant is None else session.scalars(_jobs_in_claim_order(model, tenant).limit(1)).first()
 
 
@@ -118,8 +119,7 @@ def claim_slice(
     items = sorted((ClaimedItem(*row) for row in rows), key=lambda item: order[item.id])
     _start_jobs(session, {item.job_id for item in items}, now)
     turns.take_turn(session, model, first.tenant, now)
-    more = turns.next_tenant(session, model, OPEN_JOB_STATES) is not None
-    return Slice(lease_id, model, dict(first.params or {}), items, more_waiting=more)
+    return Slice(lease_id, model, dict(first.params or {}), items, more_waiting=has_claimable_work(session, model))
 
 
 def _candidates(session: Session, first: Job, max_items: int) -> list[int]:
@@ -145,7 +145,6 @@ def _start_jobs(session: Session, job_ids: set[str], now: datetime) -> None:
         update(Job).where(Job.id.in_(job_ids)).values(
             state=case((queued, JobState.RUNNING.value), else_=Job.state),
             started_at=case((queued, now), else_=Job.started_at),
-            last_claimed_at=now,
         ).execution_options(synchronize_session=False)
     )
 
@@ -175,9 +174,8 @@ def extend_lease(session: Session, lease_id: str, lease_seconds: float) -> int:
 
 
 def has_claimable_work(session: Session, model: str) -> bool:
-    return turns.next_tenant(session, model, OPEN_JOB_STATES) is not None
+    return turns.next_tenant(session, model) is not None
 
 
 def models_with_claimable_work(session: Session) -> list[str]:
-    open_work = turns.open_work_of(TenantTurn.tenant, TenantTurn.model, OPEN_JOB_STATES)
-    return list(session.scalars(select(TenantTurn.model).where(open_work).distinct()))
+    return list(session.scalars(select(TenantTurn.model).where(turns.has_open_work()).distinct()))

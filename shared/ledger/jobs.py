@@ -13,9 +13,7 @@ from sqlalchemy.orm import Session
 from shared.errors import Conflict
 from shared.ledger import turns
 from shared.orm import DEFAULT_TENANT, ItemState, Job, JobItem, JobState, utcnow
-
-OPEN_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
-UNFINISHED_JOB_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING)
+from shared.states import OPEN_JOB_STATES, UNFINISHED_JOB_STATES  # noqa: F401  (OPEN_JOB_STATES re-exported)
 
 
 @dataclass(frozen=True)

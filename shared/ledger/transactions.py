@@ -46,10 +46,6 @@ class Ledger:
             return claims.claim_slice(session, model=model, owner=owner, max_items=max_items,
                                       lease_seconds=lease_seconds)
 
-    def has_claimable_work(self, model: str) -> bool:
-        with self.transaction() as session:
-            return claims.has_claimable_work(session, model)
-
     def models_with_claimable_work(self) -> list[str]:
         with self.transaction() as session:
             return claims.models_with_claimable_work(session)

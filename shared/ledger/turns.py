@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared.orm import ItemState, Job, JobItem, TenantTurn
+from shared.states import OPEN_JOB_STATES
 
 _INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
@@ -33,16 +34,17 @@ def has_pending_items(job_id_column):
     return exists().where(JobItem.job_id == job_id_column, JobItem.state == ItemState.PENDING)
 
 
-def open_work_of(tenant_column, model_column, open_states):
-    return exists().where(Job.model == model_column, Job.tenant == tenant_column, Job.state.in_(open_states),
-                          has_pending_items(Job.id))
+def has_open_work():
+    """The turn's tenant has an open job of the turn's model with pending items."""
+    return exists().where(Job.model == TenantTurn.model, Job.tenant == TenantTurn.tenant,
+                          Job.state.in_(OPEN_JOB_STATES), has_pending_items(Job.id))
 
 
-def next_tenant(session: Session, model: str, open_states) -> str | None:
+def next_tenant(session: Session, model: str) -> str | None:
     """The tenant with claimable work of `model` that was served least recently."""
     return session.scalar(
         select(TenantTurn.tenant)
-        .where(TenantTurn.model == model, open_work_of(TenantTurn.tenant, TenantTurn.model, open_states))
+        .where(TenantTurn.model == model, has_open_work())
         .order_by(TenantTurn.last_claimed_at.asc().nulls_first(), TenantTurn.tenant)
         .limit(1)
     )

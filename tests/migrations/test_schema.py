@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
-from migrations import upgrade
+from migrations import alembic_config, upgrade
+from shared.ledger import batch_key
 from shared.orm import Base
 from tests.helpers.database import BACKENDS, database_url_for, reset_schema
 
@@ -22,6 +24,35 @@ def test_migrations_match_the_orm(backend, tmp_path):
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
             assert {"jobs", "job_items", "alembic_version"} <= set(inspect(connection).get_table_names())
+    finally:
+        engine.dispose()
+        reset_schema(url)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_0004_moves_fair_turns_out_of_the_jobs_table_and_keys_old_jobs(backend, tmp_path):
+    url = database_url_for(backend, tmp_path)
+    reset_schema(url)
+    upgrade(url, "0003")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            for job_id, tenant, params, claimed in (("a" * 32, "t1", '{"seed": 1, "x": 2}', "2026-01-01 00:00:00+00"),
+                                                     ("b" * 32, "t1", '{"seed": 9, "x": 2}', "2026-01-02 00:00:00+00"),
+                                                     ("c" * 32, "t2", '{"x": 3}', None)):
+                connection.execute(text(
+                    "INSERT INTO jobs (id, tenant, model, task, state, priority, params, total_items, attempts, "
+                    "created_at, last_claimed_at) VALUES (:id, :tenant, 'm', 'text-generation', 'succeeded', 5, "
+                    ":params, 1, 0, '2026-01-01 00:00:00+00', :claimed)"),
+                    {"id": job_id, "tenant": tenant, "params": params, "claimed": claimed})
+        upgrade(url, "0004")
+        with engine.connect() as connection:
+            keys = dict(connection.execute(text("SELECT id, batch_key FROM jobs")).all())
+            turns = {tenant: claimed for tenant, claimed in
+                     connection.execute(text("SELECT tenant, last_claimed_at FROM tenant_turns WHERE model = 'm'"))}
+        assert keys["a" * 32] == keys["b" * 32] == batch_key({"x": 2}) != keys["c" * 32]  # the seed does not count
+        assert set(turns) == {"t1", "t2"} and turns["t2"] is None and str(turns["t1"]).startswith("2026-01-02")
+        command.downgrade(alembic_config(url), "0003")
     finally:
         engine.dispose()
         reset_schema(url)
