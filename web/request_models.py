@@ -19,6 +19,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from shared.errors import InvalidRequest, LimitExceeded, UnknownModel
 from shared.registry import ModelSpec, Registry, Task
@@ -193,8 +194,9 @@ class _PageQuery(BaseModel):
         settings = info.context["settings"]
         if value is None:
             return settings.default_page_size
-        if value > settings.max_page_size:
-            raise ValueError(f"must be at most {settings.max_page_size}")
+        if value > settings.max_page_size:  # worded as pydantic words its own bounds
+            raise PydanticCustomError("less_than_equal", "Input should be less than or equal to {le}",
+                                      {"le": settings.max_page_size})
         return value
 
 

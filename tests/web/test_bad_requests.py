@@ -134,3 +134,17 @@ def test_bad_keys_get_one_and_the_same_401(app, settings, name, headers):
 
 def test_table_size():
     assert len(CASES) + len(RAW_CASES) + len(KEY_CASES) >= 40
+
+
+@pytest.mark.parametrize("query,message", [
+    ("limit=abc", "limit: Input should be a valid integer, unable to parse string as an integer"),
+    ("limit=0", "limit: Input should be greater than or equal to 1"),
+    ("limit=1001", "limit: Input should be less than or equal to 1000"),
+    ("state=bogus", "state: Input should be 'queued', 'running',"),
+])
+def test_query_strings_are_checked_like_bodies(client, query, message):
+    response = client.get(f"/v1/jobs?{query}")
+    error = response.get_json()["error"]
+    assert response.status_code == 400 and error["code"] == "invalid_request"
+    assert error["field"] == query.split("=")[0]
+    assert error["message"].startswith(message)
