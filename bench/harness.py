@@ -38,9 +38,13 @@ def write_registry(path: Path, models: dict[str, dict]) -> Path:
     return path
 
 
-def noop_entry(micro_batch: int = 64) -> dict:
-    """`source` must be a path or a hub id; "." (the registry's directory) is never read."""
-    return {"task": "text-generation", "source": ".", "runner": NOOP_RUNNER, "micro_batch_size": micro_batch}
+def noop_entry(micro_batch: int = 64, sleep_ms_per_item: float = 0.0) -> dict:
+    """`source` must be a path or a hub id; "." (the registry's directory) is never read.
+    With `sleep_ms_per_item` the runner sleeps that long per item (a slow model, no CPU)."""
+    entry = {"task": "text-generation", "source": ".", "runner": NOOP_RUNNER, "micro_batch_size": micro_batch}
+    if sleep_ms_per_item:
+        entry["options"] = {"sleep_ms_per_item": sleep_ms_per_item}
+    return entry
 
 
 @contextmanager
@@ -77,16 +81,19 @@ def database(backend: str, root: Path, postgres_url: str = DEFAULT_POSTGRES_URL)
 
 
 @contextmanager
-def running_stack(root: Path, database_url: str, models_file: Path, **settings) -> Iterator[Stack]:
-    """Redis, web and one worker; PYTHONPATH is this checkout, so the subprocesses run
-    the code next to this file (and can import bench.noop_runner)."""
+def running_stack(root: Path, database_url: str, models_file: Path, *, worker: bool = True,
+                  **settings) -> Iterator[Stack]:
+    """Redis, web and (unless `worker` is False: jobs then stay queued) one worker;
+    PYTHONPATH is this checkout, so the subprocesses run the code next to this file (and
+    can import bench.noop_runner)."""
     redis = RedisServer(root / "redis").start()
     settings.setdefault("rate_limit", "10000000/minute")  # the limiter must not shape the load
     stack = Stack(root / "stack", database_url, redis.url, models_file, env={"PYTHONPATH": str(ROOT)}, **settings)
     try:
         stack.migrate()
         stack.start_web()
-        stack.start_worker()
+        if worker:
+            stack.start_worker()
         yield stack
     finally:
         stack.stop()
@@ -162,13 +169,13 @@ def wait_all_terminal(database_url: str, timeout: float, interval: float = 0.1) 
             if not open_jobs:
                 states = dict(session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).all())
                 last = session.scalar(select(func.max(Job.finished_at)))
-                return {"states": {getattr(k, "value", k): v for k, v in states.items()}, "last_finished": _epoch(last)}
+                return {"states": {getattr(k, "value", k): v for k, v in states.items()}, "last_finished": epoch(last)}
         if time.monotonic() > deadline:
             raise TimeoutError(f"{open_jobs} jobs still unfinished after {timeout}s")
         time.sleep(interval)
 
 
-def _epoch(moment: datetime | None) -> float:
+def epoch(moment: datetime | None) -> float:
     if moment is None:
         return time.time()
     if moment.tzinfo is None:

@@ -46,6 +46,7 @@ def web(host: str | None, port: int | None, processes: int | None, access_log: s
         sys.executable, "-m", "gunicorn",
         "--bind", f"{host}:{port}",
         "--workers", str(processes),
+        "--threads", str(settings.web_threads),
         "--access-logfile", access_log,
         "--config", "python:web.gunicorn_config",
         "web.app:create_app()",

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -43,10 +45,37 @@ def create_api_key(session: Session, tenant: str, admin: bool = False, label: st
     return row, key
 
 
-def authenticate(session: Session, key: str) -> Principal | None:
-    """The principal of an active key, or None for an unknown or revoked one."""
-    row = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))).first()
+def authenticate(session: Session, key: str, digest: str | None = None) -> Principal | None:
+    """The principal of an active key, or None for an unknown or revoked one (`digest`:
+    the key's hash, when the caller has it already)."""
+    digest = digest or hash_key(key)
+    row = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))).first()
     return None if row is None else Principal(row.tenant, row.admin, row.prefix)
+
+
+class KeyCache:
+    """Keys this web process checked recently, by their hash, each trusted for `ttl`
+    seconds: a submit then costs no database read for its key. An unknown key is never
+    cached, so a key created a moment ago works at once; a revoked one stops working
+    within `ttl` (GENQ_AUTH_CACHE_SECONDS)."""
+
+    MAX_KEYS = 10_000
+
+    def __init__(self, ttl: float):
+        self.ttl = ttl
+        self._known: dict[str, tuple[Principal, float]] = {}
+
+    def principal_of(self, key: str, session: Callable[[], Session]) -> Principal | None:
+        digest = hash_key(key)
+        known = self._known.get(digest)
+        if known is not None and time.monotonic() < known[1]:
+            return known[0]
+        principal = authenticate(session(), key, digest)
+        if principal is not None and self.ttl > 0:
+            if len(self._known) >= self.MAX_KEYS:
+                self._known.clear()
+            self._known[digest] = (principal, time.monotonic() + self.ttl)
+        return principal
 
 
 def list_api_keys(session: Session) -> list[ApiKey]:

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     # Who may call the API.
     auth: Literal["on", "off"] = Field("on", description="`off` (no API keys) is for loopback-only development.")
     rate_limit: str = Field("1200/minute", description="Requests per API key (Flask-Limiter syntax; counted in Redis).")
+    auth_cache_seconds: float = Field(5.0, ge=0, description="How long a web process trusts an API key it has checked: a revoked key stops working within this time (0: check every request).")
     max_pending_items_per_tenant: int = Field(100_000, ge=1, description="Pending items a tenant may have queued (429 beyond).")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API from a browser (JSON list; none by default).")
 
@@ -58,6 +59,7 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="Address `genq up` and `genq web` bind.")
     web_port: int = Field(8000, ge=0, le=65535)
     web_processes: int = Field(2, ge=1, description="gunicorn worker processes.")
+    web_threads: int = Field(4, ge=1, description="Threads per gunicorn worker process (above 1, gunicorn's gthread worker, which keeps connections alive and serves a slow client without holding the process).")
     supervisor_state_file: Path | None = Field(None, description="Set by `genq up` for its children: the file where it keeps its services' states, which /readyz reports.")
 
     # Celery wake-up publishing: fail fast when Redis is down (the job is already committed).

@@ -6,6 +6,7 @@ import logging
 from flask import Flask
 
 from shared.db import session_factory
+from shared.keys import KeyCache
 from shared.queue import Wakeups, make_celery
 from shared.registry import load_registry
 from shared.settings import Settings, get_settings
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         read_sessions=session_factory(settings.database_url, read_only=True),
         storage=storage_from_settings(settings),
         token_limits=PromptTokenLimits(),
+        keys=KeyCache(settings.auth_cache_seconds),
     )
     app.teardown_appcontext(close_db)
     register_error_handlers(app)

@@ -8,7 +8,7 @@ import ipaddress
 from flask import g, request
 
 from shared.errors import GenqError
-from shared.keys import KEY_PREFIX, Principal, authenticate
+from shared.keys import KEY_PREFIX, Principal
 from shared.orm import DEFAULT_TENANT
 from web.context import db, genq
 
@@ -29,7 +29,7 @@ def require_api_key() -> None:
         g.principal = DEVELOPMENT_PRINCIPAL
         return
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-    principal = authenticate(db(), key.strip()) if scheme.lower() == "bearer" and key.strip() else None
+    principal = genq().keys.principal_of(key.strip(), db) if scheme.lower() == "bearer" and key.strip() else None
     if principal is None:
         raise Unauthorized("a valid API key is required: Authorization: Bearer <key>")
     g.principal = principal

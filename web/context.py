@@ -8,6 +8,7 @@ from celery import Celery
 from flask import current_app, g, request
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.keys import KeyCache
 from shared.queue import Wakeups
 from shared.registry import Registry
 from shared.settings import Settings
@@ -27,6 +28,7 @@ class GenqContext:
     read_sessions: sessionmaker[Session]  # for GET and HEAD: they never write
     storage: Storage
     token_limits: PromptTokenLimits
+    keys: KeyCache
 
 
 def genq() -> GenqContext:

@@ -14,6 +14,7 @@ from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
 from worker.cache import ModelCache
+from worker.heartbeat import Heartbeat
 
 
 @dataclass
@@ -26,6 +27,10 @@ class WorkerContext:
     ledger: Ledger
     wakeups: Wakeups | None = None  # set with the Celery app (make_worker_app)
     name: str = field(default_factory=lambda: f"{socket.gethostname()}")
+    heartbeat: Heartbeat = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.heartbeat = Heartbeat(self.ledger, self.settings.heartbeat_seconds, self.settings.lease_seconds)
 
     @property
     def owner(self) -> str:

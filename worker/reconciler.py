@@ -37,8 +37,7 @@ def reconcile_once(settings, celery, storage, ledger: Ledger | None = None, wake
     report.leases_released = ledger.release_expired_leases(settings.max_attempts)
     settled = ledger.settle_unsettled()
     report.jobs_settled = len(settled)
-    for job_id in settled:
-        remove_orphaned_outputs(ledger, storage, job_id)
+    remove_orphaned_outputs(storage, settled)
     for model in ledger.models_with_claimable_work():
         if queued_wakeups(celery, model) == 0 and wakeups.send(model, force=True):
             report.wakeups_sent += 1

@@ -13,7 +13,6 @@ limit fails its unfinished items with `timeout` (time_out_slice).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -21,7 +20,8 @@ from typing import Callable
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
-from shared.ledger import Ledger, ResultRow, Slice
+from shared.ledger import ResultRow, Slice
+from shared.ledger.transactions import Ended
 from shared.storage import output_key
 from worker.batches import run_micro_batch
 from worker.context import WorkerContext
@@ -49,7 +49,7 @@ def handle_wakeup(ctx: WorkerContext, model: str) -> SliceReport | None:
         return None
     wake_another_worker(ctx, slice_)
     try:
-        with LeaseKeeper(ctx, slice_.lease_id):
+        with ctx.heartbeat.keeping(slice_.lease_id):
             report = perform_slice(ctx, slice_)
     except SoftTimeLimitExceeded:
         time_out_slice(ctx, slice_)
@@ -57,7 +57,7 @@ def handle_wakeup(ctx: WorkerContext, model: str) -> SliceReport | None:
     except Exception as exc:
         abandon_slice(ctx, slice_, exc)
         raise
-    finish_slice(ctx, slice_)
+    finish_slice(ctx, slice_, report)
     return report
 
 
@@ -137,64 +137,37 @@ def _error_text(exc: Exception) -> str:
     return text if text.startswith(("out_of_memory:", "timeout:")) else f"{type(exc).__name__}: {text}"
 
 
-def finish_slice(ctx: WorkerContext, slice_: Slice) -> None:
-    settle_and_continue(ctx, slice_, ctx.ledger.release(slice_))
+def finish_slice(ctx: WorkerContext, slice_: Slice, report: SliceReport) -> None:
+    holds_items = report.succeeded + report.failed + report.lost < report.claimed
+    continue_after(ctx, slice_, ctx.ledger.release(slice_, holds_items=holds_items))
 
 
 def abandon_slice(ctx: WorkerContext, slice_: Slice, exc: Exception) -> None:
     log.exception("slice of jobs %s broke off", ", ".join(slice_.job_ids))
-    given_back = ctx.ledger.abandon(slice_, error=_error_text(exc), max_attempts=ctx.settings.max_attempts)
-    settle_and_continue(ctx, slice_, given_back)
+    continue_after(ctx, slice_, ctx.ledger.abandon(slice_, error=_error_text(exc), max_attempts=ctx.settings.max_attempts))
 
 
 def time_out_slice(ctx: WorkerContext, slice_: Slice) -> None:
     limit = ctx.settings.slice_soft_time_limit
     log.warning("slice of jobs %s passed its soft time limit (%.0fs)", ", ".join(slice_.job_ids), limit)
-    ctx.ledger.time_out(slice_, f"timeout: the slice ran past its time limit of {limit:g}s")
-    settle_and_continue(ctx, slice_, 0)
+    continue_after(ctx, slice_, ctx.ledger.time_out(slice_, f"timeout: the slice ran past its time limit of {limit:g}s"))
 
 
-def settle_and_continue(ctx: WorkerContext, slice_: Slice, given_back: int) -> None:
-    """Settle the jobs in their own transaction (after the results are committed), sweep
-    files no row points to, and wake a worker for the items this slice gave back."""
-    for job_id in ctx.ledger.settle_all(slice_.job_ids):
-        remove_orphaned_outputs(ctx.ledger, ctx.storage, job_id)
-    if given_back:
+def continue_after(ctx: WorkerContext, slice_: Slice, ended: Ended) -> None:
+    """Once the slice is given back and its jobs settled (one transaction, after the
+    results were committed): sweep files no row points to, and wake a worker for the
+    items this slice gave back."""
+    remove_orphaned_outputs(ctx.storage, ended.settled)
+    if ended.given_back:
         ctx.wakeups.send(slice_.model)
 
 
-def remove_orphaned_outputs(ledger: Ledger, storage, job_id: str) -> None:
+def remove_orphaned_outputs(storage, settled: dict[str, list[int]]) -> None:
     """A worker that died between writing a file and committing its row left a file no
     client can reach; once the job is final, remove the files of items without output."""
-    for index in ledger.indices_without_output(job_id):
-        storage.delete(output_key(job_id, index, "png"))
-
-
-class LeaseKeeper:
-    """Extends a slice's lease from a background thread while the slice runs, so a
-    short lease (quick recovery after a crash) never expires under a live worker."""
-
-    def __init__(self, ctx: WorkerContext, lease_id: str):
-        self._settings = ctx.settings
-        self._ledger = ctx.ledger
-        self._lease_id = lease_id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
-
-    def __enter__(self) -> "LeaseKeeper":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self._settings.heartbeat_seconds + 5)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self._settings.heartbeat_seconds):
-            try:
-                self._ledger.extend_lease(self._lease_id, self._settings.lease_seconds)
-            except Exception as exc:  # a missed beat is retried at the next one
-                log.warning("lease heartbeat failed: %s", exc)
+    for job_id, indices in settled.items():
+        for index in indices:
+            storage.delete(output_key(job_id, index, "png"))
 
 
 class CancelWatch:
@@ -205,7 +178,7 @@ class CancelWatch:
         self._ledger = ctx.ledger
         self._interval = ctx.settings.cancel_check_seconds
         self._job_ids = job_ids
-        self._checked_at = float("-inf")
+        self._checked_at = time.monotonic()  # the claim took jobs that were not being cancelled
         self._cancelling: set[str] = set()
 
     def __call__(self) -> set[str]:

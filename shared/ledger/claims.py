@@ -96,7 +96,7 @@ def claim_slice(
     candidate_ids = _suspect_item(session, first.id) or _candidates(session, first, max_items)
     if not candidate_ids:
         return None
-    session.execute(
+    rows = session.execute(
         update(JobItem)
         .where(JobItem.id.in_(candidate_ids), JobItem.state == ItemState.PENDING)
         .values(
@@ -107,11 +107,8 @@ def claim_slice(
             attempts=JobItem.attempts + 1,
             started_at=now,
         )
+        .returning(JobItem.index, JobItem.prompt, JobItem.seed, JobItem.id, JobItem.job_id)
         .execution_options(synchronize_session=False)
-    )
-    rows = session.execute(
-        select(JobItem.index, JobItem.prompt, JobItem.seed, JobItem.id, JobItem.job_id)
-        .where(JobItem.lease_id == lease_id)
     ).all()
     if not rows:
         return None

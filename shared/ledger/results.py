@@ -2,10 +2,42 @@
 and what it gives back when its slice ends early."""
 from __future__ import annotations
 
-from sqlalchemy import and_, select, update
+from dataclasses import dataclass
+
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from shared.orm import ItemState, Job, JobItem, JobState, utcnow
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One item's outcome as a worker stores it: text or an output key, or an error."""
+
+    item_id: int
+    text: str | None = None
+    key: str | None = None
+    error: str | None = None
+
+
+def record_results(session: Session, lease_id: str, rows: list[ResultRow]) -> tuple[int, int]:
+    """Store a micro-batch's outcomes, each conditional on the lease, as two executemany
+    UPDATEs (successes, failures). Returns how many of each were stored; a row whose
+    lease was lost is dropped."""
+    items, now = JobItem.__table__, utcnow()
+    held = and_(items.c.id == bindparam("item"), items.c.lease_id == lease_id, items.c.state == ItemState.RUNNING)
+    done = {"lease_id": None, "lease_expires_at": None, "finished_at": now}
+    successes = [{"item": row.item_id, "text": row.text, "key": row.key} for row in rows if row.error is None]
+    failures = [{"item": row.item_id, "message": row.error} for row in rows if row.error is not None]
+    stored_successes = stored_failures = 0
+    if successes:
+        stored_successes = session.execute(update(items).where(held).values(
+            state=ItemState.SUCCEEDED, output_text=bindparam("text"), output_key=bindparam("key"), error=None, **done,
+        ), successes).rowcount
+    if failures:
+        stored_failures = session.execute(update(items).where(held).values(
+            state=ItemState.FAILED, error=bindparam("message"), **done), failures).rowcount
+    return stored_successes, stored_failures
 
 
 def _held(lease_id: str, item_id: int):
@@ -92,8 +124,12 @@ def _cancel_held_items_of_cancelling_jobs(session: Session, lease_id: str) -> in
     ).rowcount
 
 
-def indices_without_output(session: Session, job_id: str) -> list[int]:
-    return list(session.scalars(select(JobItem.index).where(JobItem.job_id == job_id, JobItem.state != ItemState.SUCCEEDED)))
+def indices_without_output(session: Session, job_ids: list[str]) -> list[tuple[str, int]]:
+    """(job id, index) of the items of `job_ids` that did not succeed."""
+    if not job_ids:
+        return []
+    return [(job_id, index) for job_id, index in session.execute(
+        select(JobItem.job_id, JobItem.index).where(JobItem.job_id.in_(job_ids), JobItem.state != ItemState.SUCCEEDED))]
 
 
 def cancelling_jobs(session: Session, job_ids: list[str]) -> set[str]:

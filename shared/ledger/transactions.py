@@ -3,6 +3,7 @@ needs is one transaction of its own, so `worker/` tells its story without openin
 sessions. (The web's views use the session-level functions: one transaction a request.)"""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import ContextManager
 
@@ -11,17 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db import session_factory, transaction
 from shared.ledger import claims, jobs, results
 from shared.ledger.claims import Slice
+from shared.ledger.results import ResultRow
 from shared.orm import JobState
-
-
-@dataclass(frozen=True)
-class ResultRow:
-    """One item's outcome as a worker stores it: text or an output key, or an error."""
-
-    item_id: int
-    text: str | None = None
-    key: str | None = None
-    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -32,17 +24,24 @@ class Stored:
 
 
 class Ledger:
-    def __init__(self, database_url: str | None = None, *, sessions: sessionmaker[Session] | None = None):
+    def __init__(self, database_url: str | None = None, *, sessions: sessionmaker[Session] | None = None,
+                 lease_check_seconds: float = 1.0):
         self.sessions = sessions or session_factory(database_url)
+        self.lease_check_seconds = lease_check_seconds
+        self._leases_checked_at = float("-inf")
 
     def transaction(self) -> ContextManager[Session]:
         return transaction(self.sessions)
 
     # --- claims ---------------------------------------------------------------------
     def claim(self, model: str, *, owner: str, max_items: int, lease_seconds: float, max_attempts: int) -> Slice | None:
-        """Return expired leases, then take the next slice of `model`, in one transaction."""
+        """Return expired leases (at most every `lease_check_seconds`: the reconciler
+        does it too, and a burst of claims need not each look), then take the next slice
+        of `model`, in one transaction."""
         with self.transaction() as session:
-            claims.release_expired_leases(session, max_attempts=max_attempts)
+            if time.monotonic() - self._leases_checked_at >= self.lease_check_seconds:
+                claims.release_expired_leases(session, max_attempts=max_attempts)
+                self._leases_checked_at = time.monotonic()
             return claims.claim_slice(session, model=model, owner=owner, max_items=max_items,
                                       lease_seconds=lease_seconds)
 
@@ -61,37 +60,30 @@ class Ledger:
     # --- results --------------------------------------------------------------------
     def record_results(self, lease_id: str, rows: list[ResultRow]) -> Stored:
         """Every row of a micro-batch in one transaction, each conditional on the lease."""
-        succeeded = failed = lost = 0
         with self.transaction() as session:
-            for row in rows:
-                if row.error is not None:
-                    stored = results.record_item_failure(session, lease_id, row.item_id, row.error)
-                    failed += stored
-                else:
-                    stored = results.record_item_success(session, lease_id, row.item_id, text=row.text, key=row.key)
-                    succeeded += stored
-                lost += not stored
-        return Stored(succeeded, failed, lost)
+            succeeded, failed = results.record_results(session, lease_id, rows)
+        return Stored(succeeded, failed, len(rows) - succeeded - failed)
 
-    def release(self, slice_: Slice) -> int:
+    def release(self, slice_: Slice, *, holds_items: bool = True) -> "Ended":
+        """A slice ran to its end: give back what it did not reach (if it `holds_items`
+        still: none when every item's result was recorded), and settle its jobs."""
         with self.transaction() as session:
-            return results.release_slice(session, slice_.lease_id)
+            given_back = results.release_slice(session, slice_.lease_id) if holds_items else 0
+            return _ended(session, slice_, given_back)
 
-    def abandon(self, slice_: Slice, *, error: str, max_attempts: int) -> int:
+    def abandon(self, slice_: Slice, *, error: str, max_attempts: int) -> "Ended":
         with self.transaction() as session:
-            return results.abandon_slice(session, slice_.lease_id, error=error, max_attempts=max_attempts)
+            given_back = results.abandon_slice(session, slice_.lease_id, error=error, max_attempts=max_attempts)
+            return _ended(session, slice_, given_back)
 
-    def time_out(self, slice_: Slice, error: str) -> int:
+    def time_out(self, slice_: Slice, error: str) -> "Ended":
         with self.transaction() as session:
-            return results.fail_held_items(session, slice_.lease_id, error)
+            results.fail_held_items(session, slice_.lease_id, error)
+            return _ended(session, slice_, 0)
 
     def cancelling_jobs(self, job_ids: list[str]) -> set[str]:
         with self.transaction() as session:
             return results.cancelling_jobs(session, job_ids)
-
-    def indices_without_output(self, job_id: str) -> list[int]:
-        with self.transaction() as session:
-            return results.indices_without_output(session, job_id)
 
     # --- jobs -----------------------------------------------------------------------
     def settle(self, job_id: str) -> JobState | None:
@@ -99,13 +91,39 @@ class Ledger:
         with self.transaction() as session:
             return jobs.settle_job(session, job_id)
 
-    def settle_all(self, job_ids: list[str]) -> list[str]:
-        """Each of a slice's jobs that has no item left to run gets its final state, in
-        one transaction after the results are committed; returns the jobs it settled."""
+    def settle_all(self, job_ids: list[str]) -> dict[str, list[int]]:
+        """Each of `job_ids` that has no item left to run gets its final state, in one
+        transaction after the results are committed; returns the jobs it settled, each
+        with the indices of its items that have no output (see `Ended.settled`)."""
         with self.transaction() as session:
-            return [job_id for job_id in job_ids if jobs.settle_job(session, job_id) is not None]
+            return _settled_with_missing_outputs(session, job_ids)
 
-    def settle_unsettled(self) -> list[str]:
-        """Jobs a crash left unsettled get their final state; returns their ids."""
+    def settle_unsettled(self) -> dict[str, list[int]]:
+        """Jobs a crash left unsettled get their final state; returns them as settle_all does."""
         with self.transaction() as session:
-            return [job_id for job_id in jobs.unsettled_job_ids(session) if jobs.settle_job(session, job_id)]
+            return _settled_with_missing_outputs(session, jobs.unsettled_job_ids(session))
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How a slice ended: items given back to pending (another worker should be woken),
+    and the jobs it settled, each with the indices of its items that have no output (a
+    worker that died between writing a file and committing its row left a file there)."""
+
+    given_back: int
+    settled: dict[str, list[int]]
+
+
+def _ended(session: Session, slice_: Slice, given_back: int) -> Ended:
+    """Settling in the transaction that gives the slice back is safe: every result of this
+    slice was committed before, and what it gives back only makes a job stay open."""
+    return Ended(given_back, _settled_with_missing_outputs(session, slice_.job_ids))
+
+
+def _settled_with_missing_outputs(session: Session, job_ids: list[str]) -> dict[str, list[int]]:
+    settled = jobs.settle_jobs(session, job_ids)
+    missing: dict[str, list[int]] = {job_id: [] for job_id in settled}
+    partial = [job_id for job_id, state in settled.items() if state != JobState.SUCCEEDED]  # the others have every output
+    for job_id, index in results.indices_without_output(session, partial):
+        missing[job_id].append(index)
+    return missing

@@ -2,12 +2,15 @@
 answers exactly as for an id that never existed."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from shared.db import session_scope
 from shared.keys import create_api_key, revoke_api_key
 from tests.helpers.ledger import work_by_hand
 from tests.web.conftest import make_key
+from web.app import create_app
 
 
 @pytest.fixture
@@ -61,7 +64,8 @@ def test_own_jobs_work_and_listing_shows_only_them(tenants, app, settings):
     assert admin.get(f"/v1/jobs/{tenants['globex'][1]}").status_code == 200
 
 
-def test_a_revoked_key_is_refused_like_an_unknown_one(app, settings):
+def test_a_revoked_key_is_refused_like_an_unknown_one(settings, redis_server):
+    app = create_app(settings.model_copy(update={"auth_cache_seconds": 0}))
     with session_scope(settings.database_url) as session:
         row, key = create_api_key(session, "acme")
     client = app.test_client()
@@ -71,6 +75,30 @@ def test_a_revoked_key_is_refused_like_an_unknown_one(app, settings):
     revoked = client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"})
     unknown = client.get("/v1/jobs", headers={"Authorization": "Bearer gq_00000000_x"})
     assert revoked.status_code == unknown.status_code == 401 and revoked.get_json() == unknown.get_json()
+
+
+def test_a_web_process_trusts_a_checked_key_for_auth_cache_seconds_then_sees_its_revocation(settings, redis_server):
+    app = create_app(settings.model_copy(update={"auth_cache_seconds": 0.5}))
+    with session_scope(settings.database_url) as session:
+        row, key = create_api_key(session, "acme")
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {key}"}
+    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    with session_scope(settings.database_url) as session:
+        revoke_api_key(session, row.prefix)
+    assert client.get("/v1/jobs", headers=headers).status_code == 200  # within the cache's time
+    time.sleep(0.6)
+    assert client.get("/v1/jobs", headers=headers).status_code == 401
+
+
+def test_a_key_created_after_an_unknown_key_was_tried_works_at_once(app, settings):
+    client = app.test_client()
+    with session_scope(settings.database_url) as session:
+        _row, key = create_api_key(session, "acme")
+    assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}x"}).status_code == 401
+    with session_scope(settings.database_url) as session:
+        _row, second = create_api_key(session, "acme")
+    assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {second}"}).status_code == 200
 
 
 def test_idempotency_keys_are_per_tenant(tenants):
