@@ -3,6 +3,7 @@
     claim_next_slice -> wake_another_worker -> perform_slice (micro-batches, each
     committed as it finishes, the lease kept alive by a heartbeat) -> finish_slice
     (give back what was not reached, settle the jobs, wake again if work was given back)
+    -> the next slice, while more is waiting and the wake-up's time budget lasts
 
 A slice may hold items of several jobs of one model and tenant whose parameters differ
 only in their seeds; they share micro-batches. A duplicate or stale wake-up finds
@@ -43,10 +44,24 @@ class SliceReport:
 
 
 def handle_wakeup(ctx: WorkerContext, model: str) -> SliceReport | None:
+    """Take the wake-up, then run slices of `model` while more work is waiting, for up to
+    GENQ_WAKEUP_BUSY_SECONDS: in a burst of small jobs a slice costs a claim instead of a
+    message through the broker too. (Every claim that leaves work behind still wakes
+    another worker, and past the budget the queued wake-up gives the worker's other
+    models their turn.) Returns the last slice's report, None if there was nothing."""
     ctx.wakeups.taken(model)
-    slice_ = claim_next_slice(ctx, model)
-    if slice_ is None:
-        return None
+    deadline = time.monotonic() + ctx.settings.wakeup_busy_seconds
+    report = None
+    while True:
+        slice_ = claim_next_slice(ctx, model)
+        if slice_ is None:
+            return report
+        report = run_slice(ctx, slice_)
+        if not slice_.more_waiting or time.monotonic() >= deadline:
+            return report
+
+
+def run_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
     wake_another_worker(ctx, slice_)
     try:
         with ctx.heartbeat.keeping(slice_.lease_id):

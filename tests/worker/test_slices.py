@@ -45,7 +45,7 @@ def ctx(tmp_path):
         "task": "text-generation", "source": str(tmp_path), "runner": "tests.fault_runner:FaultRunner",
         "micro_batch_size": 4, "options": {"slow_seconds": 0.05, "oom_above": 2}}}}))
     settings = Settings(data_dir=tmp_path / "var", database_url=url, models_file=registry_file, slice_max_items=8,
-                        cancel_check_seconds=0.01)
+                        cancel_check_seconds=0.01, wakeup_busy_seconds=0)  # one slice per wake-up, unless a test says
     return WorkerContext(settings=settings, registry=load_registry(registry_file), storage=storage_from_settings(settings),
                          celery=None, wakeups=RecordingWakeups(), cache=ModelCache("cpu"), ledger=Ledger(url),
                          name="test-worker")
@@ -56,6 +56,16 @@ def submit(ctx, prompts: list[str]) -> str:
         job = ledger.create_job(session, model="fault", task="text-generation", params={},
                                    inputs=[(prompt, i) for i, prompt in enumerate(prompts)])
         return job.id
+
+
+def test_a_wake_up_keeps_claiming_while_work_waits_within_its_time_budget(ctx):
+    ctx.settings.wakeup_busy_seconds = 60
+    job_id = submit(ctx, [f"ok {i}" for i in range(20)])
+    last = handle_wakeup(ctx, "fault")
+    assert (last.claimed, last.succeeded) == (4, 4)  # slices of 8, 8 and 4, all in one wake-up
+    assert ctx.wakeups.sent == ["fault", "fault"]  # each claim that left work behind woke another worker
+    job, items = job_and_items(ctx, job_id)
+    assert job.state == JobState.SUCCEEDED and all(item.attempts == 1 for item in items)
 
 
 def job_and_items(ctx, job_id: str) -> tuple[Job, list[JobItem]]:
