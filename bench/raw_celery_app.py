@@ -23,31 +23,51 @@ QUEUE = "bench.raw"
 DONE_KEY = "bench:done"
 LAST_KEY = "bench:last"
 
-app = Celery("bench-raw", broker=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
-app.conf.update(
-    task_serializer="json",
-    accept_content=["json"],
-    result_backend=None,
-    task_ignore_result=True,
-    task_acks_late=True,
-    worker_prefetch_multiplier=1,
-    worker_hijack_root_logger=False,
-    broker_connection_retry_on_startup=True,
-    task_default_queue=QUEUE,
-)
-_client: redis.Redis | None = None
 
 
-def _redis() -> redis.Redis:
-    global _client
-    if _client is None:  # made in the pool child, after the fork
-        _client = redis.Redis.from_url(app.conf.broker_url)
-    return _client
+def bench_app(name: str, queue: str) -> Celery:
+    """A Celery app configured as genq's own is (JSON, late acks, prefetch 1, no result
+    backend), on the broker named by BENCH_REDIS_URL; bench/tutorial_celery_app.py uses it too."""
+    celery = Celery(name, broker=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    celery.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=queue,
+    )
+    return celery
+
+
+class RedisClient:
+    """The app's broker as a Redis client, made on first use (in the pool child, after the fork)."""
+
+    def __init__(self, celery: Celery):
+        self._celery = celery
+        self._client: redis.Redis | None = None
+
+    def __call__(self) -> redis.Redis:
+        if self._client is None:
+            self._client = redis.Redis.from_url(self._celery.conf.broker_url)
+        return self._client
+
+
+def record_done(client: redis.Redis, done_key: str, last_key: str, pipe=None) -> None:
+    """Count one completion and note its time, in one round trip (with `pipe`'s commands)."""
+    pipe = pipe or client.pipeline(transaction=False)
+    pipe.incr(done_key)
+    pipe.set(last_key, repr(time.time()))
+    pipe.execute()
+
+
+app = bench_app("bench-raw", QUEUE)
+_redis = RedisClient(app)
 
 
 @app.task(name="bench.noop")
 def noop(index: int) -> None:
-    pipe = _redis().pipeline(transaction=False)
-    pipe.incr(DONE_KEY)
-    pipe.set(LAST_KEY, repr(time.time()))
-    pipe.execute()
+    record_done(_redis(), DONE_KEY, LAST_KEY)

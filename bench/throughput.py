@@ -4,13 +4,19 @@
    process -> SQLite -> polled until done.
 2. The same prompts through the same model and runner in this process, in one batched
    loop of the same micro-batch size.
+3. The design a tutorial would write: one Celery task per prompt (bench/tutorial_celery_app.py),
+   the model kept warm in one prefork worker with concurrency 1, the same prompts, params
+   and seeds sent as N tasks from one loop of `.delay()`.
 
-Prints items/s for both and their ratio. Usage:
+Prints items/s for all three and the ratios service/in-process and service/tutorial;
+it also counts the tutorial's texts that differ from the in-process loop's (an item's
+text must not depend on its batch, so that count should be 0). Usage:
     python bench/throughput.py [--items 256] [--max-new-tokens 32] [--micro-batch 32]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -24,7 +30,9 @@ sys.path.insert(0, str(ROOT))
 from bench.harness import emit_result
 from genq.devstack import (
     RedisServer,
+    ServiceProcess,
     Stack,
+    wait_for,
 )
 from tests.tiny_models import build_tiny_text_model
 
@@ -69,19 +77,52 @@ def run_service(root: Path, models_file: Path, params: dict, items: list[str]) -
         redis.stop()
 
 
-def run_in_process(models_file: Path, params: dict, items: list[str], micro_batch: int) -> float:
+def seeds(params: dict, n: int) -> list[int]:
+    """The seeds the service gives the items of a job with `params["seed"]`."""
+    return [params["seed"] + i for i in range(n)]
+
+
+def run_in_process(models_file: Path, params: dict, items: list[str], micro_batch: int) -> tuple[float, list[str]]:
     from shared.registry import load_registry
     from worker.runners import build_runner
     from worker.runners.base import ItemInput
 
     runner = build_runner(load_registry(models_file).get("bench-text"), "cpu")
     runner.setup()
-    inputs = [ItemInput(i, prompt, params["seed"] + i) for i, prompt in enumerate(items)]
+    inputs = [ItemInput(i, prompt, seed) for i, (prompt, seed) in enumerate(zip(items, seeds(params, len(items))))]
     runner.predict(inputs[:1], params)
+    texts = []
     started = time.perf_counter()
     for start in range(0, len(inputs), micro_batch):
-        runner.predict(inputs[start : start + micro_batch], params)
-    return time.perf_counter() - started
+        texts += [output.text for output in runner.predict(inputs[start : start + micro_batch], params)]
+    return time.perf_counter() - started, texts
+
+
+def run_tutorial(root: Path, models_file: Path, params: dict, items: list[str]) -> tuple[float, list[str]]:
+    """Seconds from the first `.delay()` to the last task's completion, and the texts."""
+    from bench import tutorial_celery_app as tutorial
+
+    redis = RedisServer(root / "tutorial-redis").start()
+    tutorial.app.conf.broker_url = redis.url
+    argv = [sys.executable, "-m", "celery", "-A", "bench.tutorial_celery_app", "worker", "-P", "prefork",
+            "--concurrency", "1", "-Q", tutorial.QUEUE, "--without-gossip", "--without-mingle", "-l", "warning"]
+    env = dict(os.environ, BENCH_REDIS_URL=redis.url, BENCH_MODELS_FILE=str(models_file), PYTHONPATH=str(ROOT))
+    worker = ServiceProcess("tutorial-celery", argv, env, root, cwd=ROOT)
+    client = redis.client()
+    try:
+        tutorial.generate_one.delay(-1, items[0], params["seed"], params)  # loads the model before the clock starts
+        wait_for(lambda: client.get(tutorial.DONE_KEY) == b"1", 300, 0.05, "the tutorial worker")
+        client.delete(tutorial.DONE_KEY, tutorial.LAST_KEY, tutorial.RESULTS_KEY)
+        first = time.time()
+        for index, (prompt, seed) in enumerate(zip(items, seeds(params, len(items)))):
+            tutorial.generate_one.delay(index, prompt, seed, params)
+        wait_for(lambda: int(client.get(tutorial.DONE_KEY) or 0) >= len(items), 1800, 0.05, "the tutorial tasks")
+        elapsed = float(client.get(tutorial.LAST_KEY)) - first
+        stored = client.hgetall(tutorial.RESULTS_KEY)
+    finally:
+        worker.stop()
+        redis.stop()
+    return elapsed, [stored[str(i).encode()].decode() for i in range(len(items))]
 
 
 def main() -> None:
@@ -93,14 +134,20 @@ def main() -> None:
         model_dir = args.model_dir or build_tiny_text_model(root / "model")
         models_file = write_registry(root / "models.yaml", model_dir, args.micro_batch)
         service_s = run_service(root, models_file, params, items)
-        direct_s = run_in_process(models_file, params, items, args.micro_batch)
-    service_rate, direct_rate = args.items / service_s, args.items / direct_s
+        direct_s, direct_texts = run_in_process(models_file, params, items, args.micro_batch)
+        tutorial_s, tutorial_texts = run_tutorial(root, models_file, params, items)
+    service_rate, direct_rate, tutorial_rate = args.items / service_s, args.items / direct_s, args.items / tutorial_s
+    differing = sum(a != b for a, b in zip(direct_texts, tutorial_texts))
     print(f"items={args.items} max_new_tokens={args.max_new_tokens} micro_batch={args.micro_batch} model={model_dir}")
     print(f"service:    {service_s:8.2f} s  {service_rate:8.1f} items/s  (submit -> succeeded, polled over HTTP)")
     print(f"in-process: {direct_s:8.2f} s  {direct_rate:8.1f} items/s  (same runner, one batched loop)")
-    print(f"ratio service/in-process: {service_rate / direct_rate:.2f}")
+    print(f"tutorial:   {tutorial_s:8.2f} s  {tutorial_rate:8.1f} items/s  (one Celery task per prompt, model warm)")
+    print(f"ratio service/in-process: {service_rate / direct_rate:.2f}  service/tutorial: "
+          f"{service_rate / tutorial_rate:.2f}  (tutorial texts differing from in-process: {differing})")
     emit_result("throughput", {"items": args.items, "service_items_per_s": service_rate,
-                               "in_process_items_per_s": direct_rate, "ratio": service_rate / direct_rate})
+                               "in_process_items_per_s": direct_rate, "ratio": service_rate / direct_rate,
+                               "tutorial_items_per_s": tutorial_rate, "ratio_vs_tutorial": service_rate / tutorial_rate,
+                               "tutorial_texts_differing": differing})
 
 
 if __name__ == "__main__":

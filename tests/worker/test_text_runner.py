@@ -46,8 +46,14 @@ def test_greedy_item_in_batch_equals_item_alone(text_runner):
 
 @pytest.mark.parametrize(
     "params",
-    [SAMPLED, {**SAMPLED, "temperature": 0.7, "top_k": 20, "top_p": 1.0}],
-    ids=["top_p", "top_k"],
+    [
+        SAMPLED,
+        {**SAMPLED, "temperature": 0.7, "top_k": 20, "top_p": 1.0},
+        {**SAMPLED, "top_p": 1.0},
+        # top-k and top-p together, past the sampler's first chunk of uniforms
+        {**SAMPLED, "max_new_tokens": 40, "temperature": 1.3, "top_k": 50, "top_p": 0.9},
+    ],
+    ids=["top_p", "top_k", "plain", "top_k_top_p_long"],
 )
 def test_sampled_item_in_batch_equals_item_alone(text_runner, params):
     batched = texts(text_runner.predict(items(), params))
@@ -157,3 +163,75 @@ def test_seeded_sampler_follows_the_distribution():
     assert top_p[2:].sum() == 0, "0.5 + 0.3 covers top_p 0.75; the rest is cut"
     greedy = _draw(SeededSampler([make_generator(4)], 1.0, 0, 0.0), logits, 50)
     assert greedy[0] == 1.0
+
+
+def _sampler(seeds: list[int], temperature=1.0, top_k=0, top_p=1.0):
+    from worker.runners.common import make_generator
+    from worker.runners.text import SeededSampler
+
+    return SeededSampler([make_generator(seed) for seed in seeds], temperature, top_k, top_p)
+
+
+def _run(sampler, logits: torch.Tensor, steps: int) -> torch.Tensor:
+    """(rows, steps) tokens the sampler picks, step after step, from the same logits."""
+    return torch.cat([sampler(None, logits.clone()).argmax(dim=-1, keepdim=True) for _ in range(steps)], dim=1)
+
+
+SAMPLER_SETTINGS = [
+    {},
+    {"temperature": 0.6},
+    {"top_k": 5},
+    {"top_p": 0.8},
+    {"temperature": 1.5, "top_k": 7, "top_p": 0.9},
+]
+
+
+@pytest.mark.parametrize("settings", SAMPLER_SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "plain")
+def test_seeded_sampler_rows_are_independent(settings):
+    """Each row picks the same tokens alone as in any batch, over more steps than one chunk."""
+    from worker.runners.text import SeededSampler
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 60)
+    seeds = [11, 12, 13, 14, 15]
+    steps = SeededSampler.CHUNK + 9
+    batched = _run(_sampler(seeds, **settings), logits, steps)
+    for row, seed in enumerate(seeds):
+        assert torch.equal(_run(_sampler([seed], **settings), logits[row : row + 1], steps)[0], batched[row])
+    reordered = _run(_sampler(seeds[::-1], **settings), logits.flip(0), steps)
+    assert torch.equal(reordered, batched.flip(0))
+    assert len(set(batched[0].tolist())) > 1, "a sampler, not a constant"
+
+
+def test_seeded_sampler_shorter_run_is_a_prefix():
+    """The uniforms come in fixed chunks, so stopping early never changes earlier tokens."""
+    logits = torch.randn(3, 50)
+    long = _run(_sampler([1, 2, 3], top_p=0.9), logits, 70)
+    assert torch.equal(_run(_sampler([1, 2, 3], top_p=0.9), logits, 12), long[:, :12])
+
+
+@pytest.mark.parametrize("settings", SAMPLER_SETTINGS[:4], ids=["plain", "temperature", "top_k", "top_p"])
+def test_seeded_sampler_never_picks_an_impossible_token(settings):
+    logits = torch.log(torch.tensor([[0.0, 0.4, 0.0, 0.3, 0.3, 0.0]]))
+    picked = set(_run(_sampler([7], **settings), logits, 300)[0].tolist())
+    assert picked <= {1, 3, 4} and len(picked) > 1
+
+
+@pytest.mark.parametrize("uniform", [0.0, 0.5, 1.0 - 2**-24, 1.0])
+@pytest.mark.parametrize("settings", SAMPLER_SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "plain")
+def test_seeded_sampler_edges_of_the_uniform_stay_on_kept_tokens(settings, uniform):
+    """Even a uniform that rounds up to the total mass lands on a token that has mass."""
+    sampler = _sampler([0], **settings)
+    logits = torch.log(torch.tensor([[0.0, 0.3, 0.0, 0.3, 0.4, 0.0, 0.0]])).repeat(2, 1)
+    logits[1] = logits[1].flip(0)
+    chosen = sampler._choose(logits, torch.full((2, 1), uniform))
+    for row in range(2):
+        assert torch.isfinite(logits[row, chosen[row, 0]])
+
+
+def test_seeded_sampler_top_k_with_top_p_and_temperature_follows_the_distribution():
+    """Temperature 0.5 squares the probabilities; top-k 3 keeps 0.4^2, 0.3^2, 0.2^2 (0.29
+    in all); top-p 0.8 of that keeps the first two (0.16 + 0.09 = 0.25 >= 0.232)."""
+    logits = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1]]))
+    drawn = _draw(_sampler([5], temperature=0.5, top_k=3, top_p=0.8), logits, 2000)
+    assert drawn[2:].sum() == 0 and torch.allclose(drawn[:2], torch.tensor([0.64, 0.36]), atol=0.04)

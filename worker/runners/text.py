@@ -5,7 +5,9 @@ its seed. Greedy decoding with left padding has that property by itself. Samplin
 through `generate(do_sample=True)` does not (one global random stream is shared by
 the rows), so sampling is done here by `SeededSampler`: a logits processor that
 draws each row's token from that row's own `torch.Generator` and hands `generate`
-a one-hot score row, which its greedy step then picks.
+a one-hot score row, which its greedy step then picks. It is vectorised over the rows
+(the only per-row Python work is one generator call every `SeededSampler.CHUNK`
+steps), so it costs about what `generate(do_sample=True)` does on the same batch.
 """
 from __future__ import annotations
 
@@ -32,46 +34,68 @@ DEFAULT_MAX_NEW_TOKENS = 32
 class SeededSampler(LogitsProcessor):
     """Samples each row's next token from its own generator; returns one-hot scores.
 
-    Per step, each row draws exactly one uniform number from its generator, whether
-    or not the row has already finished, so row i's t-th token always uses the t-th
-    number of item i's stream. The choice is an inverse-CDF lookup over the tokens
-    sorted by probability, in float64, after temperature, top-k and top-p.
+    Row i's t-th token uses the t-th uniform number of item i's stream, whether or not
+    the row has already finished, so no row's draws depend on the batch. The numbers
+    are drawn `CHUNK` per row at a time (one generator call per row per `CHUNK` steps,
+    not one per step); the chunk size is fixed, so the stream is the same whatever the
+    batch or `max_new_tokens`, and a shorter generation is a prefix of a longer one.
+
+    The choice is an inverse-CDF lookup (`_choose`); every operation there works along
+    the vocabulary of one row only, so rows never mix.
     """
+
+    CHUNK = 32
 
     def __init__(self, generators: list[torch.Generator], temperature: float, top_k: int | None, top_p: float):
         self.generators = generators
         self.temperature = float(temperature)
         self.top_k = int(top_k or 0)
-        self.top_p = float(top_p)
+        self.top_p = min(float(top_p), 1.0)
+        self._uniforms: torch.Tensor | None = None
+        self._step = 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        uniforms = torch.stack([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
-        chosen = self._choose(scores.to(torch.float64), uniforms.to(scores.device))
+        chosen = self._choose(scores.float(), self._next_uniforms(scores.device))
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(1, chosen, 0.0)
         return out
 
+    def _next_uniforms(self, device: torch.device) -> torch.Tensor:
+        """This step's (rows, 1) uniforms in [0, 1), float32, on `device`."""
+        column = self._step % self.CHUNK
+        if column == 0:
+            draws = [torch.rand(self.CHUNK, generator=g, dtype=torch.float32) for g in self.generators]
+            self._uniforms = torch.stack(draws).to(device)
+        self._step += 1
+        return self._uniforms[:, column : column + 1]
+
     def _choose(self, logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
         """Per row, the token whose cumulative-probability interval holds the row's uniform.
 
-        `logits` is (rows, vocab) in float64, `uniforms` (rows, 1); returns (rows, 1).
-        Every operation works along the vocabulary only, so rows never mix.
+        `logits` is (rows, vocab), `uniforms` (rows, 1); returns (rows, 1). Only the
+        candidates are ordered by probability (top-k: `topk`; top-p: a sort), because
+        top-p's nucleus must be a prefix; with neither, vocabulary order serves as well.
+        `last` is the last candidate kept: the first whose cumulative mass reaches
+        top_p of the candidates' mass (with top_p 1, the last with any mass at all).
         """
         if self.temperature <= 0:
             return torch.argmax(logits, dim=-1, keepdim=True)
-        sorted_logits, order = torch.sort(logits / self.temperature, dim=-1, descending=True, stable=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        if 0 < self.top_k < probs.shape[-1]:
-            probs[:, self.top_k :] = 0.0
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        values, ids = self._candidates(logits)
+        cdf = torch.cumsum(torch.softmax(values, dim=-1), dim=-1)
+        last = torch.searchsorted(cdf, cdf[:, -1:] * self.top_p)
+        positions = torch.searchsorted(cdf, uniforms * cdf.gather(-1, last), right=True)
+        positions = torch.minimum(positions, last)  # a uniform that rounds up to the total
+        return positions if ids is None else torch.gather(ids, -1, positions)
+
+    def _candidates(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(candidate logits, their token ids or None for the whole vocabulary in order)."""
+        if 0 < self.top_k < logits.shape[-1]:
+            return torch.topk(logits, self.top_k, dim=-1, sorted=True)
         if self.top_p < 1.0:
-            mass_before = torch.cumsum(probs, dim=-1) - probs
-            keep = mass_before < self.top_p * probs.sum(dim=-1, keepdim=True)
-            keep[:, 0] = True  # the most likely token always stays
-            probs = torch.where(keep, probs, torch.zeros_like(probs))
-        cdf = torch.cumsum(probs, dim=-1)
-        positions = torch.searchsorted(cdf, uniforms * cdf[:, -1:], right=True)
-        last_kept = torch.count_nonzero(probs, dim=-1).unsqueeze(-1) - 1
-        return torch.gather(order, -1, torch.minimum(positions, last_kept))
+            return torch.sort(logits, dim=-1, descending=True, stable=True)
+        return logits, None
 
 
 class ShouldStop(StoppingCriteria):
