@@ -21,7 +21,7 @@ BENCH = Path(__file__).resolve().parent
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=2000, help="one-item jobs per backend in overhead.py")
-    parser.add_argument("--backends", default="sqlite,postgres", help="for overhead.py")
+    parser.add_argument("--backends", default="sqlite,postgres", help="for overhead.py, polls.py and flat.py")
     parser.add_argument("--skip", default="", help="comma-separated names: " + ", ".join(n for n, _ in runs(None)))
     return parser.parse_args()
 
@@ -31,9 +31,13 @@ def runs(args) -> list[tuple[str, list[str]]]:
     jobs, backends = (args.jobs, args.backends) if args else (0, "")
     return [
         ("throughput", ["throughput.py"]),
+        ("sampling", ["sampling.py"]),
         ("overhead", ["overhead.py", "--jobs", str(jobs), "--backends", backends]),
         ("crossjob-noop", ["crossjob.py", "--model", "noop"]),
         ("crossjob-tiny", ["crossjob.py", "--model", "tiny-text"]),
+        ("polls", ["polls.py", "--backends", backends or "sqlite,postgres"]),
+        ("memory", ["memory.py"]),
+        ("flat", ["flat.py", "--backends", backends or "sqlite,postgres"]),
     ]
 
 
@@ -57,7 +61,18 @@ def figures(name: str, result: dict) -> list[tuple[str, str, str]]:
     """(goal, figure, value) rows of one benchmark's result."""
     if name == "throughput":
         return [("service ~ bare model", "service / in-process items/s",
-                 f"{result['ratio']:.2f} ({result['service_items_per_s']:.1f} / {result['in_process_items_per_s']:.1f})")]
+                 f"{result['ratio']:.2f} ({result['service_items_per_s']:.1f} / {result['in_process_items_per_s']:.1f})"),
+                ("service ~ bare model", "service / one-task-per-prompt Celery items/s",
+                 f"{result['ratio_vs_tutorial']:.2f} ({result['service_items_per_s']:.1f} / "
+                 f"{result['tutorial_items_per_s']:.1f})")]
+    if name == "sampling":
+        return [("seeded sampling ~ plain", "seeded / plain generate items/s, top_p 0.95",
+                 f"{result['ratio']:.2f} ({result['seeded_items_per_s']:.1f} / {result['plain_items_per_s']:.1f})"),
+                ("seeded sampling ~ plain", "seeded / plain generate items/s, top_p 1.0",
+                 f"{result['ratio_top_p_1']:.2f} ({result['seeded_top_p_1_items_per_s']:.1f} / "
+                 f"{result['plain_top_p_1_items_per_s']:.1f})"),
+                ("seeded sampling ~ plain", "greedy / one prompt at a time items/s",
+                 f"{result['greedy_items_per_s']:.1f} / {result['one_at_a_time_items_per_s']:.1f}")]
     if name == "overhead":
         raw = result["raw_tasks_per_s"]
         rows = [("small jobs ~ broker", "raw Celery no-op tasks/s", f"{raw:.1f}")]
@@ -67,8 +82,43 @@ def figures(name: str, result: dict) -> list[tuple[str, str, str]]:
                      ("cheap submits", f"{backend}: submit p50 / p99 ms",
                       f"{row['submit_p50_ms']:.1f} / {row['submit_p99_ms']:.1f}")]
         return rows
+    if name == "polls":
+        rows = []
+        for backend, row in result["backends"].items():
+            for phase in ("idle", "running", "finished"):
+                if phase in row:
+                    r = row[phase]
+                    note = "" if phase != "running" or r["still_running"] else " (job finished early)"
+                    rows.append(("polls under load", f"{backend} {phase}: status p50 / p99 ms at {result['rate']:g}/s "
+                                 "(achieved /s)", f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ({r['achieved_per_s']:.0f}){note}"))
+        return rows
+    if name == "memory":
+        return [("memory", f"worker pool RSS, job {result['warmup']} -> {result['jobs']} (growth)",
+                 f"{result['rss_first_mib']:.1f} -> {result['rss_last_mib']:.1f} MiB ({100 * result['growth']:+.2f} %)")]
+    if name == "flat":
+        return flat_figures(result)
     return [("cross-job batching", f"{result['model']}: {result['items']} one-item jobs / one job, items/s",
              f"{result['ratio']:.3f} ({result['one_item_jobs_items_per_s']:.1f} / {result['one_job_items_per_s']:.1f})")]
+
+
+FLAT_FIGURES = {"open": (("submit", "p99"), ("claim", "p50"), ("claim", "p99")),
+                "history": (("submit", "p99"), ("claim", "p50"), ("claim", "p99"), ("poll", "p99"), ("list", "p99"))}
+
+
+def flat_figures(result: dict) -> list[tuple[str, str, str]]:
+    """The goal's figures of flat.py: small -> big and their ratio (goal <= 1.2)."""
+    rows = []
+    for backend, phases in result["backends"].items():
+        for phase, figures in FLAT_FIGURES.items():
+            for figure, stat in figures:
+                row = phases.get(phase, {}).get(figure)
+                if row is not None:
+                    rows.append(("flat in open work/history", f"{backend} {phase}: {figure} {stat} ms, small -> big",
+                                 f"{row[f'small_{stat}_ms']:.1f} -> {row[f'big_{stat}_ms']:.1f} "
+                                 f"({row[f'{stat}_ratio']:.2f}x)"))
+        rows.append(("flat in open work/history", f"{backend}: hot-path statements reading a whole table",
+                     str(phases.get("full_scans"))))
+    return rows
 
 
 def print_summary(rows: list[tuple[str, str, str]]) -> None:

@@ -29,7 +29,21 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _configure_sqlite_connection)
         event.listen(engine, "begin", _begin)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, pool_pre_ping=True)
+    event.listen(engine, "connect", _configure_postgres_connection)
+    return engine
+
+
+def _configure_postgres_connection(dbapi_connection, _record) -> None:
+    """Plan every execution with its parameters and the tables' present size. psycopg
+    prepares a statement run five times, and PostgreSQL then keeps one generic plan for
+    the connection's life: chosen while the ledger was small, it stays (a claim whose
+    queries took 2 ms unprepared took 300 ms prepared once the queue held 10,000 jobs).
+    Planning these statements costs a fraction of a millisecond."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET plan_cache_mode = force_custom_plan")
+    cursor.close()
+    dbapi_connection.commit()
 
 
 def _configure_sqlite_connection(dbapi_connection, _record) -> None:

@@ -100,10 +100,13 @@ class Job(Base):
         Index("ix_jobs_state_created", "state", "created_at", "id"),
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
         Index("ix_jobs_tenant_state_created", "tenant", "state", "created_at", "id"),
-        # The claim, once the tenant is chosen: its open jobs of one model, by priority then age.
-        Index("ix_jobs_tenant_claim", "model", "tenant", "state", "priority", "created_at"),
         Index("ix_jobs_tenant_idempotency_key", "tenant", "idempotency_key", unique=True),
     )
+
+
+# The claim, once the tenant is chosen: its open jobs of one model in claim order (priority
+# first, then age), read from the index in order, with no sort.
+Index("ix_jobs_claim_order", Job.model, Job.tenant, Job.state, Job.priority.desc(), Job.created_at, Job.id)
 
 
 class TenantTurn(Base):

@@ -138,9 +138,8 @@ def _accepted(job: Job, replayed: bool = False):
 def list_jobs():
     query = validate_query(JobListQuery, request.args, genq().settings)
     session = db()
-    jobs, next_cursor = queries.list_jobs(session, current_principal(), query.state, query.limit, query.cursor)
-    counts = ledger.item_counts(session, [job.id for job in jobs])
-    return JobListResponse(jobs=[JobResponse.of(job, counts[job.id]) for job in jobs], next_cursor=next_cursor).reply()
+    page, next_cursor = queries.list_jobs(session, current_principal(), query.state, query.limit, query.cursor)
+    return JobListResponse(jobs=[JobResponse.of(job, counts) for job, counts in page], next_cursor=next_cursor).reply()
 
 
 @api.operation(
@@ -149,8 +148,7 @@ def list_jobs():
     params=(JOB_ID,), responses={200: THE_JOB, 404: NO_JOB},
 )
 def get_job(job_id: str):
-    session = db()
-    return job_reply(session, queries.find_job(session, current_principal(), job_id))
+    return JobResponse.of(*queries.find_job_with_counts(db(), current_principal(), job_id)).reply()
 
 
 def job_reply(session, job: Job, status: int = 200):

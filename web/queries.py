@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from shared.errors import InvalidRequest, NotFound
 from shared.keys import Principal
+from shared.ledger.jobs import COUNT_COLUMNS, Counts, counts_of_row
 from shared.orm import ItemState, Job, JobItem, JobState
 from shared.states import OPEN_JOB_STATES
 
@@ -27,6 +28,19 @@ def find_job(session: Session, principal: Principal, job_id: str) -> Job:
     if job is None:
         raise NotFound(f"no job {job_id!r}", field="id")
     return job
+
+
+def find_job_with_counts(session: Session, principal: Principal, job_id: str) -> tuple[Job, Counts]:
+    """`find_job` and the job's `ledger.item_counts` in one statement: a poll (the most
+    frequent request) makes one round trip, and reads the job and its counts from one
+    snapshot on every backend."""
+    row = None
+    if JOB_ID.match(job_id):
+        row = session.execute(visible_jobs(principal).add_columns(*COUNT_COLUMNS).where(Job.id == job_id)).first()
+    if row is None:
+        raise NotFound(f"no job {job_id!r}", field="id")
+    job, *numbers = row
+    return job, counts_of_row(job.total_items, *numbers)
 
 
 def find_item(session: Session, job: Job, index: int) -> JobItem:
@@ -66,24 +80,31 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 def list_jobs(
     session: Session, principal: Principal, state: JobState | None, limit: int, cursor: str | None
-) -> tuple[list[Job], str | None]:
-    """Newest first; `cursor` continues after the last job of the previous page."""
-    query = visible_jobs(principal).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+) -> tuple[list[tuple[Job, Counts]], str | None]:
+    """Newest first, each job with its `ledger.item_counts`; `cursor` continues after the
+    last job of the previous page. One statement: the counts are correlated to the rows
+    of the page (a second query for them, `id IN (<the page>)`, was read by a whole-table
+    scan on PostgreSQL while the table was small)."""
+    query = (visible_jobs(principal).add_columns(*COUNT_COLUMNS)
+             .order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
     if state is not None:
         query = query.where(Job.state == state)
     if cursor is not None:
         created, job_id = decode_cursor(cursor)
         query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
-    jobs = list(session.scalars(query))
-    next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
-    return jobs[:limit], next_cursor
+    rows = [(job, counts_of_row(job.total_items, *numbers)) for job, *numbers in session.execute(query)]
+    next_cursor = encode_cursor(rows[limit - 1][0]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
 
 
 def pending_items_of_tenant(session: Session, tenant: str) -> int:
     """Pending items live only in open jobs: count them job by job through the items'
     (job, state) index, so the plan never depends on how fresh the statistics are (a
-    join over every pending item turned quadratic on PostgreSQL while the table grew)."""
-    open_jobs = select(Job.id).where(Job.tenant == tenant, Job.state.in_(OPEN_JOB_STATES))
-    return session.scalar(
-        select(func.count()).select_from(JobItem).where(JobItem.job_id.in_(open_jobs), JobItem.state == ItemState.PENDING)
-    ) or 0
+    join over every pending item turned quadratic on PostgreSQL while the table grew).
+    A count per open job, as a correlated subquery: neither planner can turn it into a
+    join that reads every pending item of the ledger (an IN-subquery may become one)."""
+    pending = (select(func.count()).select_from(JobItem)
+               .where(JobItem.job_id == Job.id, JobItem.state == ItemState.PENDING).scalar_subquery())
+    return int(session.scalar(
+        select(func.sum(pending)).select_from(Job).where(Job.tenant == tenant, Job.state.in_(OPEN_JOB_STATES))
+    ) or 0)

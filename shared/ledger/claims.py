@@ -6,14 +6,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, select, update
+from sqlalchemy import and_, case, select, union_all, update
 from sqlalchemy.orm import Session
 
 from shared.items import ItemInput
 from shared.ledger import turns
 from shared.ledger.jobs import new_id
+from shared.ledger.plans import row_check
 from shared.orm import ItemState, Job, JobItem, JobState, TenantTurn, utcnow
 from shared.states import OPEN_JOB_STATES
+
+CLAIM_ORDER = (Job.priority.desc(), Job.created_at, Job.id)
 
 
 @dataclass(frozen=True)
@@ -66,16 +69,18 @@ def next_job_for(session: Session, model: str) -> Job | None:
     """The open job of `model` with pending items that comes first: the tenant that waited
     longest (see `turns`), then within the tenant priority, then age."""
     tenant = turns.next_tenant(session, model)
-    return None if tenant is None else session.scalars(_jobs_in_claim_order(model, tenant).limit(1)).first()
+    job_id = None if tenant is None else session.scalar(_jobs_in_claim_order(model, tenant, 1))
+    return None if job_id is None else session.get(Job, job_id)
 
 
-def _jobs_in_claim_order(model: str, tenant: str):
-    return (
-        select(Job)
-        .where(Job.model == model, Job.tenant == tenant, Job.state.in_(OPEN_JOB_STATES),
-               turns.has_pending_items(Job.id))
-        .order_by(Job.priority.desc(), Job.created_at, Job.id)
-    )
+def _jobs_in_claim_order(model: str, tenant: str, limit: int, *where):
+    """Ids of the first `limit` open jobs of `model` and `tenant` with pending items (and
+    `where`), in claim order: priority, then age. Each open state is read on its own, in
+    order, and the two are merged (see `turns.claimable`)."""
+    arms = [select(Job.id, Job.priority, Job.created_at).where(turns.claimable(model, tenant, state), *where)
+            .order_by(*CLAIM_ORDER).limit(limit).subquery() for state in OPEN_JOB_STATES]
+    merged = union_all(*(select(arm) for arm in arms)).subquery()
+    return select(merged.c.id).order_by(merged.c.priority.desc(), merged.c.created_at, merged.c.id).limit(limit)
 
 
 def claim_slice(
@@ -85,8 +90,8 @@ def claim_slice(
     then those of the same tenant's next jobs with the same batch key, in claim order.
 
     The candidates are locked (PostgreSQL skips rows another claim holds; SQLite has one
-    writer at a time) and the UPDATE re-checks `state = pending`, so two workers never
-    hold the same item.
+    writer at a time) and the UPDATE re-checks `state = pending` (row by row: it reads by
+    primary key), so two workers never hold the same item.
     """
     now = now or utcnow()
     first = next_job_for(session, model)
@@ -98,7 +103,7 @@ def claim_slice(
         return None
     rows = session.execute(
         update(JobItem)
-        .where(JobItem.id.in_(candidate_ids), JobItem.state == ItemState.PENDING)
+        .where(JobItem.id.in_(candidate_ids), row_check(JobItem.state) == ItemState.PENDING)
         .values(
             state=ItemState.RUNNING,
             lease_id=lease_id,
@@ -120,20 +125,37 @@ def claim_slice(
 
 
 def _candidates(session: Session, first: Job, max_items: int) -> list[int]:
-    """Pending items of `first` and of its tenant's next jobs with the same batch key, in
-    claim order (job by job, by index), that spent no attempt yet (see `_suspect_item`)."""
+    """Pending items that spent no attempt yet (see `_suspect_item`): `first`'s by index,
+    then, while the slice has room, those of its tenant's next jobs with the same batch
+    key, job by job in claim order."""
+    taken = list(session.scalars(_unspent_items([first.id], JobItem.state == ItemState.PENDING).limit(max_items)))
+    room = max_items - len(taken)
+    if room <= 0:
+        return taken
     job_ids = list(session.scalars(
-        _jobs_in_claim_order(first.model, first.tenant).where(Job.batch_key == first.batch_key)
-        .with_only_columns(Job.id).limit(max_items)
+        _jobs_in_claim_order(first.model, first.tenant, room, Job.batch_key == first.batch_key, Job.id != first.id)
     ))
+    if not job_ids:
+        return taken
+    # Reads every item of these jobs and keeps the pending ones: by job, never through the
+    # state index (which a planner without statistics prefers, and which holds every
+    # pending item of the ledger). They are the jobs right after `first`, nearly all unclaimed.
     rank = {job_id: position for position, job_id in enumerate(job_ids)}
-    return list(session.scalars(
-        select(JobItem.id)
-        .where(JobItem.job_id.in_(job_ids), JobItem.state == ItemState.PENDING, JobItem.attempts == 0)
-        .order_by(case(rank, value=JobItem.job_id), JobItem.index)
-        .limit(max_items)
-        .with_for_update(skip_locked=True)
+    return taken + list(session.scalars(
+        _unspent_items(job_ids, row_check(JobItem.state) == ItemState.PENDING, rank).limit(room)
     ))
+
+
+def _unspent_items(job_ids: list[str], pending, rank: dict[str, int] | None = None):
+    """Locked ids of pending items of `job_ids` that spent no attempt, job by job (in
+    `rank` order), then by index; rows another claim holds are skipped."""
+    order = (case(rank, value=JobItem.job_id),) if rank else ()
+    return (
+        select(JobItem.id)
+        .where(JobItem.job_id.in_(job_ids), pending, JobItem.attempts == 0)
+        .order_by(*order, JobItem.index)
+        .with_for_update(skip_locked=True)
+    )
 
 
 def _start_jobs(session: Session, job_ids: set[str], now: datetime) -> None:
@@ -165,7 +187,7 @@ def extend_lease(session: Session, lease_id: str, lease_seconds: float) -> int:
     """Heartbeat: push the expiry of the items still held under `lease_id`."""
     return session.execute(
         update(JobItem)
-        .where(JobItem.lease_id == lease_id, JobItem.state == ItemState.RUNNING)
+        .where(JobItem.lease_id == lease_id, row_check(JobItem.state) == ItemState.RUNNING)
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
     ).rowcount
 

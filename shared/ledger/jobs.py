@@ -7,11 +7,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import Conflict
 from shared.ledger import turns
+from shared.ledger.plans import not_found, row_check
 from shared.orm import DEFAULT_TENANT, ItemState, Job, JobItem, JobState, utcnow
 from shared.states import OPEN_JOB_STATES, UNFINISHED_JOB_STATES  # noqa: F401  (OPEN_JOB_STATES re-exported)
 
@@ -135,7 +136,7 @@ def settle_jobs(session: Session, job_ids: Iterable[str]) -> dict[str, JobState]
     jobs): one read of the jobs, one count of their items, one UPDATE per outcome.
     Returns the jobs it settled and their final states."""
     open_jobs = {job.id: job for job in session.scalars(
-        select(Job).where(Job.id.in_(list(job_ids)), Job.state.in_(UNFINISHED_JOB_STATES)))}
+        select(Job).where(Job.id.in_(list(job_ids)), row_check(Job.state).in_(UNFINISHED_JOB_STATES)))}
     outcomes: dict[tuple[JobState, str | None], list[str]] = {}
     for job_id, counts in item_counts(session, open_jobs).items():
         outcome = _final_state(open_jobs[job_id], counts)
@@ -146,7 +147,7 @@ def settle_jobs(session: Session, job_ids: Iterable[str]) -> dict[str, JobState]
     for (final, error), ids in outcomes.items():
         changed = session.scalars(
             update(Job)
-            .where(Job.id.in_(ids), Job.state.in_(UNFINISHED_JOB_STATES))
+            .where(Job.id.in_(ids), row_check(Job.state).in_(UNFINISHED_JOB_STATES))
             .values(state=final, error=error, finished_at=now)
             .returning(Job.id)
         ).all()
@@ -166,9 +167,11 @@ def _final_state(job: Job, counts: Counts) -> tuple[JobState, str | None] | None
 
 
 def unsettled_job_ids(session: Session) -> list[str]:
-    """Unfinished jobs that have no item left to run (a crash between commit and settle)."""
-    left = exists().where(JobItem.job_id == Job.id, JobItem.state.in_((ItemState.PENDING, ItemState.RUNNING)))
-    return list(session.scalars(select(Job.id).where(Job.state.in_(UNFINISHED_JOB_STATES), ~left)))
+    """Unfinished jobs that have no item left to run (a crash between commit and settle):
+    the unfinished jobs through the state index, each with one probe of its items'
+    (job_id, state) index, so the search costs the open work and never the history."""
+    left = select(JobItem.index).where(JobItem.job_id == Job.id, JobItem.state.in_((ItemState.PENDING, ItemState.RUNNING)))
+    return list(session.scalars(select(Job.id).where(Job.state.in_(UNFINISHED_JOB_STATES), not_found(left))))
 
 
 def cancel_job(session: Session, job: Job) -> Job:

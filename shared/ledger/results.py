@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
+from shared.ledger.plans import row_check
 from shared.orm import ItemState, Job, JobItem, JobState, utcnow
 
 
@@ -41,7 +42,7 @@ def record_results(session: Session, lease_id: str, rows: list[ResultRow]) -> tu
 
 
 def _held(lease_id: str, item_id: int):
-    return and_(JobItem.id == item_id, JobItem.lease_id == lease_id, JobItem.state == ItemState.RUNNING)
+    return and_(JobItem.id == item_id, JobItem.lease_id == lease_id, row_check(JobItem.state) == ItemState.RUNNING)
 
 
 def record_item_success(
@@ -83,7 +84,7 @@ def release_slice(session: Session, lease_id: str) -> int:
     _cancel_held_items_of_cancelling_jobs(session, lease_id)
     return session.execute(
         update(JobItem)
-        .where(JobItem.lease_id == lease_id, JobItem.state == ItemState.RUNNING)
+        .where(JobItem.lease_id == lease_id, row_check(JobItem.state) == ItemState.RUNNING)
         .values(state=ItemState.PENDING, lease_id=None, lease_expires_at=None, attempts=JobItem.attempts - 1)
     ).rowcount
 
@@ -93,7 +94,7 @@ def abandon_slice(session: Session, lease_id: str, *, error: str, max_attempts: 
     spent; those at the cap fail with the error, the rest go back to pending (or are
     cancelled where their job is being cancelled)."""
     _cancel_held_items_of_cancelling_jobs(session, lease_id)
-    held = and_(JobItem.lease_id == lease_id, JobItem.state == ItemState.RUNNING)
+    held = and_(JobItem.lease_id == lease_id, row_check(JobItem.state) == ItemState.RUNNING)
     session.execute(
         update(JobItem)
         .where(held, JobItem.attempts >= max_attempts)
@@ -109,7 +110,7 @@ def fail_held_items(session: Session, lease_id: str, error: str) -> int:
     """Fail every unfinished item of a slice (its time limit passed)."""
     return session.execute(
         update(JobItem)
-        .where(JobItem.lease_id == lease_id, JobItem.state == ItemState.RUNNING)
+        .where(JobItem.lease_id == lease_id, row_check(JobItem.state) == ItemState.RUNNING)
         .values(state=ItemState.FAILED, error=error, lease_id=None, lease_expires_at=None, finished_at=utcnow())
     ).rowcount
 
@@ -118,7 +119,7 @@ def _cancel_held_items_of_cancelling_jobs(session: Session, lease_id: str) -> in
     cancelling = select(Job.id).where(Job.state == JobState.CANCELLING)
     return session.execute(
         update(JobItem)
-        .where(JobItem.lease_id == lease_id, JobItem.state == ItemState.RUNNING, JobItem.job_id.in_(cancelling))
+        .where(JobItem.lease_id == lease_id, row_check(JobItem.state) == ItemState.RUNNING, JobItem.job_id.in_(cancelling))
         .values(state=ItemState.CANCELLED, lease_id=None, lease_expires_at=None, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     ).rowcount
@@ -135,4 +136,4 @@ def indices_without_output(session: Session, job_ids: list[str]) -> list[tuple[s
 def cancelling_jobs(session: Session, job_ids: list[str]) -> set[str]:
     """Which of `job_ids` are being (or have been) cancelled."""
     stopped = (JobState.CANCELLING, JobState.CANCELLED)
-    return set(session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.state.in_(stopped))))
+    return set(session.scalars(select(Job.id).where(Job.id.in_(job_ids), row_check(Job.state).in_(stopped))))

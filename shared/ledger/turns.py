@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import exists, select
+from sqlalchemy import or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from shared.ledger.plans import found
 from shared.orm import ItemState, Job, JobItem, TenantTurn
 from shared.states import OPEN_JOB_STATES
 
@@ -31,13 +32,22 @@ def take_turn(session: Session, model: str, tenant: str, now: datetime) -> None:
 
 
 def has_pending_items(job_id_column):
-    return exists().where(JobItem.job_id == job_id_column, JobItem.state == ItemState.PENDING)
+    """The job has a pending item: one probe of the items' (job_id, state) index."""
+    return found(select(JobItem.index).where(JobItem.job_id == job_id_column, JobItem.state == ItemState.PENDING))
+
+
+def claimable(model, tenant, state):
+    """Jobs of a model and tenant in one open state with a pending item. One state at a
+    time: an equality on `state` is always an index condition, where PostgreSQL without
+    statistics applied `state IN (...)` as a filter over the tenant's whole history."""
+    return (Job.model == model) & (Job.tenant == tenant) & (Job.state == state) & has_pending_items(Job.id)
 
 
 def has_open_work():
-    """The turn's tenant has an open job of the turn's model with pending items."""
-    return exists().where(Job.model == TenantTurn.model, Job.tenant == TenantTurn.tenant,
-                          Job.state.in_(OPEN_JOB_STATES), has_pending_items(Job.id))
+    """The turn's tenant has an open job of the turn's model with a pending item: per
+    turn, a probe per open state that stops at the first such job."""
+    return or_(*(found(select(Job.id).where(claimable(TenantTurn.model, TenantTurn.tenant, state)))
+                 for state in OPEN_JOB_STATES))
 
 
 def next_tenant(session: Session, model: str) -> str | None:

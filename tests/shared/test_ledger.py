@@ -248,3 +248,19 @@ def test_a_timed_out_slice_fails_its_unfinished_items(database_url):
         ledger.record_item_success(session, slice_.lease_id, slice_.items[0].id, text="ok")
         assert ledger.fail_held_items(session, slice_.lease_id, "timeout: too slow") == 2
     assert states(database_url, job_id)[1] == [ItemState.SUCCEEDED, ItemState.FAILED, ItemState.FAILED]
+
+
+def test_item_counts_match_the_items_in_every_state(database_url):
+    """Succeeded is derived (total_items less the other states): it must agree with a
+    plain count, for several jobs at once, and a job that does not exist counts nothing."""
+    job_id, other = submit(database_url, n=20), submit(database_url, n=1)
+    with session_scope(database_url) as session:
+        for low, high, state in ((0, 6, ItemState.SUCCEEDED), (6, 8, ItemState.RUNNING), (8, 11, ItemState.FAILED),
+                                 (11, 15, ItemState.CANCELLED)):
+            session.query(JobItem).filter(JobItem.job_id == job_id, JobItem.index >= low, JobItem.index < high).update(
+                {JobItem.state: state})
+    with session_scope(database_url) as session:
+        counts = ledger.item_counts(session, [job_id, other, "0" * 32])
+    assert counts[job_id] == ledger.Counts(total=20, pending=5, running=2, succeeded=6, failed=3, cancelled=4)
+    assert counts[other] == ledger.Counts(total=1, pending=1)
+    assert counts["0" * 32] == ledger.Counts()

@@ -1,0 +1,243 @@
+"""Issue 10, "flat in open work and in history": what the hot path costs must not grow
+with the work waiting in the ledger nor with the history it keeps.
+
+Per backend, on a fresh database, with web (gunicorn) and Redis running but no worker
+(jobs stay queued):
+
+1. Open work: 10 queued one-item jobs, then grown to 10,000 across 50 tenants.
+2. History: an empty ledger (but for what the probes read), then grown to 1,000,000
+   finished items in 100,000 jobs of 50 tenants, timestamps spread over 30 days.
+
+The ledger grows between measurements, never ANALYZEd. At each step:
+- submit: POST /v1/jobs (one item) over HTTP, p50/p99; each job is cancelled after it is
+  timed, so the open work stays what the step says;
+- claim: `Ledger.claim` of a 10-item slice in-process, p50/p99; each slice is released;
+- status poll: GET /v1/jobs/<id> of a 10-item finished job, p50/p99;
+- listing: GET /v1/jobs?limit=100 with a tenant's key and with an admin key, p50/p99;
+- reconciler: one pass of its ledger verbs (expired leases, unsettled jobs, models
+  with claimable work) in-process, p50/p99;
+- sql:<operation>: the statements of each hot-path operation timed in process, each run
+  rolled back: the database's share of the figures above, without HTTP around it.
+The ratio of each figure, full over small, is the goal's figure (<= 1.2). Last, EXPLAIN
+of every statement the hot path sends (bench/flat_plans.py), flagging full scans.
+
+--scale 0.1 makes a quick check run.
+
+Usage:
+    python bench/flat.py [--backends sqlite,postgres] [--scale 1.0] [--samples 200]
+                         [--phases open,history] [--no-plans]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import flat_data, flat_plans, harness  # noqa: E402
+
+MODEL = "flat"
+LISTER, SUBMITTER = "t00", "t01"  # the tenant whose jobs are polled and listed; the one that submits
+GOAL = 1.2
+FIGURES = ("submit", "claim", "poll", "list", "list_admin", "reconcile",
+           *(f"sql:{name}" for name in flat_plans.SHORT_NAMES))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--scale", type=float, default=1.0, help="of the goal's sizes (10,000 jobs; 1,000,000 items)")
+    parser.add_argument("--samples", type=int, default=200, help="timed requests per figure and step")
+    parser.add_argument("--tenants", type=int, default=50)
+    parser.add_argument("--postgres-url", default=harness.DEFAULT_POSTGRES_URL)
+    parser.add_argument("--phases", default="open,history", help="open, history or both")
+    parser.add_argument("--no-plans", action="store_true", help="skip the EXPLAIN of the hot path")
+    return parser.parse_args()
+
+
+class Probe:
+    """What one measuring step reads and writes, over HTTP and in-process."""
+
+    def __init__(self, stack, url: str, keys: dict[str, str], probe_jobs: list[str], samples: int):
+        from shared.ledger import Ledger
+
+        self.stack, self.url, self.keys, self.probe_jobs, self.samples = stack, url, keys, probe_jobs, samples
+        self.ledger = Ledger(url)
+        self.http = requests.Session()
+
+    def _timed(self, call, n: int, warmup: int = 5, after=None) -> dict:
+        """p50/p99 of `call(i)` over n calls (after `warmup` untimed ones); `after(result)`
+        runs untimed after each call."""
+        latencies = []
+        for i in range(-warmup, n):
+            started = time.perf_counter()
+            result = call(i)
+            if i >= 0:
+                latencies.append(time.perf_counter() - started)
+            if after is not None:
+                after(result)
+        return {"p50_ms": 1000 * harness.percentile(latencies, 50), "p99_ms": 1000 * harness.percentile(latencies, 99)}
+
+    def _get(self, path: str, tenant: str) -> dict:
+        response = self.http.get(self.stack.base_url + path, headers=self.stack.auth(self.keys[tenant]), timeout=60)
+        assert response.status_code == 200, response.text[:300]
+        return response.json()
+
+    def submit(self) -> dict:
+        """Each submit is timed alone; its job is cancelled at once, untimed, so the open
+        work stays what it was."""
+        headers, url = self.stack.auth(self.keys[SUBMITTER]), self.stack.base_url + "/v1/jobs"
+
+        def post(_i):
+            response = self.http.post(url, json={"model": MODEL, "prompts": ["p"]}, headers=headers, timeout=60)
+            assert response.status_code == 202, response.text[:300]
+            return response.json()["id"]
+
+        def cancel(job_id):
+            assert self.http.post(f"{url}/{job_id}/cancel", headers=headers, timeout=60).status_code == 200
+
+        return self._timed(post, self.samples, after=cancel)
+
+    def claim(self) -> dict:
+        """A 10-item slice, released at once, untimed (its items are pending again)."""
+        def claim(_i):
+            claimed = self.ledger.claim(MODEL, owner="flat-bench", max_items=10, lease_seconds=60, max_attempts=3)
+            assert claimed is not None  # 10 items, but where a tenant has fewer queued jobs (a small --scale)
+            return claimed
+
+        return self._timed(claim, max(20, self.samples // 2), after=self.ledger.release)
+
+    def poll(self) -> dict:
+        jobs = self.probe_jobs
+        return self._timed(lambda i: self._get(f"/v1/jobs/{jobs[i % len(jobs)]}", LISTER), self.samples)
+
+    def listing(self, tenant: str) -> dict:
+        return self._timed(lambda _i: self._get("/v1/jobs?limit=100", tenant), max(20, self.samples // 2))
+
+    def reconcile(self) -> dict:
+        def one_pass(_i):
+            self.ledger.release_expired_leases(3)
+            self.ledger.settle_unsettled()
+            assert MODEL in self.ledger.models_with_claimable_work()
+
+        return self._timed(one_pass, max(10, self.samples // 10), warmup=2)
+
+    def all(self) -> dict:
+        return {"submit": self.submit(), "claim": self.claim(), "poll": self.poll(), "list": self.listing(LISTER),
+                "list_admin": self.listing("admin"), "reconcile": self.reconcile(),
+                **flat_plans.time_operations(self.url, MODEL, LISTER, self.probe_jobs[0])}
+
+
+@contextmanager
+def service(root: Path, backend: str, args: argparse.Namespace):
+    """A fresh database, web + Redis (no worker), keys for every tenant, the probe jobs
+    (100 finished 10-item jobs of LISTER) and 10 queued one-item jobs of SUBMITTER."""
+    models_file = harness.write_registry(root / "models.yaml", {MODEL: harness.noop_entry()})
+    with harness.database(backend, root, args.postgres_url) as url, \
+            harness.running_stack(root, url, models_file, worker=False) as stack:
+        tenants = flat_data.tenant_names(args.tenants)
+        keys = flat_data.make_keys(url, tenants)
+        template = stack.submit({"model": MODEL, "prompts": ["p"]}, key=keys[SUBMITTER])
+        stack.post(f"/v1/jobs/{template}/cancel", key=keys[SUBMITTER])
+        params = flat_data.template_params(url, template)
+        probe_jobs = flat_data.add_probe_jobs(url, MODEL, params, LISTER, 100, 10)
+        flat_data.add_queued_jobs(url, MODEL, params, [SUBMITTER], 10)
+        yield url, tenants, params, Probe(stack, url, keys, probe_jobs, args.samples)
+
+
+def step(label: str, probe: Probe) -> dict:
+    started = time.monotonic()
+    figures = probe.all()
+    print(f"  {label:<34} " + "  ".join(f"{name} {f['p50_ms']:.1f}/{f['p99_ms']:.1f}" for name, f in figures.items()
+                                        if not name.startswith("sql:"))
+          + f"   ({time.monotonic() - started:.0f} s)", flush=True)
+    return figures
+
+
+def open_work(root: Path, backend: str, args: argparse.Namespace) -> tuple[dict, dict, dict | None]:
+    """10 queued jobs, then 10,000 (scaled) across the tenants; returns (first, last) step."""
+    target = max(10, round(10_000 * args.scale))
+    print(f"\n[{backend}] open work: 10 -> {target} queued one-item jobs over {args.tenants} tenants "
+          "(figures p50/p99 ms)", flush=True)
+    with service(root, backend, args) as (url, tenants, params, probe):
+        first = step("10 queued jobs", probe)
+        queued = 10
+        for size in sorted({max(11, target // 10), target}):
+            flat_data.add_queued_jobs(url, MODEL, params, tenants, size - queued, start=queued)
+            queued = size
+            last = step(f"{queued} queued jobs", probe)
+        plans = None if args.no_plans else flat_plans.hot_path_plans(url, MODEL, LISTER, probe.probe_jobs[0])
+    return first, last, plans
+
+
+def history(root: Path, backend: str, args: argparse.Namespace) -> tuple[dict, dict, dict | None]:
+    """An empty ledger, then 10% and 100% of 1,000,000 finished items (scaled)."""
+    from shared.orm import utcnow
+
+    jobs = max(10, round(100_000 * args.scale))
+    print(f"\n[{backend}] history: 0 -> {jobs * 10} finished items in {jobs} jobs over {args.tenants} tenants",
+          flush=True)
+    with service(root, backend, args) as (url, tenants, params, probe):
+        newest, done = utcnow(), 0
+        first = step("empty ledger", probe)
+        for fraction in (0.1, 1.0):
+            grow, started = round(jobs * fraction) - done, time.monotonic()
+            flat_data.add_history(url, MODEL, params, tenants, grow, 10, newest, seed=done)
+            done += grow
+            print(f"  (+{grow * 10} finished items in {time.monotonic() - started:.0f} s)", flush=True)
+            last = step(f"{done * 10} finished items", probe)
+        plans = None if args.no_plans else flat_plans.hot_path_plans(url, MODEL, LISTER, probe.probe_jobs[0])
+    return first, last, plans
+
+
+def ratios(first: dict, last: dict) -> dict:
+    return {name: {"small_p50_ms": first[name]["p50_ms"], "small_p99_ms": first[name]["p99_ms"],
+                   "big_p50_ms": last[name]["p50_ms"], "big_p99_ms": last[name]["p99_ms"],
+                   "p50_ratio": last[name]["p50_ms"] / first[name]["p50_ms"],
+                   "p99_ratio": last[name]["p99_ms"] / first[name]["p99_ms"]} for name in FIGURES}
+
+
+def print_ratios(results: dict) -> None:
+    print("(figures named sql:<operation> are the operation's statements timed in process, each run rolled back)")
+    print(f"\n{'backend':<9} {'phase':<8} {'figure':<14} {'small p50/p99 ms':>17} {'big p50/p99 ms':>17} "
+          f"{'p50 x':>6} {'p99 x':>6}")
+    for backend, phases in results.items():
+        for phase in ("open", "history"):
+            for name, row in phases.get(phase, {}).items():
+                mark = "" if row["p99_ratio"] <= GOAL or row["p50_ratio"] <= GOAL else "  > goal"
+                print(f"{backend:<9} {phase:<8} {name:<14} {row['small_p50_ms']:8.2f}/{row['small_p99_ms']:<8.2f} "
+                      f"{row['big_p50_ms']:8.2f}/{row['big_p99_ms']:<8.2f} {row['p50_ratio']:6.2f} "
+                      f"{row['p99_ratio']:6.2f}{mark}")
+
+
+def run_backend(root: Path, backend: str, args: argparse.Namespace) -> dict:
+    result, scans = {}, 0
+    for phase, measure in (("open", open_work), ("history", history)):
+        if phase in args.phases.split(","):
+            first, last, plans = measure(root / phase, backend, args)
+            result[phase] = ratios(first, last)
+            scans += flat_plans.print_plans(f"{backend}, {phase}", plans) if plans is not None else 0
+    return {**result, "full_scans": None if args.no_plans else scans}
+
+
+def main() -> None:
+    args = parse_args()
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="genq-flat-") as tmp:
+        for backend in backends:
+            results[backend] = run_backend(Path(tmp) / backend, backend, args)
+    print(f"\nscale={args.scale} samples={args.samples} tenants={args.tenants} (ratio = full / small; goal <= {GOAL})")
+    print_ratios(results)
+    harness.emit_result("flat", {"scale": args.scale, "backends": results})
+
+
+if __name__ == "__main__":
+    main()
