@@ -10,21 +10,30 @@ from sqlalchemy.orm import Session
 from shared.errors import InvalidRequest, NotFound
 from shared.keys import Principal
 from shared.ledger.jobs import COUNT_COLUMNS, Counts, counts_of_row
+from shared.ledger.plans import row_check
 from shared.orm import ItemState, Job, JobItem, JobState
 from shared.states import OPEN_JOB_STATES
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}\Z")  # what ledger.new_id makes
 
 
-def visible_jobs(principal: Principal):
-    """The one place jobs are scoped by tenant: every read and change of a job starts here."""
+def visible_jobs(principal: Principal, job_id: str | None = None):
+    """The one place jobs are scoped by tenant: every read and change of a job starts here.
+    With `job_id`, that one job: the tenant is then a row check, so the primary key is
+    always the way in (without statistics PostgreSQL read a tenant's jobs through the
+    (tenant, state, created) index instead: 0.21 against 0.03 ms at 2,000 jobs)."""
     query = select(Job)
-    return query if principal.admin else query.where(Job.tenant == principal.tenant)
+    if job_id is not None:
+        query = query.where(Job.id == job_id)
+        tenant = row_check(Job.tenant)
+    else:
+        tenant = Job.tenant
+    return query if principal.admin else query.where(tenant == principal.tenant)
 
 
 def find_job(session: Session, principal: Principal, job_id: str) -> Job:
     """Another tenant's job is `404`, exactly like one that never existed."""
-    job = session.scalars(visible_jobs(principal).where(Job.id == job_id)).first() if JOB_ID.match(job_id) else None
+    job = session.scalars(visible_jobs(principal, job_id)).first() if JOB_ID.match(job_id) else None
     if job is None:
         raise NotFound(f"no job {job_id!r}", field="id")
     return job
@@ -36,7 +45,7 @@ def find_job_with_counts(session: Session, principal: Principal, job_id: str) ->
     snapshot on every backend."""
     row = None
     if JOB_ID.match(job_id):
-        row = session.execute(visible_jobs(principal).add_columns(*COUNT_COLUMNS).where(Job.id == job_id)).first()
+        row = session.execute(visible_jobs(principal, job_id).add_columns(*COUNT_COLUMNS)).first()
     if row is None:
         raise NotFound(f"no job {job_id!r}", field="id")
     job, *numbers = row
