@@ -26,7 +26,7 @@ def record_results(session: Session, lease_id: str, rows: list[ResultRow]) -> tu
     UPDATEs (successes, failures). Returns how many of each were stored; a row whose
     lease was lost is dropped."""
     items, now = JobItem.__table__, utcnow()
-    held = and_(items.c.id == bindparam("item"), items.c.lease_id == lease_id, items.c.state == ItemState.RUNNING)
+    held = and_(items.c.id == bindparam("item"), items.c.lease_id == lease_id, row_check(items.c.state) == ItemState.RUNNING)
     done = {"lease_id": None, "lease_expires_at": None, "finished_at": now}
     successes = [{"item": row.item_id, "text": row.text, "key": row.key} for row in rows if row.error is None]
     failures = [{"item": row.item_id, "message": row.error} for row in rows if row.error is not None]
@@ -41,40 +41,15 @@ def record_results(session: Session, lease_id: str, rows: list[ResultRow]) -> tu
     return stored_successes, stored_failures
 
 
-def _held(lease_id: str, item_id: int):
-    return and_(JobItem.id == item_id, JobItem.lease_id == lease_id, row_check(JobItem.state) == ItemState.RUNNING)
-
-
-def record_item_success(
-    session: Session, lease_id: str, item_id: int, *, text: str | None = None, key: str | None = None, run_seconds: float | None = None
-) -> bool:
-    """Store an item's result; False when the lease was lost (the result is dropped)."""
-    return bool(
-        session.execute(
-            update(JobItem)
-            .where(_held(lease_id, item_id))
-            .values(
-                state=ItemState.SUCCEEDED,
-                output_text=text,
-                output_key=key,
-                error=None,
-                lease_id=None,
-                lease_expires_at=None,
-                finished_at=utcnow(),
-                run_seconds=run_seconds,
-            )
-        ).rowcount
-    )
+def record_item_success(session: Session, lease_id: str, item_id: int, *, text: str | None = None,
+                        key: str | None = None) -> bool:
+    """One item's result (see `record_results`); False when the lease was lost."""
+    return record_results(session, lease_id, [ResultRow(item_id, text=text, key=key)]) == (1, 0)
 
 
 def record_item_failure(session: Session, lease_id: str, item_id: int, error: str) -> bool:
-    return bool(
-        session.execute(
-            update(JobItem)
-            .where(_held(lease_id, item_id))
-            .values(state=ItemState.FAILED, error=error, lease_id=None, lease_expires_at=None, finished_at=utcnow())
-        ).rowcount
-    )
+    """One item's failure (see `record_results`); False when the lease was lost."""
+    return record_results(session, lease_id, [ResultRow(item_id, error=error)]) == (0, 1)
 
 
 def release_slice(session: Session, lease_id: str) -> int:
