@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -47,8 +48,8 @@ class Heartbeat:
         self._thread.start()
 
     def _beat(self) -> None:
-        stop = threading.Event()  # never set: the thread ends with its process
-        while not stop.wait(self._interval):
+        while True:  # a daemon thread: it ends with its process
+            time.sleep(self._interval)
             with self._lock:
                 leases = list(self._leases)
             for lease_id in leases:
