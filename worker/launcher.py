@@ -1,11 +1,26 @@
 """`genq worker --gpus ...`: one worker process per GPU, each pinned before torch loads.
 
-The launcher itself never imports torch: it finds GPUs with `nvidia-smi`, and each
-child gets `CUDA_VISIBLE_DEVICES=<its gpu>` in its environment from the start.
+The launcher itself never imports torch. Where the devices come from:
+
+- a `CUDA_VISIBLE_DEVICES` already in the environment (a Slurm or Kubernetes allocation,
+  a container runtime) is respected: each of its entries (indices, `GPU-` UUIDs, `MIG-`
+  ids) becomes one worker, pinned to that entry as written, and `--gpus 0,1` picks
+  entries by position (as CUDA numbers them);
+- otherwise `nvidia-smi -L` lists them: each GPU becomes one worker pinned by its UUID
+  (so no index can mean another device), and a GPU split into MIG instances gives one
+  worker per instance instead; `--gpus 0,1` picks GPUs by their nvidia-smi index. An
+  `nvidia-smi` that is installed but fails stops the launcher with its error, instead
+  of a CPU worker quietly taking GPU work.
+
+Each GPU child also gets `CUDA_DEVICE_ORDER=PCI_BUS_ID` (CUDA's own order is fastest
+first, nvidia-smi's is PCI) and `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`
+(less fragmentation, so memory freed after an out-of-memory error can be reused),
+unless the environment already sets them.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,49 +37,119 @@ class LaunchError(Exception):
 
 
 @dataclass(frozen=True)
+class Device:
+    """One device a worker is pinned to: `pin` goes into CUDA_VISIBLE_DEVICES, `name`
+    into the node name, `index` is what `--gpus` selects it by."""
+
+    name: str
+    pin: str
+    index: str
+
+
+@dataclass(frozen=True)
 class WorkerCommand:
     name: str
     argv: list[str]
     env: dict[str, str]
 
 
-def visible_gpus() -> list[int]:
-    """GPU indices this machine has, from `nvidia-smi -L` (empty when there is none)."""
+_GPU_LINE = re.compile(r"^GPU (\d+):.*?(?:\(UUID: (GPU-[^)\s]+)\))?\s*$")
+_MIG_LINE = re.compile(r"^\s+MIG .*?Device\s+(\d+):.*?(?:\(UUID: (MIG-[^)\s]+)\))?\s*$")
+_NO_DEVICES = ("", "-1", "none", "nodevfiles", "void")
+
+
+def discover_devices(env: dict[str, str] | None = None) -> list[Device]:
+    """The devices workers may be pinned to (empty when this machine shows none)."""
+    env = dict(os.environ if env is None else env)
+    preset = env.get("CUDA_VISIBLE_DEVICES")
+    if preset is not None:
+        return devices_from_visible(preset)
+    return devices_from_listing(nvidia_smi_listing())
+
+
+def devices_from_visible(value: str) -> list[Device]:
+    """One device per entry of a CUDA_VISIBLE_DEVICES set by someone else."""
+    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+    if not entries or entries[0].lower() in _NO_DEVICES:
+        return []
+    return [Device(name=f"gpu{entry}" if entry.isdigit() else entry[:12].lower().rstrip("-"), pin=entry, index=str(i))
+            for i, entry in enumerate(entries)]
+
+
+def nvidia_smi_listing() -> str:
+    """`nvidia-smi -L`'s output; empty when nvidia-smi is not installed. An nvidia-smi
+    that fails (no driver loaded, a GPU fallen off the bus) raises `LaunchError`."""
     if shutil.which("nvidia-smi") is None:
-        return []
+        return ""
     try:
-        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
-    except (subprocess.SubprocessError, OSError):
-        return []
-    return [i for i, line in enumerate(line for line in listing.splitlines() if line.startswith("GPU "))]
+        done = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (subprocess.SubprocessError, OSError) as exc:
+        raise LaunchError(f"nvidia-smi is installed but could not run ({exc}); "
+                          "fix the NVIDIA driver, or start CPU workers with --gpus none") from None
+    if done.returncode != 0:
+        said = (done.stderr.strip() or done.stdout.strip() or "no message").splitlines()[-1]
+        raise LaunchError(f"nvidia-smi is installed but failed (exit {done.returncode}): {said}; "
+                          "fix the NVIDIA driver, or start CPU workers with --gpus none")
+    return done.stdout
 
 
-def choose_gpus(requested: str, available: list[int]) -> list[int | None]:
-    """`none` -> one CPU worker; `all` -> every GPU (or one CPU worker if none); `0,2` -> those."""
+def devices_from_listing(listing: str) -> list[Device]:
+    """Devices from `nvidia-smi -L`: each GPU by UUID, or each of its MIG instances."""
+    gpus: list[tuple[str, str]] = []
+    migs: dict[str, list[tuple[str, str]]] = {}
+    for line in listing.splitlines():
+        if gpu := _GPU_LINE.match(line):
+            gpus.append((gpu[1], gpu[2] or gpu[1]))
+        elif (mig := _MIG_LINE.match(line)) and gpus:
+            parent = gpus[-1][0]
+            if not mig[2]:
+                raise LaunchError(f"nvidia-smi lists MIG device {mig[1]} of GPU {parent} without a UUID; "
+                                  "set CUDA_VISIBLE_DEVICES to the MIG devices to use")
+            migs.setdefault(parent, []).append((mig[1], mig[2]))
+    devices = []
+    for index, pin in gpus:
+        instances = migs.get(index)
+        if not instances:
+            devices.append(Device(name=f"gpu{index}", pin=pin, index=index))
+        devices.extend(Device(name=f"gpu{index}-mig{n}", pin=mig_pin, index=index) for n, mig_pin in instances or [])
+    return devices
+
+
+def choose_gpus(requested: str, available: list[Device]) -> list[Device | None]:
+    """`none` -> one CPU worker; `all` -> every device (or one CPU worker if none); `0,2`
+    -> the devices of those indices (every MIG instance of a split GPU)."""
     requested = requested.strip().lower()
     if requested in ("none", "cpu"):
         return [None]
     if requested == "all":
         return list(available) or [None]
     try:
-        wanted = [int(part) for part in requested.split(",") if part.strip()]
+        wanted = [str(int(part)) for part in requested.split(",") if part.strip()]
     except ValueError:
         raise LaunchError(f"--gpus takes 'all', 'none' or indices like '0,1', not {requested!r}") from None
     if not available:
         raise LaunchError(f"--gpus {requested}: this machine has no CUDA GPU (nvidia-smi finds none); use --gpus none")
-    missing = [g for g in wanted if g not in available]
+    indices = sorted({device.index for device in available}, key=int)
+    missing = [int(i) for i in wanted if i not in indices]
     if missing:
-        raise LaunchError(f"--gpus {requested}: no GPU {missing} here; this machine has {available}")
-    return wanted
+        raise LaunchError(f"--gpus {requested}: no GPU {missing} here; this machine has {[int(i) for i in indices]}")
+    return [device for i in dict.fromkeys(wanted) for device in available if device.index == i]
 
 
-def worker_commands(gpus: list[int | None], models: list[str], base_env: dict[str, str] | None = None) -> list[WorkerCommand]:
+def worker_commands(devices: list[Device | None], models: list[str], base_env: dict[str, str] | None = None) -> list[WorkerCommand]:
     host = socket.gethostname()
     base_env = dict(os.environ if base_env is None else base_env)
     commands = []
-    for gpu in gpus:
-        name = f"gpu{gpu}@{host}" if gpu is not None else f"cpu@{host}"
-        env = dict(base_env, CUDA_VISIBLE_DEVICES="" if gpu is None else str(gpu), PYTHONUNBUFFERED="1")
+    for device in devices:
+        name = f"{device.name}@{host}" if device is not None else f"cpu@{host}"
+        env = dict(base_env, PYTHONUNBUFFERED="1")
+        if device is None:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = device.pin
+            env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+            if "PYTORCH_ALLOC_CONF" not in env:  # torch's newer name for the same setting
+                env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         argv = [sys.executable, "-m", "worker.main", "--hostname", name]
         if models:
             argv += ["--models", ",".join(models)]

@@ -104,7 +104,8 @@ def test_an_item_that_raises_fails_alone(ctx):
 def test_out_of_memory_halves_the_micro_batch_and_every_item_completes(ctx):
     job_id = submit(ctx, [f"oom {i}" for i in range(8)])
     report = handle_wakeup(ctx, "fault")
-    assert report.succeeded == 8 and ctx.registry.get("fault").micro_batch_size == 2
+    spec = ctx.registry.get("fault")
+    assert report.succeeded == 8 and ctx.batch_sizes.size(spec, {}) == 2 and spec.micro_batch_size == 4
     assert job_and_items(ctx, job_id)[0].state == JobState.SUCCEEDED
 
 

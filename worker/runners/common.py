@@ -30,6 +30,20 @@ def torch_dtype(name: str) -> torch.dtype | str:
     return dtype
 
 
+def load_options(spec: ModelSpec, device: str = "cpu") -> dict[str, Any]:
+    """Keyword arguments for `from_pretrained` (transformers models and diffusers pipelines):
+    local files only, the registry's dtype and weights `variant` (e.g. `fp16`: load
+    `model.fp16.safetensors`, half the bytes to read), and on a GPU `device_map` so the
+    weights are loaded straight onto the device instead of into host memory first
+    (eight workers starting at once would otherwise hold eight host copies)."""
+    options: dict[str, Any] = {"dtype": torch_dtype(spec.dtype), "local_files_only": True}
+    if spec.variant:
+        options["variant"] = spec.variant
+    if device != "cpu":
+        options["device_map"] = device
+    return options
+
+
 def make_generator(seed: int) -> torch.Generator:
     """A CPU generator for one item: a CPU stream is the same on every machine and device."""
     return torch.Generator(device="cpu").manual_seed(int(seed) & _SEED_MASK)
