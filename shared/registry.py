@@ -30,6 +30,8 @@ class Task(str, enum.Enum):
     TEXT_GENERATION = "text-generation"
     TEXT_TO_IMAGE = "text-to-image"
     UNCONDITIONAL_IMAGE = "unconditional-image"
+    GAN_IMAGE = "gan-image"  # a torch generator module: latent (+ class) -> image
+    VAE_IMAGE = "vae-image"  # a VAE's decoder, the same contract
 
     @property
     def is_image(self) -> bool:
@@ -51,6 +53,7 @@ class ModelSpec(BaseModel):
     task: Task
     source: str
     dtype: str = "float32"
+    variant: str | None = Field(None, description="Weights variant to load, e.g. 'fp16' (files like model.fp16.safetensors).")
     micro_batch_size: int = Field(8, ge=1)
     defaults: dict[str, Any] = Field(default_factory=dict)
     limits: dict[str, Bounds] = Field(default_factory=dict)

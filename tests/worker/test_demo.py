@@ -56,7 +56,7 @@ def image_runner(demo_registry):
 
 def test_build_writes_both_models_and_their_quality(demo_build):
     out_dir, figures, lines = demo_build
-    assert sorted(p.name for p in out_dir.iterdir()) == ["demo-image", "demo-text"]  # no .partial left
+    assert sorted(p.name for p in out_dir.iterdir()) == ["demo-dcgan", "demo-image", "demo-text", "demo-vae"]  # no .partial
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         assert (out_dir / "demo-text" / name).is_file()
     assert (out_dir / "demo-image" / "model_index.json").is_file()
@@ -71,7 +71,7 @@ def test_build_writes_both_models_and_their_quality(demo_build):
 
 
 def test_registry_entries_load_and_their_defaults_validate(demo_build, demo_registry):
-    assert demo_registry.names() == ["demo-image", "demo-text"]
+    assert demo_registry.names() == ["demo-dcgan", "demo-image", "demo-text", "demo-vae"]
     for spec in demo_registry:
         assert spec.local_source() == demo_build[0] / spec.name
         effective_params(spec, {})  # the defaults pass the task's schema and the limits

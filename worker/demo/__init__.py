@@ -6,6 +6,8 @@ and runner code as any Hugging Face model.
   (`worker.demo.text`).
 - demo-image: a class-conditional diffusion UNet trained on scikit-learn's 8x8
   handwritten digits (`worker.demo.image`).
+- demo-dcgan: a conditional DCGAN on the same digits (`worker.demo.dcgan`).
+- demo-vae: a conditional VAE on the same digits (`worker.demo.vae`).
 
 Training stops at a step cap or a wall-clock budget, whichever comes first, so a
 slow or busy machine gets a less trained model rather than a longer wait. On a fast
@@ -28,27 +30,40 @@ Progress = Callable[[str], None]
 
 TEXT_MODEL = "demo-text"
 IMAGE_MODEL = "demo-image"
+DCGAN_MODEL = "demo-dcgan"
+VAE_MODEL = "demo-vae"
+DEMO_MODELS = (TEXT_MODEL, IMAGE_MODEL, DCGAN_MODEL, VAE_MODEL)
 DIGIT_LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DISPLAY_SIZE = 64
 QUALITY_FILE = "quality.json"
 
 
-def build_demo_models(out_dir: Path, *, quick: bool = False, progress: Progress = print) -> dict[str, dict]:
-    """Train and save `out_dir/demo-text` and `out_dir/demo-image`; returns their quality figures.
+def build_demo_models(
+    out_dir: Path, *, quick: bool = False, progress: Progress = print, only: tuple[str, ...] | None = None
+) -> dict[str, dict]:
+    """Train and save the demo models (`DEMO_MODELS`, or those named in `only`) in
+    `out_dir/<name>`; returns their quality figures.
 
-    Full size takes about three minutes on two CPU cores; `quick=True` trains for a few
+    Full size takes about five minutes on two CPU cores; `quick=True` trains for a few
     steps only (seconds), for tests. Each model directory is written under a temporary
     name and renamed when complete, so an interrupted build leaves no half model behind.
     The figures are also written to `quality.json` in each model directory.
     """
-    from worker.demo import image, text
+    from worker.demo import dcgan, image, text, vae
 
+    builders = {TEXT_MODEL: text.build_text_model, IMAGE_MODEL: image.build_image_model,
+                DCGAN_MODEL: dcgan.build_dcgan_model, VAE_MODEL: vae.build_vae_model}
+    unknown = sorted(set(only or ()) - set(builders))
+    if unknown:
+        raise ValueError(f"no demo model named {', '.join(unknown)}; the demo models are {', '.join(DEMO_MODELS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = {}
     started = time.monotonic()
     with all_cores(), quiet_libraries():
-        for name, build in ((TEXT_MODEL, text.build_text_model), (IMAGE_MODEL, image.build_image_model)):
+        for name, build in builders.items():
+            if only is not None and name not in only:
+                continue
             with staged_dir(out_dir / name) as staging:
                 figures[name] = build(staging, quick=quick, progress=progress)
                 write_quality(staging, figures[name])
@@ -91,7 +106,23 @@ def demo_registry_entries(out_dir: Path | str) -> dict[str, Any]:
                     "height": {"min": 8, "max": 512},
                 },
             },
+            DCGAN_MODEL: generator_entry("gan-image", out_dir / DCGAN_MODEL),
+            VAE_MODEL: generator_entry("vae-image", out_dir / VAE_MODEL),
         }
+    }
+
+
+def generator_entry(task: str, source: Path) -> dict[str, Any]:
+    """A digit generator's registry entry: the prompt names the digit; the 8x8 sample is
+    upscaled to width x height; `interpolate` walks between two seeds' latents."""
+    return {
+        "task": task,
+        "source": str(source),
+        "options": {"labels": list(DIGIT_LABELS), "display_size": DISPLAY_SIZE},
+        "dtype": "float32",
+        "micro_batch_size": 256,
+        "defaults": {"width": DISPLAY_SIZE, "height": DISPLAY_SIZE},
+        "limits": {"width": {"min": 8, "max": 512}, "height": {"min": 8, "max": 512}},
     }
 
 
