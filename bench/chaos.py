@@ -3,6 +3,7 @@ is restarted with no data, then a drain, then the ledger's verdict.
 
     python bench/chaos.py --duration 600            # the 10-minute soak
     python bench/chaos.py --duration 90             # what .ci/run runs
+    python bench/chaos.py --duration 600 --s3       # outputs in S3 (a moto server it starts)
 
 Prints: jobs accepted, jobs terminal, items with more than one result (counted by a
 database trigger on every write that marks an item succeeded), orphaned files, and the
@@ -42,6 +43,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--drain-timeout", type=float, default=300)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, default=None, help="keep logs and data here (default: a temporary directory)")
+    parser.add_argument("--s3", action="store_true", help="keep outputs in an S3-compatible bucket (a moto server started here)")
     return parser.parse_args()
 
 
@@ -75,12 +77,31 @@ class Chaos:
         self.rng = random.Random(args.seed)
         self.redis = RedisServer(root / "redis").start()
         url = args.database_url or f"sqlite:///{root / 'chaos.db'}"
+        self.moto = self.bucket = None
+        storage_settings = self.start_s3(root) if args.s3 else {}
         self.stack = Stack(root / "stack", url, self.redis.url, build_registry(root), lease_seconds=5,
                            reconcile_interval_seconds=1, slice_max_items=16, slice_soft_time_limit=HARD_LIMIT - 10,
-                           slice_hard_time_limit=HARD_LIMIT, worker_max_models=3, torch_threads=1)
+                           slice_hard_time_limit=HARD_LIMIT, worker_max_models=3, torch_threads=1, **storage_settings)
         self.accepted: list[str] = []
         self.kills = self.redis_restarts = self.refused = 0
         self.worker_names = [f"worker{i}" for i in range(args.workers)]
+
+    def start_s3(self, root: Path) -> dict:
+        """A moto server and a bucket; the settings that put every process's outputs there."""
+        from tests.helpers.s3 import CREDENTIALS, MotoServer
+
+        self.moto = MotoServer(root / "moto").start()
+        name = self.moto.new_bucket()
+        self.bucket = self.moto.storage(name, "chaos")
+        return {"storage_url": f"s3://{name}/chaos", "s3_endpoint_url": self.moto.url,
+                "s3_region": CREDENTIALS["AWS_DEFAULT_REGION"], "s3_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                "s3_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
+
+    def stored_files(self) -> set[str]:
+        if self.bucket is not None:
+            return {key for key in self.bucket.keys() if key.endswith(".png")}
+        storage = self.stack.storage_dir
+        return {str(p.relative_to(storage)) for p in storage.rglob("*.png")} if storage.exists() else set()
 
     def start(self) -> None:
         from tests.helpers.database import reset_schema
@@ -152,8 +173,7 @@ class Chaos:
             items = session.query(JobItem).all()
         duplicated = items_written_more_than_once(self.stack.database_url)
         keys = {i.output_key for i in items if i.output_key and i.state == ItemState.SUCCEEDED}
-        storage = self.stack.storage_dir
-        files = {str(p.relative_to(storage)) for p in storage.rglob("*.png")} if storage.exists() else set()
+        files = self.stored_files()
         longest = max(((i.finished_at - i.started_at).total_seconds() for i in items if i.finished_at and i.started_at), default=0)
         return {
             "jobs accepted": len(self.accepted),
@@ -169,12 +189,15 @@ class Chaos:
             "max seconds an item ran past the hard limit": round(max(0.0, longest - HARD_LIMIT), 2),
             "workers killed": self.kills,
             "redis restarts": self.redis_restarts,
+            "storage": "s3 (moto)" if self.bucket is not None else "local directory",
             "submits refused": self.refused,
         }
 
     def stop(self) -> None:
         self.stack.stop()
         self.redis.stop()
+        if self.moto is not None:
+            self.moto.stop()
 
 
 def main() -> int:
