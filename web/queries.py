@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidRequest, NotFound
 from shared.keys import Principal
 from shared.ledger.jobs import COUNT_COLUMNS, Counts, counts_of_row
 from shared.ledger.plans import row_check
+from shared.ledger.queue_position import QueuePlace, outlook, pending_items
 from shared.orm import ItemState, Job, JobItem, JobState
-from shared.states import OPEN_JOB_STATES
+from shared.progress import ItemProgress
+from shared.states import OPEN_JOB_STATES, UNFINISHED_JOB_STATES
+from shared.throughput import estimate
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}\Z")  # what ledger.new_id makes
 
@@ -117,3 +121,45 @@ def pending_items_of_tenant(session: Session, tenant: str) -> int:
     return int(session.scalar(
         select(func.sum(pending)).select_from(Job).where(Job.tenant == tenant, Job.state.in_(OPEN_JOB_STATES))
     ) or 0)
+
+
+@dataclass(frozen=True)
+class JobOutlook:
+    """What a status poll adds to a job: its place in the queue, its ETA (or why there is
+    none) and the progress of its running items."""
+
+    place: QueuePlace | None
+    eta_seconds: float | None
+    eta_reason: str | None
+    exact: bool = True
+    running: list[ItemProgress] = field(default_factory=list)
+
+
+def job_outlook(session: Session, job: Job, counts: Counts, settings, watch) -> JobOutlook:
+    """`watch` is the web's `shared.watch.Watch`. The queue is read from the ledger by the
+    claim's own rule (`ledger.queue_position`); the throughput and the running items'
+    progress come from Redis, where the workers write them."""
+    running = watch.progress.read(job.id) if counts.running else []
+    view = outlook(session, job, pending=counts.pending, slice_items=settings.slice_max_items,
+                   scan_limit=settings.queue_scan_jobs)
+    if view is None:
+        return JobOutlook(None, None, "not_open", running=running)
+    eta, reason = estimate(watch.throughput, job.model, view.items_to_wait_for, exact=view.exact)
+    return JobOutlook(view.place, eta, reason, view.exact, running)
+
+
+def open_work_by_model(session: Session) -> list[tuple[str, str, int, int, int]]:
+    """(model, job state, jobs, pending items, running items) of the unfinished jobs: one
+    statement per /metrics scrape. It reads the unfinished jobs through the state index
+    and counts items job by job (a never-started queued job's are its `total_items`; a
+    running one's through the items' (job, state) index), so a scrape costs the open work,
+    never the history."""
+    running = (select(func.count()).select_from(JobItem)
+               .where(JobItem.job_id == Job.id, JobItem.state == ItemState.RUNNING).scalar_subquery())
+    running_items = case((Job.state == JobState.QUEUED, 0), else_=running)
+    rows = session.execute(
+        select(Job.model, Job.state, func.count(), func.sum(pending_items()), func.sum(running_items))
+        .where(Job.state.in_(UNFINISHED_JOB_STATES)).group_by(Job.model, Job.state)
+    )
+    return [(model, getattr(state, "value", state), int(jobs), int(pending or 0), int(running or 0))
+            for model, state, jobs, pending, running in rows]

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from shared import webhooks
 from shared.errors import Conflict
 from shared.ledger import turns
 from shared.ledger.plans import not_found, row_check
@@ -138,11 +139,13 @@ def settle_jobs(session: Session, job_ids: Iterable[str]) -> dict[str, JobState]
     open_jobs = {job.id: job for job in session.scalars(
         select(Job).where(Job.id.in_(list(job_ids)), row_check(Job.state).in_(UNFINISHED_JOB_STATES)))}
     outcomes: dict[tuple[JobState, str | None], list[str]] = {}
-    for job_id, counts in item_counts(session, open_jobs).items():
+    counts_of = item_counts(session, open_jobs)
+    for job_id, counts in counts_of.items():
         outcome = _final_state(open_jobs[job_id], counts)
         if outcome is not None:
             outcomes.setdefault(outcome, []).append(job_id)
     settled: dict[str, JobState] = {}
+    events = {}
     now = utcnow()
     for (final, error), ids in outcomes.items():
         changed = session.scalars(
@@ -152,6 +155,9 @@ def settle_jobs(session: Session, job_ids: Iterable[str]) -> dict[str, JobState]
             .returning(Job.id)
         ).all()
         settled.update((job_id, final) for job_id in changed)
+        events.update((open_jobs[job_id], (final, counts_of[job_id].as_dict(), error)) for job_id in changed)
+    if events:  # the webhook outbox, in this same transaction (shared.webhooks)
+        webhooks.record_job_events(session, events)
     return settled
 
 

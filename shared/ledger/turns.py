@@ -50,11 +50,15 @@ def has_open_work():
                  for state in OPEN_JOB_STATES))
 
 
+# Whose turn comes first: the tenant served least recently (one never served, first).
+TURN_ORDER = (TenantTurn.last_claimed_at.asc().nulls_first(), TenantTurn.tenant)
+
+
+def tenants_in_turn_order(model: str):
+    """The tenants with claimable work of `model`, the next to be served first."""
+    return select(TenantTurn.tenant).where(TenantTurn.model == model, has_open_work()).order_by(*TURN_ORDER)
+
+
 def next_tenant(session: Session, model: str) -> str | None:
     """The tenant with claimable work of `model` that was served least recently."""
-    return session.scalar(
-        select(TenantTurn.tenant)
-        .where(TenantTurn.model == model, has_open_work())
-        .order_by(TenantTurn.last_claimed_at.asc().nulls_first(), TenantTurn.tenant)
-        .limit(1)
-    )
+    return session.scalar(tenants_in_turn_order(model).limit(1))

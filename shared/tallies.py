@@ -1,0 +1,118 @@
+"""Counters and histograms for /metrics, kept in Redis.
+
+Why Redis and not each process's own memory: the web runs as several gunicorn processes
+and the workers as Celery pool children, possibly on other hosts, and a process that is
+recycled would take its counts with it. Every process adds to the same Redis hashes (one
+pipelined round trip per event: an HINCRBY or two), so one scrape of any web process
+reads the whole deployment's counts with a few HGETALLs, whatever the ledger holds.
+Counts survive process restarts but not a Redis restart without persistence; Prometheus
+reads a counter that went back to zero as a reset, which is what `rate()` expects.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import redis
+
+PREFIX = "genq:metrics:"
+SEP = "\t"
+# Request latency buckets (seconds): a poll takes milliseconds, a large submit ~1 s.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # items per committed micro-batch
+
+COUNTERS = {
+    "items_finished": ("model", "state"),
+    "jobs_submitted": ("model",),
+    "items_submitted": ("model",),
+}
+# name: (labels, buckets); each a hash of "<labels>\t<bucket index>" and "<labels>\tsum".
+HISTOGRAMS = {
+    "http_request_duration_seconds": (("method", "route", "status"), LATENCY_BUCKETS),
+    "micro_batch_items": (("model",), BATCH_BUCKETS),
+}
+
+
+@dataclass
+class Histogram:
+    bounds: tuple[float, ...]
+    buckets: list[int]  # per bound, then +Inf; not cumulative
+    sum: float = 0.0
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out, total = [], 0
+        for bound, count in zip((*(str(float(b)) for b in self.bounds), "+Inf"), self.buckets):
+            total += count
+            out.append((bound, total))
+        return out
+
+
+@dataclass
+class Counts:
+    counters: dict[str, dict[tuple[str, ...], int]] = field(default_factory=dict)
+    histograms: dict[str, dict[tuple[str, ...], Histogram]] = field(default_factory=dict)
+
+
+class Tallies:
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+
+    def add(self, name: str, labels: tuple[str, ...], amount: int = 1, pipe=None) -> None:
+        target = pipe if pipe is not None else self.redis
+        target.hincrby(PREFIX + name, SEP.join(labels), amount)
+
+    def job_submitted(self, model: str, items: int) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        self.add("jobs_submitted", (model,), 1, pipe)
+        self.add("items_submitted", (model,), items, pipe)
+        pipe.execute()
+
+    def items_finished(self, model: str, counts: dict[str, int]) -> None:
+        """A micro-batch's results are committed: its items by state, and its size."""
+        pipe = self.redis.pipeline(transaction=False)
+        for state, amount in counts.items():
+            if amount:
+                self.add("items_finished", (model, state), amount, pipe)
+        self.observe("micro_batch_items", (model,), sum(counts.values()), pipe)
+        pipe.execute()
+
+    def request_served(self, method: str, route: str, status: int, seconds: float) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        self.observe("http_request_duration_seconds", (method, route, str(status)), seconds, pipe)
+        pipe.execute()
+
+    def observe(self, name: str, labels: tuple[str, ...], value: float, pipe) -> None:
+        bucket = bisect.bisect_left(HISTOGRAMS[name][1], value)
+        key, joined = PREFIX + name, SEP.join(labels)
+        pipe.hincrby(key, f"{joined}{SEP}{bucket}", 1)
+        pipe.hincrbyfloat(key, f"{joined}{SEP}sum", value)
+
+    def read(self) -> Counts:
+        pipe = self.redis.pipeline(transaction=False)
+        for name in (*COUNTERS, *HISTOGRAMS):
+            pipe.hgetall(PREFIX + name)
+        replies = pipe.execute()
+        counts = Counts()
+        for name, raw in zip(COUNTERS, replies):
+            width = len(COUNTERS[name])
+            counts.counters[name] = {
+                tuple(key.decode().split(SEP)): int(value) for key, value in raw.items()
+                if len(key.decode().split(SEP)) == width
+            }
+        for name, raw in zip(HISTOGRAMS, replies[len(COUNTERS):]):
+            counts.histograms[name] = _histograms(raw, *HISTOGRAMS[name])
+        return counts
+
+
+def _histograms(raw: dict[bytes, bytes], labels: tuple[str, ...], bounds: tuple[float, ...]) -> dict:
+    out: dict[tuple[str, ...], Histogram] = {}
+    for key, value in raw.items():
+        *label_values, field_name = key.decode().split(SEP)
+        if len(label_values) != len(labels):
+            continue
+        histogram = out.setdefault(tuple(label_values), Histogram(bounds, [0] * (len(bounds) + 1)))
+        if field_name == "sum":
+            histogram.sum = float(value)
+        elif field_name.isdigit() and int(field_name) <= len(bounds):
+            histogram.buckets[int(field_name)] = int(value)
+    return out

@@ -1,0 +1,159 @@
+"""GET /metrics: Prometheus' text format, for operators.
+
+What a scrape reads, and why it stays cheap whatever the ledger holds:
+- the open work (jobs, pending and running items per model and job state): one statement
+  on the ledger (`queries.open_work_by_model`), which reads the unfinished jobs only;
+- counters (items finished by model and state, jobs and items submitted, HTTP requests
+  and their latency): Redis hashes that every web and worker process adds to as events
+  happen (`shared.tallies`), so any web process answers for the whole deployment, on one
+  host or many, and a recycled process loses nothing;
+- live workers and throughput per model: the micro-batch samples the workers write
+  (`shared.throughput`), one read per model that has any.
+
+A scrape builds its metric families afresh (a custom collector in a registry of its own),
+so nothing is kept between scrapes. Only an admin key may read it, unless
+GENQ_METRICS_PUBLIC is set (for a Prometheus on a private network).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+from flask import Blueprint, Flask, Response, current_app, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from shared.errors import GenqError
+from shared.settings import Settings
+from shared.tallies import HISTOGRAMS
+from shared.watch import Watch
+from web import queries
+from web.auth import current_principal, require_api_key
+from web.context import db, genq
+
+log = logging.getLogger(__name__)
+
+metrics = Blueprint("metrics", __name__)
+WATCH = "genq_watch"
+
+
+class Forbidden(GenqError):
+    status = 403
+    code = "forbidden"
+
+
+def init_metrics(app: Flask, settings: Settings) -> None:
+    """The app's Redis view of the workers (`watch()`), GET /metrics, and the timing of
+    every request."""
+    app.extensions[WATCH] = Watch.from_settings(settings)
+    app.register_blueprint(metrics)
+    app.before_request(_start_clock)
+    app.after_request(_count_request)
+
+
+def watch() -> Watch:
+    return current_app.extensions[WATCH]
+
+
+def job_submitted(model: str, items: int) -> None:
+    """Count a committed submit (a replayed one is not a new job)."""
+    try:
+        watch().tallies.job_submitted(model, items)
+    except redis.RedisError as exc:
+        log.warning("could not count a submit: %s", exc)
+
+
+def _start_clock() -> None:
+    g.genq_started = time.perf_counter()
+
+
+def _count_request(response: Response) -> Response:
+    started = g.pop("genq_started", None)
+    if started is not None:
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        try:
+            watch().tallies.request_served(request.method, route, response.status_code, time.perf_counter() - started)
+        except redis.RedisError as exc:
+            log.warning("could not count a request: %s", exc)
+    return response
+
+
+@metrics.get("/metrics")
+def scrape():
+    if not genq().settings.metrics_public:
+        require_api_key()
+        if not current_principal().admin:
+            raise Forbidden("GET /metrics takes an admin key (or set GENQ_METRICS_PUBLIC=1)")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Scrape(queries.open_work_by_model(db()), watch()))
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
+                    headers={"Cache-Control": "no-store"})
+
+
+class _Scrape:
+    """The metric families of one scrape, from what `scrape` read."""
+
+    def __init__(self, open_work, watch_: Watch):
+        self.open_work, self.watch = open_work, watch_
+
+    def collect(self):
+        yield from self._open_work()
+        yield from self._counters()
+        yield from self._throughput()
+
+    def _open_work(self):
+        jobs = GaugeMetricFamily("genq_jobs_open", "Unfinished jobs, by model and state.", labels=["model", "state"])
+        pending = GaugeMetricFamily("genq_items_pending", "Items waiting for a worker, by model.", labels=["model"])
+        running = GaugeMetricFamily("genq_items_running", "Items a worker holds now, by model.", labels=["model"])
+        per_model: dict[str, list[int]] = {}
+        for model, state, count, pending_items, running_items in self.open_work:
+            jobs.add_metric([model, state], count)
+            totals = per_model.setdefault(model, [0, 0])
+            totals[0] += pending_items
+            totals[1] += running_items
+        for model, (pending_items, running_items) in sorted(per_model.items()):
+            pending.add_metric([model], pending_items)
+            running.add_metric([model], running_items)
+        yield from (jobs, pending, running)
+
+    def _counters(self):
+        try:
+            counts = self.watch.tallies.read()
+        except redis.RedisError as exc:
+            log.warning("metrics: could not read counters: %s", exc)
+            return
+        helps = {
+            "items_finished": ("genq_items_finished", "Items whose results workers committed, by model and state."),
+            "jobs_submitted": ("genq_jobs_submitted", "Jobs accepted, by model."),
+            "items_submitted": ("genq_items_submitted", "Items of the jobs accepted, by model."),
+        }
+        for name, (metric, help_text) in helps.items():
+            labels = ["model", "state"] if name == "items_finished" else ["model"]
+            family = CounterMetricFamily(metric, help_text, labels=labels)
+            for label_values, value in sorted(counts.counters.get(name, {}).items()):
+                family.add_metric(list(label_values), value)
+            yield family
+        histograms = {
+            "http_request_duration_seconds": "HTTP requests by method, route and status, and how long they took.",
+            "micro_batch_items": "Items per micro-batch whose results workers committed, by model.",
+        }
+        for name, help_text in histograms.items():
+            family = HistogramMetricFamily(f"genq_{name}", help_text, labels=list(HISTOGRAMS[name][0]))
+            for labels, histogram in sorted(counts.histograms.get(name, {}).items()):
+                family.add_metric(list(labels), histogram.cumulative(), histogram.sum)
+            yield family
+
+    def _throughput(self):
+        workers = GaugeMetricFamily("genq_workers", "Live workers serving each model (finished a micro-batch "
+                                    "of it lately).", labels=["model"])
+        rate = GaugeMetricFamily("genq_throughput_items_per_second", "Items per second of each model: one busy "
+                                 "worker's rate over the window times its live workers.", labels=["model"])
+        try:
+            for model in self.watch.throughput.models():
+                measured = self.watch.throughput.measure(model)
+                workers.add_metric([model], measured.workers)
+                rate.add_metric([model], measured.items_per_second or 0.0)
+        except redis.RedisError as exc:
+            log.warning("metrics: could not read throughput: %s", exc)
+        yield from (workers, rate)
