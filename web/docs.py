@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, jsonify, render_template, request
 from markupsafe import Markup, escape
 
 from web.context import genq
@@ -28,12 +28,6 @@ def _security_headers(response: Response) -> Response:
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     return response
-
-
-@docs.get("/")
-def home():
-    """The first URL a person opens: the docs page (until there is a console)."""
-    return redirect(url_for("docs.docs_page"), code=302)
 
 
 @docs.get("/openapi.json")
