@@ -36,8 +36,10 @@ def runs(args) -> list[tuple[str, list[str]]]:
         ("crossjob-noop", ["crossjob.py", "--model", "noop"]),
         ("crossjob-tiny", ["crossjob.py", "--model", "tiny-text"]),
         ("polls", ["polls.py", "--backends", backends or "sqlite,postgres"]),
+        ("streams", ["streams.py", "--backends", backends or "sqlite,postgres"]),
         ("memory", ["memory.py"]),
         ("flat", ["flat.py", "--backends", backends or "sqlite,postgres"]),
+        ("eta", ["eta.py", "--backends", backends or "sqlite,postgres"]),
     ]
 
 
@@ -92,11 +94,20 @@ def figures(name: str, result: dict) -> list[tuple[str, str, str]]:
                     rows.append(("polls under load", f"{backend} {phase}: status p50 / p99 ms at {result['rate']:g}/s "
                                  "(achieved /s)", f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ({r['achieved_per_s']:.0f}){note}"))
         return rows
+    if name == "streams":
+        return [("streams beside polls", f"{backend}: status p99 ms at {result['rate']:g}/s, no streams -> "
+                 f"{result['streams']} streams", f"{row['without']['p99_ms']:.1f} -> {row['with']['p99_ms']:.1f} "
+                 f"({row['streams_complete']}/{row['streams']} streams saw every item once)")
+                for backend, row in result["backends"].items()]
     if name == "memory":
         return [("memory", f"worker pool RSS, job {result['warmup']} -> {result['jobs']} (growth)",
                  f"{result['rss_first_mib']:.1f} -> {result['rss_last_mib']:.1f} MiB ({100 * result['growth']:+.2f} %)")]
     if name == "flat":
         return flat_figures(result)
+    if name == "eta":
+        return [("ETA within 20 %", f"{backend}: median error of the predicted finish ({row['predicted']} jobs)",
+                  "n/a" if row["median_error"] is None else f"{100 * row['median_error']:.1f} %")
+                for backend, row in result["backends"].items()]
     return [("cross-job batching", f"{result['model']}: {result['items']} one-item jobs / one job, items/s",
              f"{result['ratio']:.3f} ({result['one_item_jobs_items_per_s']:.1f} / {result['one_job_items_per_s']:.1f})")]
 

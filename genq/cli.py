@@ -46,7 +46,8 @@ def web(host: str | None, port: int | None, processes: int | None, access_log: s
         sys.executable, "-m", "gunicorn",
         "--bind", f"{host}:{port}",
         "--workers", str(processes),
-        "--threads", str(settings.web_threads),
+        "--worker-class", "gthread",  # event streams park in threads of their own (web.events says why)
+        "--threads", str(settings.web_threads + settings.events_max_streams),
         "--access-logfile", access_log,
         "--config", "python:web.gunicorn_config",
         "web.app:create_app()",
@@ -55,14 +56,15 @@ def web(host: str | None, port: int | None, processes: int | None, access_log: s
 
 
 @main.command()
-@click.option("--gpus", default="all", show_default=True, help="'all', 'none' (one CPU worker) or indices like 0,1")
+@click.option("--gpus", default="all", show_default=True,
+              help="'all', 'none' (one CPU worker) or indices like 0,1 (of nvidia-smi, or of a CUDA_VISIBLE_DEVICES already set)")
 @click.option("--models", default="", help="comma-separated models to serve (default: all in the registry)")
 def worker(gpus: str, models: str) -> None:
     """Start one Celery worker process per GPU, each pinned to its device."""
-    from worker.launcher import LaunchError, choose_gpus, run_workers, visible_gpus, worker_commands
+    from worker.launcher import LaunchError, choose_gpus, discover_devices, run_workers, worker_commands
 
     try:
-        chosen = choose_gpus(gpus, visible_gpus())
+        chosen = choose_gpus(gpus, [] if gpus.strip().lower() in ("none", "cpu") else discover_devices())
     except LaunchError as exc:
         raise click.ClickException(str(exc)) from None
     commands = worker_commands(chosen, [m for m in models.split(",") if m])
@@ -197,15 +199,19 @@ def models_list() -> None:
 
 @models.command("build-demo")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="directory for demo-text/ and demo-image/ (default <data dir>/models)")
+              help="directory for demo-text/, demo-image/, demo-dcgan/ and demo-vae/ (default <data dir>/models)")
 @click.option("--quick", is_flag=True, help="a few training steps only (for tests)")
-def models_build_demo(out: Path | None, quick: bool) -> None:
-    """Train the demo models on this machine's CPU (about 3 minutes) and save them."""
+@click.option("--only", multiple=True, help="build only this demo model (repeatable; default: all of them)")
+def models_build_demo(out: Path | None, quick: bool, only: tuple[str, ...]) -> None:
+    """Train the demo models on this machine's CPU (about 5 minutes) and save them."""
     from shared.settings import get_settings
     from worker.demo import build_demo_models
 
     out = out or get_settings().data_dir / "models"
-    figures = build_demo_models(out, quick=quick, progress=lambda line: click.echo(line))
+    try:
+        figures = build_demo_models(out, quick=quick, progress=lambda line: click.echo(line), only=only or None)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     for name, quality in figures.items():
         click.echo(f"{name}: {quality}")
 
@@ -221,6 +227,9 @@ def _register_client_commands() -> None:
 
     for command in CLIENT_COMMANDS:
         main.add_command(command)
+    from genq.webhooks_cli import webhooks
+
+    main.add_command(webhooks)
 
 
 _register_client_commands()

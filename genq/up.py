@@ -29,7 +29,7 @@ from shared.registry import Registry, load_registry
 from shared.settings import Settings
 from web.auth import is_loopback
 
-DEMO_MODELS = ("demo-text", "demo-image")
+DEMO_MODELS = ("demo-text", "demo-image", "demo-dcgan", "demo-vae")
 
 
 class UpError(Exception):
@@ -179,8 +179,9 @@ class Up:
         missing = [spec for spec in registry if spec.name in DEMO_MODELS and spec.local_source() is None]
         if missing:
             out_dir = missing[0].source_path().parent
-            self.say(f"building the demo models into {out_dir} (first start only, about 3 minutes)")
-            build = self.genq("models", "build-demo", "--out", str(out_dir))
+            names = [spec.name for spec in missing]
+            self.say(f"building {', '.join(names)} into {out_dir} (first start only, up to about 5 minutes)")
+            build = self.genq("models", "build-demo", "--out", str(out_dir), *(f"--only={name}" for name in names))
             if self.supervisor.run("build-demo", build, self.env, abort=self._stop_asked) != 0:
                 raise UpError("building the demo models failed; see logs/build-demo.log")
         return registry
@@ -229,6 +230,7 @@ class Up:
         lines = [
             "",
             "genq is up",
+            f"  console   {self.url}/  (sign in with the API key below)",
             f"  API       {self.url}/v1  (models: {self.url}/v1/models)",
             f"  docs      {self.url}/docs  (OpenAPI: {self.url}/openapi.json)",
             f"  data      {self.data_dir}  (database, results/, logs/)",

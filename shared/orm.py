@@ -87,6 +87,8 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # {"url", "events"}: where this job's events are delivered (shared.webhooks); null: the tenant's default.
+    webhook: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -107,6 +109,8 @@ class Job(Base):
 # The claim, once the tenant is chosen: its open jobs of one model in claim order (priority
 # first, then age), read from the index in order, with no sort.
 Index("ix_jobs_claim_order", Job.model, Job.tenant, Job.state, Job.priority.desc(), Job.created_at, Job.id)
+# A tenant's event stream resumed after a disconnect: the jobs that finished since (migration 0007).
+Index("ix_jobs_tenant_finished", Job.tenant, Job.finished_at)
 
 
 class TenantTurn(Base):
@@ -164,4 +168,14 @@ class JobItem(Base):
         Index("ix_job_items_job_state_idx", "job_id", "state", "idx"),
         Index("ix_job_items_lease", "lease_id"),
         Index("ix_job_items_state_lease_expiry", "state", "lease_expires_at"),
+        # An event stream reads the items finished since its cursor (migration 0007).
+        Index("ix_job_items_job_finished", "job_id", "finished_at"),
     )
+
+
+# The tables of the OpenAI-compatible Files and Batches API share this metadata (one
+# schema for migrations and tests); imported last, as that module builds on `Base`.
+from shared import openai_orm  # noqa: E402,F401,I001
+
+# Webhook endpoints, the delivery outbox and its attempts (migration 0007).
+from shared import webhook_orm  # noqa: E402,F401

@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,6 +20,14 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL; default a SQLite file in the data directory.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Broker for wake-up messages.")
     storage_dir: Path | None = Field(None, description="Directory for image outputs; default <data_dir>/results.")
+    storage_url: str = Field("", description="Where outputs live: empty for GENQ_STORAGE_DIR, or s3://bucket/prefix for an S3-compatible bucket.")
+    s3_endpoint_url: str = Field("", description="S3-compatible endpoint (MinIO, moto...); default AWS_ENDPOINT_URL, else AWS.")
+    s3_region: str = Field("", description="Bucket region; default AWS_DEFAULT_REGION.")
+    s3_access_key_id: str = Field("", description="Access key; default boto3's chain (AWS_ACCESS_KEY_ID, profile, role).")
+    s3_secret_access_key: SecretStr | None = Field(None, description="Secret key; default boto3's chain.")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field("auto", description="`auto`: path-style with a custom endpoint, boto3's choice otherwise.")
+    s3_timeout_seconds: float = Field(10.0, gt=0, description="Connect and read timeout of one S3 request.")
+    s3_presign_seconds: int = Field(300, ge=1, le=604800, description="Lifetime of a presigned download URL (?redirect=1).")
     models_file: Path = Field(Path("models.yaml"), description="The model registry (YAML).")
 
     # Who may call the API.
@@ -36,6 +44,12 @@ class Settings(BaseSettings):
     max_page_size: int = Field(1_000, ge=1)
     default_page_size: int = Field(100, ge=1)
 
+    # The OpenAI-compatible Files and Batches API (/v1/files, /v1/batches).
+    file_max_bytes: int = Field(200 * 1024 * 1024, ge=1024, description="Largest file POST /v1/files accepts (413 beyond); a batch's input file is held in memory while it is validated.")
+    file_expiry_seconds: int = Field(30 * 24 * 3600, ge=60, description="Files expire this long after they are written unless `expires_after` says otherwise; the reconciler removes them.")
+    batch_max_requests: int = Field(50_000, ge=1, description="Requests (lines) one batch input file may hold.")
+    batch_poll_seconds: float = Field(0.25, gt=0, description="How often the reconciler looks for batches whose jobs have all finished (to write their files), batches past their window and expired files.")
+
     # How workers take work.
     slice_max_items: int = Field(64, ge=1, description="Most items one claim takes.")
     slice_max_seconds: float = Field(60.0, gt=0, description="A slice starts no new micro-batch after this.")
@@ -50,11 +64,15 @@ class Settings(BaseSettings):
 
     torch_threads: int = Field(0, ge=0, description="CPU threads torch may use in a worker process (0: torch's default).")
     worker_max_models: int = Field(2, ge=1, description="Models a worker process keeps loaded at once.")
+    model_cache_bytes: int = Field(0, ge=0, description="Bytes of model weights a CPU worker keeps loaded (0: no byte limit); a GPU worker's budget is its device's free memory.")
+    device_memory_reserve: float = Field(0.2, ge=0, lt=1, description="Share of a GPU's memory a worker keeps free for activations when deciding whether another model fits.")
+    oom_probe_after: int = Field(20, ge=1, description="Micro-batches that ran at a size lowered by out-of-memory before a worker tries twice the size again.")
 
     wakeup_mark_seconds: float = Field(
         30.0, gt=0, description="How long a sent wake-up counts as waiting, so that submits publish no other.")
     wakeup_busy_seconds: float = Field(1.0, ge=0, description="A worker that took a wake-up keeps claiming slices of that model while more is waiting, for this long (0: one slice per wake-up).")
     reconcile_interval_seconds: float = Field(5.0, gt=0, description="Time between reconciler passes.")
+    worker_inspect_seconds: float = Field(1.0, gt=0, le=30, description="How long GET /v1/workers (the console's models page) waits for workers to say which models they serve.")
 
     # The embedded default (`genq up`).
     web_host: str = Field("127.0.0.1", description="Address `genq up` and `genq web` bind.")
@@ -65,6 +83,23 @@ class Settings(BaseSettings):
 
     # Celery wake-up publishing: fail fast when Redis is down (the job is already committed).
     publish_max_retries: int = Field(2, ge=0)
+
+    # Watching the work: queue position, ETA, progress inside the model, /metrics.
+    progress_interval_seconds: float = Field(0.5, ge=0, description="A running model writes its step or token count to Redis at most this often.")
+    throughput_window_seconds: float = Field(300.0, gt=0, description="ETAs divide by the items per second of the micro-batches that ended in this window.")
+    queue_scan_jobs: int = Field(1000, ge=1, description="Most queued jobs a status poll reads to place a job in its queue; beyond, position and ETA are lower bounds.")
+    metrics_public: bool = Field(False, description="Serve GET /metrics without an API key (else an admin key is required).")
+
+    # Live events (GET /v1/jobs/<id>/events, GET /v1/events) and webhooks.
+    events_heartbeat_seconds: float = Field(15.0, gt=0, description="A stream sends a comment line this often when nothing happened (and re-reads the ledger, in case a notice was lost).")
+    events_max_streams: int = Field(128, ge=1, description="Event streams one web process serves at once (each holds a parked thread, never a database connection); beyond, 503 with Retry-After.")
+    events_commit_skew_seconds: float = Field(2.0, ge=0, description="How far a stream looks back for items committed late with an earlier finish time (several workers on one job).")
+    webhook_secret: SecretStr | None = Field(None, description="Signing secret (whsec_...) for tenants that have none of their own (genq webhooks set).")
+    webhook_allow_private: bool = Field(False, description="Let webhooks reach loopback, private, link-local and other internal addresses (development and tests).")
+    webhook_allowed_hosts: list[str] = Field(default_factory=list, description="If set (JSON list), webhook URLs may name only these hosts.")
+    webhook_retry_seconds: list[float] = Field(default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 21600], description="Waits before each retry of a failed delivery (JSON list); after the last, the delivery fails for good.")
+    webhook_timeout_seconds: float = Field(15.0, gt=0, description="Connect-and-answer time limit of one delivery attempt.")
+    webhook_poll_seconds: float = Field(1.0, gt=0, description="How often the deliverer looks for deliveries that are due.")
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":

@@ -6,13 +6,15 @@ from __future__ import annotations
 from flask import Response, request
 from sqlalchemy.exc import IntegrityError
 
-from shared import ledger
-from shared.errors import Conflict, QuotaExceeded
+from shared import ledger, webhooks
+from shared.errors import Conflict, InvalidRequest, QuotaExceeded
+from shared.notices import notices_for
 from shared.orm import Job
-from web import idempotency, queries
+from web import idempotency, metrics, queries
 from web.auth import current_principal, require_api_key
 from web.bodies import json_body
 from web.context import db, genq
+from web.downloads import output_response, wants_redirect
 from web.operations import RETRY_AFTER, DocumentedBlueprint, Param, Reply
 from web.request_models import ItemPageQuery, JobListQuery, JobRequest, validate_job_request, validate_query
 from web.response_models import (
@@ -23,6 +25,7 @@ from web.response_models import (
     JobLinks,
     JobListResponse,
     JobResponse,
+    JobStatusResponse,
     ModelInfo,
     ModelListResponse,
 )
@@ -35,6 +38,8 @@ api.before_request(require_api_key)
 
 JOB_ID = Param("job_id", "path", {"type": "string"}, "The job's id, as POST /v1/jobs returned it.")
 ITEM_INDEX = Param("index", "path", {"type": "integer", "minimum": 0}, "The item's index in the job (0-based).")
+REDIRECT = Param("redirect", "query", {"type": "string", "enum": ["0", "1", "true", "false"]},
+                 "`1` or `true`: answer with a 302 to a presigned URL of the object where the storage can sign one (S3).")
 LIMIT = Param("limit", "query", {"type": "integer", "minimum": 1},
               "Page size: 1 to GENQ_MAX_PAGE_SIZE (default 1000); GENQ_DEFAULT_PAGE_SIZE (default 100) when left out.")
 IDEMPOTENCY_KEY = Param(
@@ -89,6 +94,7 @@ def create_job():
     job_request = validate_job_request(body, ctx.registry, ctx.settings)
     ctx.token_limits.check(job_request)
     check_pending_quota(session, tenant, len(job_request.inputs))
+    webhook = check_webhook(session, tenant, job_request.webhook, ctx.settings)
     job = ledger.create_job(
         session,
         tenant=tenant,
@@ -100,13 +106,26 @@ def create_job():
         idempotency_key=key,
         request_hash=fingerprint if key is not None else None,
     )
+    job.webhook = webhook
     try:
         session.commit()
     except IntegrityError:  # the same key, committed by a concurrent request
         session.rollback()
         return _accepted(idempotency.replay(session, tenant, key, fingerprint), replayed=True)
     ctx.wakeups.send(job.model)
+    metrics.job_submitted(job.model, job.total_items)
     return _accepted(job)
+
+
+def check_webhook(session, tenant: str, requested, settings) -> dict | None:
+    """A job's webhook: a URL genq will call, and a secret to sign with (shared.webhooks)."""
+    if requested is None:
+        return None
+    webhooks.check_url(requested.url, settings)
+    if webhooks.signing_secret(session, tenant, settings) is None:
+        raise InvalidRequest(f"tenant {tenant!r} has no webhook signing secret: an operator runs "
+                             "`genq webhooks set --tenant <tenant>` (or sets GENQ_WEBHOOK_SECRET)", field="webhook")
+    return webhooks.job_webhook(requested.url, requested.events)
 
 
 def check_pending_quota(session, tenant: str, new_items: int) -> None:
@@ -144,11 +163,17 @@ def list_jobs():
 
 @api.operation(
     "GET", "/jobs/<job_id>", "Get a job", tag="jobs",
-    description="State, counts of items by state, progress, timestamps, error and effective parameters.",
-    params=(JOB_ID,), responses={200: THE_JOB, 404: NO_JOB},
+    description="State, counts of items by state, progress, timestamps, error and effective parameters; for a "
+    "queued job its place in its model's queue, for an open one an ETA, and the progress inside the model of its "
+    "running items.",
+    params=(JOB_ID,), responses={200: Reply("The job, with its place in the queue, its ETA and the progress of its "
+                                            "running items.", JobStatusResponse), 404: NO_JOB},
 )
 def get_job(job_id: str):
-    return JobResponse.of(*queries.find_job_with_counts(db(), current_principal(), job_id)).reply()
+    session = db()
+    job, counts = queries.find_job_with_counts(session, current_principal(), job_id)
+    outlook = queries.job_outlook(session, job, counts, genq().settings, metrics.watch())
+    return JobStatusResponse.of_status(job, counts, outlook).reply()
 
 
 def job_reply(session, job: Job, status: int = 200):
@@ -168,31 +193,42 @@ def list_items(job_id: str):
     page = validate_query(ItemPageQuery, request.args, genq().settings)
     items = queries.list_items(session, job, page.offset, page.limit)
     end = page.offset + page.limit
-    return ItemPageResponse(items=[ItemResponse.of(item) for item in items], total=job.total_items,
+    return ItemPageResponse(items=[ItemResponse.of(item, job.params) for item in items], total=job.total_items,
                             next_offset=end if end < job.total_items else None).reply()
 
 
 @api.operation(
     "GET", f"/jobs/<job_id>/items/<int(max={MAX_ITEM_INDEX}):index>/output", "Download an item's output", tag="jobs",
-    description="The raw output: text for text models, a PNG for image models.",
-    params=(JOB_ID, ITEM_INDEX),
+    description="The raw output: text for text models, a PNG for image models, streamed from storage. "
+    "With `redirect=1` and S3 storage, a 302 to a presigned URL of the object instead (a directory "
+    "has no URL of its own: the bytes are served).",
+    params=(JOB_ID, ITEM_INDEX, REDIRECT),
     responses={
         200: Reply("The output.", media_types={
             "text/plain": {"type": "string"},
             "image/png": {"type": "string", "contentMediaType": "image/png"},
         }),
-        404: Reply("No such job or item (`not_found`).", ErrorResponse),
+        302: Reply("`redirect=1` on S3 storage: the object's presigned URL (valid GENQ_S3_PRESIGN_SECONDS).", headers={
+            "Location": {"description": "The presigned URL.", "required": True, "schema": {"type": "string"}},
+        }),
+        400: Reply("`redirect` is not 1 or 0 (`invalid_request`).", ErrorResponse),
+        404: Reply("No such job or item, or its output is missing from storage (`not_found`).", ErrorResponse),
         409: Reply("The item has no output (yet, or it failed) (`conflict`).", ErrorResponse),
+        503: Reply("Output storage cannot be reached now (`storage_unavailable`).", ErrorResponse,
+                   headers={"Retry-After": RETRY_AFTER}),
     },
 )
 def get_item_output(job_id: str, index: int):
+    redirect_to_storage = wants_redirect(request.args)
     session = db()
     job = queries.find_job(session, current_principal(), job_id)
     item = queries.find_item(session, job, index)
     if item.output_text is not None:
         return Response(item.output_text, mimetype="text/plain")
     if item.output_key is not None:
-        return Response(genq().storage.get(item.output_key), mimetype="image/png")
+        ctx = genq()
+        return output_response(ctx.storage, item.output_key, redirect_to_storage=redirect_to_storage,
+                               presign_seconds=ctx.settings.s3_presign_seconds)
     raise Conflict(f"item {index} has no output (state {item.state.value})", field="index")
 
 
@@ -208,6 +244,7 @@ def cancel_job(job_id: str):
     session = db()
     job = ledger.cancel_job(session, queries.find_job(session, current_principal(), job_id))
     session.commit()
+    notices_for(genq().settings.redis_url).publish([job.id])  # event streams re-read the ledger
     return job_reply(session, job)
 
 
@@ -224,6 +261,7 @@ def retry_job(job_id: str):
     job = queries.find_job(session, current_principal(), job_id)
     ledger.retry_job(session, job)
     session.commit()
+    notices_for(genq().settings.redis_url).publish([job.id])
     genq().wakeups.send(job.model)
     return job_reply(session, job, 202)
 

@@ -12,12 +12,18 @@ from shared.registry import load_registry
 from shared.settings import Settings, get_settings
 from shared.storage import storage_from_settings
 from web.api import api
+from web.console import console
 from web.context import GenqContext, close_db
 from web.docs import docs
 from web.errors import register_error_handlers
+from web.events import events
 from web.hardening import add_security_headers, init_cors, init_rate_limits
 from web.health import health
+from web.metrics import init_metrics
+from web.openai_batches import batches as openai_batches
+from web.openai_files import files as openai_files
 from web.tokens import PromptTokenLimits
+from web.webhook_views import webhooks
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -40,9 +46,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.teardown_appcontext(close_db)
     register_error_handlers(app)
     app.register_blueprint(api)
+    app.register_blueprint(events)  # live events (SSE)
+    app.register_blueprint(webhooks)  # a job's webhook deliveries
     app.register_blueprint(health)
     app.register_blueprint(docs)
-    init_rate_limits(app, settings)
+    app.register_blueprint(console)  # the web console at /
+    app.register_blueprint(openai_files)  # the OpenAI-compatible Files and Batches API
+    app.register_blueprint(openai_batches)
+    init_metrics(app, settings)  # GET /metrics, request timing, the workers' progress and throughput (Redis)
+    limiter = init_rate_limits(app, settings)
+    limiter.limit(settings.rate_limit)(openai_files)
+    limiter.limit(settings.rate_limit)(openai_batches)
     app.after_request(add_security_headers)
     if settings.cors_origins:
         init_cors(app, settings.cors_origins)

@@ -17,16 +17,20 @@ from pydantic.json_schema import models_json_schema
 from shared.registry import ModelSpec, Registry
 from shared.settings import Settings
 from web.api import api
+from web.archive import get_job_archive  # noqa: F401 (adds GET /v1/jobs/<id>/archive to `api`)
 from web.health import health
 from web.operations import Operation, Param, Reply
 from web.request_models import PARAMS_BY_TASK, JobRequest
+from web.webhook_views import webhooks
+from web.workers import list_workers  # noqa: F401 (adds GET /v1/workers to `api`)
 
 OPENAPI_VERSION = "3.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
 JSON = "application/json"
 SECURITY_SCHEME = "bearerAuth"
-DOCUMENTED_BLUEPRINTS = (api, health)
-PARAMS_MODELS: tuple[type[BaseModel], ...] = tuple(PARAMS_BY_TASK.values())
+DOCUMENTED_BLUEPRINTS = (api, webhooks, health)  # web.events streams: documented in the README (an endless
+# body that the WSGI-level contract tests would read forever)
+PARAMS_MODELS: tuple[type[BaseModel], ...] = tuple(dict.fromkeys(PARAMS_BY_TASK.values()))  # one per model class
 
 
 def operations() -> list[Operation]:
@@ -76,7 +80,8 @@ def describe_job_request(schema: dict[str, Any]) -> dict[str, Any]:
         "anyOf": [ref(model) for model in PARAMS_MODELS],
         "default": {},
         "description": "Generation parameters, by the model's task (see GET /v1/models): text-generation takes "
-        "TextParams, text-to-image ImageParams, unconditional-image UnconditionalImageParams. Missing ones "
+        "TextParams, text-to-image ImageParams, unconditional-image UnconditionalImageParams, gan-image and vae-image "
+        "GeneratorImageParams. Missing ones "
         "come from the model's registry defaults; the model's `limits` bound them further.",
     }
     for name in ("prompts", "inputs"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from shared.errors import InvalidRequest, LimitExceeded, UnknownModel
+from shared.items import samples_per_prompt
 from shared.registry import ModelSpec, Registry, Task
 from shared.states import JobState
 
@@ -37,22 +38,63 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_integral)]  # b
 # PostgreSQL text cannot hold NUL, and no model needs one.
 NO_NUL = r"^[^\x00]*$"
 Prompt = Annotated[str, Field(min_length=1, pattern=NO_NUL)]
+MAX_STOP_STRINGS = 4
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-class TextParams(_Strict):
-    max_new_tokens: Integer = Field(32, ge=1, le=4096)
+class _Samples(_Strict):
+    """Several items per prompt: OpenAI's `n`, or transformers' name for it."""
+
+    n: Integer = Field(1, ge=1, le=128, description="Items per prompt, with consecutive seeds.")
+    num_return_sequences: Annotated[int, Field(ge=1, le=128), BeforeValidator(_integral)] | None = Field(
+        None, description="transformers' name for `n`.")
+
+    @model_validator(mode="after")
+    def _one_name_for_n(self):
+        if self.num_return_sequences is not None:
+            if "n" in self.model_fields_set:
+                raise ValueError("give one of 'n' or 'num_return_sequences' (they are the same)")
+            self.n, self.num_return_sequences = self.num_return_sequences, None
+        return self
+
+
+StopString = Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
+StopStrings = Annotated[list[StopString], Field(min_length=1, max_length=MAX_STOP_STRINGS)]
+
+
+class TextParams(_Samples):
+    max_new_tokens: Integer = Field(32, ge=1, le=4096, description="New tokens (or give `max_length`).")
+    max_length: Annotated[int, Field(ge=1, le=8192), BeforeValidator(_integral)] | None = Field(
+        None, description="Prompt plus new tokens, per item (transformers' meaning); or give `max_new_tokens`.")
     do_sample: bool = False
     temperature: float = Field(1.0, gt=0, le=100)
     top_k: Integer = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0, le=10, description="Divides the scores of tokens the item "
+                                      "already holds (prompt included); 1 is off.")
+    no_repeat_ngram_size: Integer = Field(0, ge=0, le=64, description="No n-gram of this size occurs twice; 0 is off.")
+    stop: StopStrings | StopString | None = Field(None, description="A string or a list of them; an item's "
+                                                  "text ends before the first one it produces.")
     seed: Seed | None = None
 
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> list[str] | None:
+        return [value] if isinstance(value, str) else value
 
-class ImageParams(_Strict):
+    @model_validator(mode="after")
+    def _one_length(self):
+        if self.max_length is not None:
+            if "max_new_tokens" in self.model_fields_set:
+                raise ValueError("give one of 'max_new_tokens' or 'max_length'")
+            self.max_new_tokens = None
+        return self
+
+
+class ImageParams(_Samples):
     num_inference_steps: Integer = Field(20, ge=1, le=1000)
     guidance_scale: float = Field(7.5, ge=0, le=100)
     width: Integer = Field(512, ge=8, le=4096, multiple_of=8)
@@ -61,21 +103,59 @@ class ImageParams(_Strict):
     seed: Seed | None = None
 
 
-class UnconditionalImageParams(_Strict):
+class UnconditionalImageParams(_Samples):
     num_inference_steps: Integer = Field(20, ge=1, le=1000)
     seed: Seed | None = None
+
+
+class Interpolation(_Strict):
+    """A latent walk: `steps` items per prompt, from `from_seed`'s latent to `to_seed`'s."""
+
+    from_seed: Seed
+    to_seed: Seed
+    steps: Integer = Field(ge=2, le=256)
+
+
+class GeneratorImageParams(_Samples):
+    """A GAN or VAE decoder: a seeded latent (and the class the prompt names) to an image."""
+
+    width: Integer = Field(64, ge=8, le=4096, multiple_of=8, description="Output size (the sample is upscaled).")
+    height: Integer = Field(64, ge=8, le=4096, multiple_of=8)
+    interpolate: Interpolation | None = Field(None, description="A latent walk per prompt, each step an item.")
+    seed: Seed | None = None
+
+    @model_validator(mode="after")
+    def _walk_or_samples(self):
+        if self.interpolate is not None and self.n > 1:
+            raise ValueError("give one of 'interpolate' or 'n' (a walk's items are its steps)")
+        return self
 
 
 PARAMS_BY_TASK: dict[Task, type[_Strict]] = {
     Task.TEXT_GENERATION: TextParams,
     Task.TEXT_TO_IMAGE: ImageParams,
     Task.UNCONDITIONAL_IMAGE: UnconditionalImageParams,
+    Task.GAN_IMAGE: GeneratorImageParams,
+    Task.VAE_IMAGE: GeneratorImageParams,
 }
+# Pairs of parameters of which a request gives one: the one it gives replaces a registry
+# default for the other. The first name of an alias pair is the one stored.
+ONE_OF = (("n", "num_return_sequences"), ("max_new_tokens", "max_length"))
+ALIASES = {"num_return_sequences"}
 
 
 class InputItem(_Strict):
     prompt: Prompt
     seed: Seed | None = None
+
+
+class WebhookRequest(_Strict):
+    """Where the job's final event is POSTed, signed per Standard Webhooks (README: Webhooks)."""
+
+    url: str = Field(min_length=1, max_length=2048, pattern=r"^[hH][tT][tT][pP][sS]?://[^\x00\s]+$",
+                     description="An http(s) URL; internal addresses are refused unless GENQ_WEBHOOK_ALLOW_PRIVATE.")
+    events: list[Literal["job.completed", "job.failed", "job.cancelled"]] | None = Field(
+        None, min_length=1, description="Which final events to send; all three when left out.")
 
 
 class JobRequest(_Strict):
@@ -84,6 +164,7 @@ class JobRequest(_Strict):
     inputs: list[InputItem] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     priority: Integer = Field(5, ge=0, le=9)
+    webhook: WebhookRequest | None = Field(None, description="Call this URL when the job ends.")
 
     @model_validator(mode="after")
     def _one_input_list(self) -> "JobRequest":
@@ -96,16 +177,19 @@ class JobRequest(_Strict):
 class ValidatedJob:
     spec: ModelSpec
     params: dict[str, Any]
-    inputs: list[tuple[str, int]]
+    inputs: list[tuple[str, int]]  # one per item: each prompt `per_prompt` times in a row
     priority: int
     field: str  # "prompts" or "inputs": the list the request gave
+    per_prompt: int = 1
+    webhook: WebhookRequest | None = None
 
     def item_path(self, index: int) -> str:
-        return item_path(self.field, index)
+        """Where item `index`'s prompt is in the request."""
+        return item_path(self.field, index // self.per_prompt)
 
 
 def item_path(field: str, index: int) -> str:
-    """Where item `index`'s prompt is in the request: `prompts.3` or `inputs.3.prompt`."""
+    """Where prompt `index` is in the request: `prompts.3` or `inputs.3.prompt`."""
     return f"{field}.{index}" + (".prompt" if field == "inputs" else "")
 
 
@@ -131,7 +215,14 @@ def validate_job_request(body: Any, registry: Registry, settings) -> ValidatedJo
     field = "inputs" if request.inputs is not None else "prompts"
     _check_items(items, field, settings)
     params = effective_params(spec, request.params)
-    return ValidatedJob(spec, params, assign_seeds(items, params.get("seed")), request.priority, field)
+    per_prompt = samples_per_prompt(params)
+    _check_item_count(len(items), per_prompt, field, settings)
+    walk = params.get("interpolate")
+    if walk is not None:
+        return ValidatedJob(spec, params, walk_inputs(items, field, walk), request.priority, field, per_prompt,
+                            request.webhook)
+    return ValidatedJob(spec, params, assign_seeds(items, params.get("seed"), per_prompt), request.priority, field,
+                        per_prompt, request.webhook)
 
 
 def _check_items(items: list[InputItem], field: str, settings) -> None:
@@ -145,13 +236,25 @@ def _check_items(items: list[InputItem], field: str, settings) -> None:
             raise LimitExceeded(f"{path} has {len(item.prompt)} characters; the limit is {settings.max_prompt_chars}", field=path)
 
 
+def _check_item_count(prompts: int, per_prompt: int, field: str, settings) -> None:
+    """The item limit counts items: prompts times the items each prompt becomes."""
+    if prompts * per_prompt > settings.max_items_per_job:
+        raise LimitExceeded(f"{field} holds {prompts} prompts of {per_prompt} items each, {prompts * per_prompt} "
+                            f"items; the limit is {settings.max_items_per_job}", field=field)
+
+
 def effective_params(spec: ModelSpec, given: dict[str, Any]) -> dict[str, Any]:
     """Registry defaults, overridden by the request, checked by type and by the model's limits."""
     schema = PARAMS_BY_TASK[spec.task]
     merged = {k: v for k, v in spec.defaults.items() if k in schema.model_fields}
+    for pair in ONE_OF:  # a request that names one of a pair replaces the default of the other
+        for name in pair:
+            if name in given:
+                for other in pair:
+                    merged.pop(other, None)
     merged.update(given)
     try:
-        params = schema.model_validate(merged).model_dump()
+        params = schema.model_validate(merged).model_dump(exclude=ALIASES)
     except ValidationError as exc:
         raise pydantic_error(exc, prefix="params") from None
     for name, bounds in spec.limits.items():
@@ -165,20 +268,31 @@ def effective_params(spec: ModelSpec, given: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def assign_seeds(items: list[InputItem], base_seed: int | None) -> list[tuple[str, int]]:
-    """Each item's seed: its own, else the job's seed plus its index, else a random one.
+def assign_seeds(items: list[InputItem], base_seed: int | None, per_prompt: int = 1) -> list[tuple[str, int]]:
+    """Each item's seed: its prompt's own seed, else the job's seed plus its index, else a
+    random one; the `per_prompt` samples of a prompt take consecutive seeds from there.
     The seed is stored, so every result can be reproduced."""
     rng = random.SystemRandom()
     seeds = []
     for i, item in enumerate(items):
         if item.seed is not None:
-            seed = item.seed
+            first = item.seed
         elif base_seed is not None:
-            seed = (base_seed + i) % (MAX_SEED + 1)
+            first = base_seed + i * per_prompt
         else:
-            seed = rng.randrange(0, 2**31)
-        seeds.append((item.prompt, seed))
+            first = rng.randrange(0, 2**31)
+        seeds.extend((item.prompt, (first + sample) % (MAX_SEED + 1)) for sample in range(per_prompt))
     return seeds
+
+
+def walk_inputs(items: list[InputItem], field: str, walk: dict[str, Any]) -> list[tuple[str, int]]:
+    """A latent walk's items: `steps` per prompt, each stored with the walk's `from_seed`
+    (its output follows from both seeds and its step, which its index gives)."""
+    for i, item in enumerate(items):
+        if item.seed is not None:
+            raise InvalidRequest(f"{field}.{i}.seed: a latent walk takes its seeds from params.interpolate",
+                                 field=f"{field}.{i}.seed")
+    return [(item.prompt, walk["from_seed"]) for item in items for _ in range(walk["steps"])]
 
 
 class _PageQuery(BaseModel):

@@ -7,11 +7,13 @@ real responses against the models and against the document.
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from flask import jsonify, url_for
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_serializer
 
+from shared.items import sample_position
 from shared.ledger import Counts
 from shared.orm import ItemState, Job, JobItem, JobState
 from shared.registry import ModelSpec, Task
@@ -76,7 +78,7 @@ class JobResponse(_Response):
     error: str | None = Field(description="Why the job failed (for example how many items failed).")
     params: dict[str, Any] = Field(
         description="The effective parameters: the model's registry defaults overridden by the request "
-        "(one of TextParams, ImageParams, UnconditionalImageParams, by the model's task)."
+        "(one of TextParams, ImageParams, UnconditionalImageParams, GeneratorImageParams, by the model's task)."
     )
     links: JobLinks
 
@@ -95,6 +97,73 @@ class JobListResponse(_Response):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
 
 
+class QueuePlace(_Response):
+    """Where a queued job stands in its model's claim order (tenants take turns, one slice
+    each; within a tenant priority, then age). An estimate: a job with a higher priority,
+    or of a tenant whose turn comes first, may still go ahead of it."""
+
+    position: int = Field(ge=1, description="1: the next job of the model to start.")
+    items_ahead: int = Field(ge=0, description="Pending items of other jobs that start before this job's first.")
+    exact: bool = Field(description="False when more jobs wait ahead than GENQ_QUEUE_SCAN_JOBS: then both figures "
+                        "are lower bounds.")
+
+
+class StepProgress(_Response):
+    step: int = Field(ge=0, description="Denoising steps done.")
+    steps: int | None = Field(ge=1, description="Denoising steps in all (null when the pipeline's default is used).")
+
+
+class TokenProgress(_Response):
+    tokens: int = Field(ge=0, description="Tokens generated so far.")
+
+
+class RunningItem(_Response):
+    index: int = Field(ge=0)
+    progress: StepProgress | TokenProgress = Field(
+        description="Inside the model: steps for images, tokens for text. Written by the worker at most every "
+        "GENQ_PROGRESS_INTERVAL_SECONDS.")
+    updated_at: AwareDatetime
+
+
+EtaReason = Literal["not_measured", "no_live_worker", "lower_bound", "not_open", "unavailable"]
+
+
+class JobStatusResponse(JobResponse):
+    """A job as GET /v1/jobs/<id> answers it: with its place in the queue, its ETA and the
+    progress of its running items."""
+
+    queue: QueuePlace | None = Field(description="For a queued job; null otherwise.")
+    eta_seconds: float | None = Field(
+        ge=0, description="Seconds until the job's last item is expected to finish: the items that run before it "
+        "over the model's measured throughput (items per second of a busy worker, over the last "
+        "GENQ_THROUGHPUT_WINDOW_SECONDS, times the live workers serving the model). Null with `eta_reason` when "
+        "there is no estimate.")
+    eta_reason: EtaReason | None = Field(
+        description="Why `eta_seconds` is null or only a lower bound: `not_measured` (no item of the model finished "
+        "in the window), `no_live_worker` (no worker served the model lately), `lower_bound` (more jobs wait ahead "
+        "than were counted), `not_open` (the job is not queued or running), `unavailable` (Redis did not answer). "
+        "Null when `eta_seconds` is an estimate.")
+    running_items: list[RunningItem] = Field(description="Progress inside the model of the items running now.")
+
+    @classmethod
+    def of_status(cls, job: Job, counts: Counts, status) -> JobStatusResponse:
+        """`status` is a `web.queries.JobOutlook`."""
+        place = status.place
+        return cls(
+            **dict(JobResponse.of(job, counts)),
+            queue=None if place is None else QueuePlace(position=place.position, items_ahead=place.items_ahead,
+                                                        exact=status.exact),
+            eta_seconds=None if status.eta_seconds is None else round(status.eta_seconds, 3),
+            eta_reason=status.eta_reason,
+            running_items=[RunningItem(
+                index=item.index,
+                progress=TokenProgress(tokens=item.tokens) if item.tokens is not None
+                else StepProgress(step=item.step or 0, steps=item.steps),
+                updated_at=datetime.fromtimestamp(item.updated_at, timezone.utc),
+            ) for item in status.running],
+        )
+
+
 class TextOutput(_Response):
     text: str
 
@@ -105,6 +174,8 @@ class ImageOutput(_Response):
 
 class ItemResponse(_Response):
     index: int = Field(ge=0)
+    prompt_index: int = Field(ge=0, description="Which prompt of the request the item is of (0-based).")
+    sample: int = Field(ge=0, description="Which of that prompt's `n` samples (or latent-walk steps) it is.")
     state: ItemState
     prompt: str
     seed: int = Field(ge=0, description="The seed the item runs with (always stored, so it can be reproduced).")
@@ -115,8 +186,11 @@ class ItemResponse(_Response):
     finished_at: Timestamp
 
     @classmethod
-    def of(cls, item: JobItem) -> ItemResponse:
-        return cls(index=item.index, state=item.state, prompt=item.prompt, seed=item.seed, output=item_output(item),
+    def of(cls, item: JobItem, params: dict[str, Any] | None = None) -> ItemResponse:
+        """`params` are the job's: where the item stands follows from them and its index."""
+        prompt_index, sample = sample_position(item.index, params)
+        return cls(index=item.index, prompt_index=prompt_index, sample=sample, state=item.state, prompt=item.prompt,
+                   seed=item.seed, output=item_output(item),
                    error=item.error, attempts=item.attempts, started_at=item.started_at,
                    finished_at=item.finished_at)
 

@@ -13,6 +13,7 @@ from shared.queue import Wakeups
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
+from worker.batch_sizes import BatchSizes
 from worker.cache import ModelCache
 from worker.heartbeat import Heartbeat
 
@@ -28,9 +29,11 @@ class WorkerContext:
     wakeups: Wakeups | None = None  # set with the Celery app (make_worker_app)
     name: str = field(default_factory=lambda: f"{socket.gethostname()}")
     heartbeat: Heartbeat = field(init=False)
+    batch_sizes: BatchSizes = field(init=False)  # micro-batch sizes learned from out-of-memory
 
     def __post_init__(self) -> None:
         self.heartbeat = Heartbeat(self.ledger, self.settings.heartbeat_seconds, self.settings.lease_seconds)
+        self.batch_sizes = BatchSizes(self.settings.oom_probe_after)
 
     @property
     def owner(self) -> str:

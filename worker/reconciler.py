@@ -7,6 +7,10 @@ Each pass, in its own short transactions:
 3. each model with claimable work and an empty Redis queue gets one wake-up (this
    covers lost messages and a Redis restart that lost everything; a wake-up too many
    finds nothing to claim and costs one query).
+
+Beside the passes, a thread writes the output and error files of OpenAI batches whose
+jobs have all finished, stops batches past their window and removes expired files
+(`shared.openai_batches`), every GENQ_BATCH_POLL_SECONDS.
 """
 from __future__ import annotations
 
@@ -16,8 +20,11 @@ import time
 from dataclasses import dataclass
 
 from shared.ledger import Ledger
+from shared.notices import notices_for
+from shared.openai_batches import start_thread as start_batch_finalizer
 from shared.queue import Wakeups, make_celery, queue_name
 from shared.storage import storage_from_settings
+from worker.deliverer import start_thread as start_deliverer
 from worker.slices import remove_orphaned_outputs
 
 log = logging.getLogger(__name__)
@@ -37,6 +44,7 @@ def reconcile_once(settings, celery, storage, ledger: Ledger | None = None, wake
     report.leases_released = ledger.release_expired_leases(settings.max_attempts)
     settled = ledger.settle_unsettled()
     report.jobs_settled = len(settled)
+    notices_for(settings.redis_url).publish(settled)  # committed: event streams re-read these jobs
     remove_orphaned_outputs(storage, settled)
     for model in ledger.models_with_claimable_work():
         if queued_wakeups(celery, model) == 0 and wakeups.send(model, force=True):
@@ -61,6 +69,8 @@ def run_forever(settings, interval: float) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
     log.info("reconciler started: a pass every %.1fs", interval)
+    deliveries = start_deliverer(settings)  # the webhook outbox, in a thread of this process
+    batches = start_batch_finalizer(settings, storage)  # OpenAI batches' files, in a thread of this process
     while not stopping:
         try:
             report = reconcile_once(settings, celery, storage, ledger, wakeups)
@@ -71,3 +81,5 @@ def run_forever(settings, interval: float) -> None:
         deadline = time.monotonic() + interval
         while not stopping and time.monotonic() < deadline:
             time.sleep(0.1)
+    deliveries.set()
+    batches.set()

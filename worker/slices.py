@@ -21,8 +21,10 @@ from typing import Callable
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
+from shared import watch
 from shared.ledger import ResultRow, Slice
 from shared.ledger.transactions import Ended
+from shared.notices import notices_for
 from shared.storage import output_key
 from worker.batches import run_micro_batch
 from worker.context import WorkerContext
@@ -62,6 +64,7 @@ def handle_wakeup(ctx: WorkerContext, model: str) -> SliceReport | None:
 
 
 def run_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
+    notices_for(ctx.settings.redis_url).publish(slice_.job_ids)  # the claim is committed: its jobs are running
     wake_another_worker(ctx, slice_)
     try:
         with ctx.heartbeat.keeping(slice_.lease_id):
@@ -96,6 +99,7 @@ def perform_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
         commit_results(ctx, slice_, [(item, error) for item in slice_.items], report)
         return report
     runner = ctx.cache.get(spec)
+    watch.slice_started()  # the busy clock of ETAs starts once the model is loaded (unless the worker was busy)
     cancels = CancelWatch(ctx, slice_.job_ids)
     deadline = time.monotonic() + ctx.settings.slice_max_seconds
     remaining = list(slice_.items)
@@ -108,9 +112,10 @@ def perform_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
         if time.monotonic() > deadline:
             report.stopped = "slice time budget spent"
             break
-        batch, remaining = remaining[: spec.micro_batch_size], remaining[spec.micro_batch_size :]
+        size = ctx.batch_sizes.size(spec, slice_.params)  # lowered by out-of-memory for these parameters
+        batch, remaining = remaining[:size], remaining[size:]
         try:
-            results = run_micro_batch(runner, spec, batch, slice_.params, cancels.stops(batch))
+            results = run_micro_batch(runner, spec, batch, slice_.params, cancels.stops(batch), ctx.batch_sizes)
         except Cancelled:
             report.stopped = "cancelled"
             break
@@ -145,6 +150,8 @@ def commit_results(ctx: WorkerContext, slice_: Slice, results, report: SliceRepo
     report.succeeded += stored.succeeded
     report.failed += stored.failed
     report.lost += stored.lost
+    watch.committed(slice_.model, stored.succeeded, stored.failed)  # throughput and /metrics counts
+    notices_for(ctx.settings.redis_url).publish(item.job_id for item, _ in results)  # after the commit
 
 
 def _error_text(exc: Exception) -> str:
@@ -172,6 +179,7 @@ def continue_after(ctx: WorkerContext, slice_: Slice, ended: Ended) -> None:
     """Once the slice is given back and its jobs settled (one transaction, after the
     results were committed): sweep files no row points to, and wake a worker for the
     items this slice gave back."""
+    notices_for(ctx.settings.redis_url).publish(slice_.job_ids)  # settled, cancelled or given back: committed
     remove_orphaned_outputs(ctx.storage, ended.settled)
     if ended.given_back:
         ctx.wakeups.send(slice_.model)

@@ -30,11 +30,12 @@ from web.response_models import (
     JobAcceptedResponse,
     JobListResponse,
     JobResponse,
+    JobStatusResponse,
     ModelListResponse,
     ReadinessResponse,
 )
 
-DOCUMENTED_BLUEPRINTS = ("api", "health")
+DOCUMENTED_BLUEPRINTS = ("api", "webhooks", "health")
 TEXT_JOB = {"model": "tiny-text", "prompts": ["a", "b", "c"], "params": {"seed": 3}}
 
 
@@ -90,11 +91,11 @@ def test_v1_needs_a_key_and_the_probes_do_not(document):
             assert ("401" in op["responses"]) == secured, path
 
 
-def test_params_are_described_by_the_three_parameter_models(generic_document):
+def test_params_are_described_by_the_parameter_models(generic_document):
     document = generic_document
     params = document["components"]["schemas"]["JobRequest"]["properties"]["params"]
     names = [sub["$ref"].rsplit("/", 1)[1] for sub in params["anyOf"]]
-    assert names == ["TextParams", "ImageParams", "UnconditionalImageParams"]
+    assert names == ["TextParams", "ImageParams", "UnconditionalImageParams", "GeneratorImageParams"]
     assert all(name in document["components"]["schemas"] for name in names)
 
 
@@ -151,7 +152,7 @@ def test_job_responses_conform(client, settings, conform):
     accepted = client.post("/v1/jobs", json=TEXT_JOB)
     job_id = conform.check(accepted, JobAcceptedResponse, "POST", "/v1/jobs")["id"]
     finish_some_items(settings, job_id)
-    conform.check(client.get(f"/v1/jobs/{job_id}"), JobResponse, "GET", "/v1/jobs/{job_id}")
+    conform.check(client.get(f"/v1/jobs/{job_id}"), JobStatusResponse, "GET", "/v1/jobs/{job_id}")
     conform.check(client.get("/v1/jobs?limit=1"), JobListResponse, "GET", "/v1/jobs")
     page = conform.check(client.get(f"/v1/jobs/{job_id}/items?limit=2"), ItemPageResponse, "GET", "/v1/jobs/{job_id}/items")
     assert page["items"][0]["output"] == {"text": "hello"} and page["items"][1]["error"] == "boom"
@@ -223,14 +224,14 @@ def test_a_full_queue_is_a_documented_429(settings, api_key, conform):
 
 def test_the_models_catch_a_missing_or_an_extra_field(client):
     body = client.get(f"/v1/jobs/{client.post('/v1/jobs', json=TEXT_JOB).get_json()['id']}").get_json()
-    JobResponse.model_validate_json(json.dumps(body), strict=True)
+    JobStatusResponse.model_validate_json(json.dumps(body), strict=True)
     for name in body:
         with pytest.raises(ValidationError):
-            JobResponse.model_validate_json(json.dumps({k: v for k, v in body.items() if k != name}), strict=True)
+            JobStatusResponse.model_validate_json(json.dumps({k: v for k, v in body.items() if k != name}), strict=True)
     with pytest.raises(ValidationError):
-        JobResponse.model_validate_json(json.dumps({**body, "surprise": 1}), strict=True)
+        JobStatusResponse.model_validate_json(json.dumps({**body, "surprise": 1}), strict=True)
     with pytest.raises(ValidationError):
-        JobResponse.model_validate_json(json.dumps({**body, "progress": "0"}), strict=True)
+        JobStatusResponse.model_validate_json(json.dumps({**body, "progress": "0"}), strict=True)
 
 
 def test_the_request_examples_are_valid_requests(document):

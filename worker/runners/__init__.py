@@ -19,6 +19,8 @@ _BUILTIN_RUNNERS = {
     "text-generation": "worker.runners.text:TextRunner",
     "text-to-image": "worker.runners.image:ImageRunner",
     "unconditional-image": "worker.runners.image:ImageRunner",
+    "gan-image": "worker.runners.generator:GeneratorImageRunner",
+    "vae-image": "worker.runners.generator:GeneratorImageRunner",
 }
 
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from shared.items import ItemInput  # noqa: F401  (re-exported: part of the runner contract)
+from shared.progress import NO_PROGRESS, Progress
 from shared.registry import ModelSpec
+from shared.watch import watching
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class BaseRunner:
     subclass loads in `setup()`, says whether it has in `loaded()`, and produces outputs
     in `generate()`."""
 
+    progress: Progress = NO_PROGRESS  # during `generate`: call with step=, steps= or tokens= (see shared.progress)
+
     def __init__(self, spec: ModelSpec, device: str = "cpu"):
         self.spec = spec
         self.device = device
@@ -67,7 +71,11 @@ class BaseRunner:
             return []
         if should_stop is not None and should_stop():
             raise Cancelled("generation cancelled")
-        return self.generate(inputs, params, should_stop)
+        with watching(inputs) as self.progress:
+            try:
+                return self.generate(inputs, params, should_stop)
+            finally:
+                self.progress = NO_PROGRESS
 
     def generate(
         self, inputs: list[ItemInput], params: dict[str, Any], should_stop: Callable[[], bool] | None

@@ -30,7 +30,7 @@ from diffusers import DiffusionPipeline
 from shared.errors import ConfigError
 from shared.registry import ModelSpec
 from worker.runners.base import BaseRunner, Cancelled, ItemInput, ItemOutput
-from worker.runners.common import make_generator, param, resolve_source, torch_dtype
+from worker.runners.common import load_options, make_generator, param, resolve_source
 from worker.runners.image import to_png
 
 DEFAULT_STEPS = 25
@@ -54,9 +54,7 @@ class ClassConditionalImageRunner(BaseRunner):
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
-        pipe = DiffusionPipeline.from_pretrained(
-            resolve_source(self.spec), dtype=torch_dtype(self.spec.dtype), local_files_only=True
-        )
+        pipe = DiffusionPipeline.from_pretrained(resolve_source(self.spec), **load_options(self.spec, self.device))
         unet = pipe.unet.to(self.device).eval()
         known = unet.config.num_class_embeds or 0
         if known < len(self.labels):

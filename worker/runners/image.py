@@ -4,9 +4,10 @@ Batch independence: each item gets its own CPU `torch.Generator`, passed to the
 pipeline as a list, so its starting noise (and any scheduler noise) comes from its
 own seed whatever else shares the batch.
 
-Cancellation: pipelines that take `callback_on_step_end` get a callback that raises
-`Cancelled` after a step, which aborts the call. The others (DDPM, DDIM, ...) have
-their progress bar replaced by one that polls `should_stop` on every step.
+Cancellation and progress: pipelines that take `callback_on_step_end` get a callback
+that reports the step and raises `Cancelled` after a step, which aborts the call. The
+others (DDPM, DDIM, ...) have their progress bar replaced by one that does the same on
+every step.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from diffusers import DiffusionPipeline
 
 from shared.registry import ModelSpec, Task
 from worker.runners.base import BaseRunner, Cancelled, ItemInput, ItemOutput
-from worker.runners.common import make_generator, resolve_source, torch_dtype
+from worker.runners.common import load_options, make_generator, resolve_source
 
 # Job parameters handed to the pipeline call when it accepts them.
 _TEXT_TO_IMAGE_PARAMS = ("num_inference_steps", "guidance_scale", "width", "height", "negative_prompt", "eta")
@@ -42,9 +43,7 @@ class ImageRunner(BaseRunner):
         diffusers_logging.disable_progress_bar()  # loading bars would flood the worker's log
         transformers_logging.disable_progress_bar()
         # diffusers 0.42 deprecates `torch_dtype=` in favour of `dtype=`.
-        pipe = DiffusionPipeline.from_pretrained(
-            resolve_source(self.spec), dtype=torch_dtype(self.spec.dtype), local_files_only=True
-        )
+        pipe = DiffusionPipeline.from_pretrained(resolve_source(self.spec), **load_options(self.spec, self.device))
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         signature = inspect.signature(pipe.__call__).parameters
@@ -59,9 +58,9 @@ class ImageRunner(BaseRunner):
         self, inputs: list[ItemInput], params: dict[str, Any], should_stop: Callable[[], bool] | None
     ) -> list[ItemOutput]:
         kwargs = self._call_kwargs(inputs, params)
-        poll = should_stop
-        if should_stop is not None and self._accepts("callback_on_step_end"):
-            kwargs["callback_on_step_end"] = _stop_callback(should_stop)
+        poll = _counting_steps(should_stop, self.progress, kwargs.get("num_inference_steps"))
+        if self._accepts("callback_on_step_end"):
+            kwargs["callback_on_step_end"] = _stop_callback(poll)
             poll = None
         with torch.inference_mode(), _polling_progress(self.pipe, poll):
             images = self.pipe(**kwargs).images
@@ -91,6 +90,20 @@ class ImageRunner(BaseRunner):
     def _accepts(self, name: str) -> bool:
         """Whether the pipeline's `__call__` takes this keyword (checked once, in `setup`)."""
         return name in self._call_params or (self._accepts_any and name != "callback_on_step_end")
+
+
+def _counting_steps(should_stop: Callable[[], bool] | None, progress, steps: int | None) -> Callable[[], bool]:
+    """The per-step hook: reports the step to `progress` (which throttles its writes),
+    then asks `should_stop`, if any."""
+    done = 0
+
+    def check() -> bool:
+        nonlocal done
+        done += 1
+        progress(step=done if steps is None else min(done, int(steps)), steps=steps)
+        return should_stop is not None and should_stop()
+
+    return check
 
 
 def _stop_callback(should_stop: Callable[[], bool]):

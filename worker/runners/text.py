@@ -26,7 +26,8 @@ from transformers import (
 
 from shared.registry import ModelSpec, max_positions
 from worker.runners.base import BaseRunner, Cancelled, ItemInput, ItemOutput
-from worker.runners.common import make_generator, param, resolve_source, torch_dtype
+from worker.runners.common import load_options, make_generator, param, resolve_source
+from worker.runners.decoding import RowBudgets, RowPenalties, StopStrings, cut_at_stop
 
 DEFAULT_MAX_NEW_TOKENS = 32
 
@@ -110,6 +111,18 @@ class ShouldStop(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
+class ReportTokens(StoppingCriteria):
+    """Reports the tokens generated so far to the progress tracker (which throttles the
+    writes); never stops generation."""
+
+    def __init__(self, progress, prompt_width: int):
+        self.progress, self.prompt_width = progress, prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        self.progress(tokens=input_ids.shape[1] - self.prompt_width)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 class TextRunner(BaseRunner):
     """Runs a causal language model over micro-batches of prompts."""
 
@@ -128,9 +141,7 @@ class TextRunner(BaseRunner):
         tokenizer.truncation_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype(self.spec.dtype), local_files_only=True
-        )
+        model = AutoModelForCausalLM.from_pretrained(source, **load_options(self.spec, self.device))
         model.to(self.device).eval()
         # generate() fills every unset field of the config it is given from
         # model.generation_config; a clean one stops a checkpoint's defaults
@@ -166,19 +177,45 @@ class TextRunner(BaseRunner):
     def generate(
         self, inputs: list[ItemInput], params: dict[str, Any], should_stop: Callable[[], bool] | None
     ) -> list[ItemOutput]:
+        outputs: dict[int, ItemOutput] = {}
+        for group in self._fitting_groups(inputs, params):
+            outputs.update(zip(group, self._generate([inputs[i] for i in group], params, should_stop)))
+        return [outputs[i] for i in range(len(inputs))]
+
+    def _fitting_groups(self, inputs: list[ItemInput], params: dict[str, Any]) -> list[list[int]]:
+        """The micro-batch as one group, or, with `max_length`, as groups whose padded
+        prompts plus the most new tokens any of their rows takes fit the model's positions
+        (each row fits alone; a long prompt beside a short one may not). Outputs do not
+        depend on the grouping."""
+        limit = self.max_positions()
+        if param(params, "max_length") is None or limit is None:
+            return [list(range(len(inputs)))]
+        _, room = self._lengths(params)
+        total = min(int(params["max_length"]), limit)
+        lengths = [len(ids) or 1 for ids in self.tokenizer([item.prompt for item in inputs], truncation=True,
+                                                              max_length=room)["input_ids"]]
+        groups: list[list[int]] = []
+        for index in sorted(range(len(inputs)), key=lambda i: lengths[i]):
+            shortest = lengths[groups[-1][0]] if groups else None
+            if shortest is None or lengths[index] + max(1, total - shortest) > limit:
+                groups.append([index])
+            else:
+                groups[-1].append(index)
+        return groups
+
+    def _generate(
+        self, inputs: list[ItemInput], params: dict[str, Any], should_stop: Callable[[], bool] | None
+    ) -> list[ItemOutput]:
+        max_length = param(params, "max_length")
         max_new_tokens, prompt_room = self._lengths(params)
         input_ids, attention_mask = self._encode([item.prompt for item in inputs], prompt_room)
-        processors = LogitsProcessorList()
-        if params.get("do_sample"):
-            processors.append(
-                SeededSampler(
-                    [make_generator(item.seed) for item in inputs],
-                    temperature=param(params, "temperature", 1.0),
-                    top_k=param(params, "top_k", 0),
-                    top_p=param(params, "top_p", 1.0),
-                )
-            )
-        criteria = StoppingCriteriaList([ShouldStop(should_stop)] if should_stop is not None else [])
+        width = input_ids.shape[1]
+        budgets = self._budgets(int(max_length), attention_mask) if max_length is not None else None
+        if budgets is not None:
+            max_new_tokens = max(1, *budgets)
+        eos_ids = set(self._eos_ids(self.tokenizer, self.model))
+        decode = lambda tokens: self._decode(tokens, eos_ids)  # noqa: E731
+        stops = param(params, "stop")
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=False,
@@ -191,25 +228,69 @@ class TextRunner(BaseRunner):
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 generation_config=config,
-                logits_processor=processors,
-                stopping_criteria=criteria,
+                logits_processor=self._processors(inputs, params, attention_mask),
+                stopping_criteria=StoppingCriteriaList(
+                    [*self._criteria(should_stop, budgets, stops, width, decode), ReportTokens(self.progress, width)]),
             )
-        new_tokens = output[:, input_ids.shape[1] :].tolist()
-        eos_ids = set(self._eos_ids(self.tokenizer, self.model))
-        return [ItemOutput(text=self._decode(row, eos_ids)) for row in new_tokens]
+        new_tokens = output[:, width:].tolist()
+        if budgets is not None:
+            new_tokens = [row[:budget] for row, budget in zip(new_tokens, budgets)]
+        return [ItemOutput(text=cut_at_stop(decode(row), stops)) for row in new_tokens]
+
+    def _processors(self, inputs: list[ItemInput], params: dict[str, Any], attention_mask) -> LogitsProcessorList:
+        """Penalties first, then the seeded sampler (whose one-hot rows greedy search picks)."""
+        processors = LogitsProcessorList()
+        penalty = float(param(params, "repetition_penalty", 1.0))
+        ngram = int(param(params, "no_repeat_ngram_size", 0))
+        if penalty != 1.0 or ngram > 0:
+            starts = attention_mask.shape[1] - attention_mask.sum(dim=1)  # left padding
+            processors.append(RowPenalties(starts, penalty, ngram))
+        if params.get("do_sample"):
+            processors.append(
+                SeededSampler(
+                    [make_generator(item.seed) for item in inputs],
+                    temperature=param(params, "temperature", 1.0),
+                    top_k=param(params, "top_k", 0),
+                    top_p=param(params, "top_p", 1.0),
+                )
+            )
+        return processors
+
+    @staticmethod
+    def _criteria(should_stop, budgets, stops, width: int, decode) -> StoppingCriteriaList:
+        criteria = StoppingCriteriaList([ShouldStop(should_stop)] if should_stop is not None else [])
+        if budgets is not None:
+            criteria.append(RowBudgets(width, budgets))
+        if stops:
+            criteria.append(StopStrings(stops, width, decode))
+        return criteria
 
     def _lengths(self, params: dict[str, Any]) -> tuple[int, int | None]:
         """(max_new_tokens, longest prompt in tokens), so that both fit the model's positions.
 
         The prompt room depends on the parameters only, never on the other prompts of
-        the batch, so truncation cannot make an item depend on its neighbours.
+        the batch, so truncation cannot make an item depend on its neighbours. With
+        `max_length` the prompt keeps room for one new token at least.
         """
-        max_new_tokens = int(param(params, "max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
         limit = self.max_positions()
+        if param(params, "max_length") is not None:
+            return 1, (limit - 1 if limit is not None else None)
+        max_new_tokens = int(param(params, "max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
         if limit is None:
             return max_new_tokens, None
         max_new_tokens = max(1, min(max_new_tokens, limit - 1))
         return max_new_tokens, limit - max_new_tokens
+
+    def _budgets(self, max_length: int, attention_mask: torch.Tensor) -> list[int]:
+        """Per item, the new tokens `max_length` (prompt plus new tokens) leaves it: none for
+        a prompt that fills it, and never more than the model's positions or the registry's
+        `limits.max_new_tokens.max` allow. Each depends on the item's own prompt only."""
+        limit = self.max_positions()
+        total = min(max_length, limit) if limit is not None else max_length
+        bounds = self.spec.limits.get("max_new_tokens")
+        cap = int(bounds.max) if bounds is not None and bounds.max is not None else None
+        budgets = [max(0, total - int(length)) for length in attention_mask.sum(dim=1).tolist()]
+        return [min(budget, cap) if cap is not None else budget for budget in budgets]
 
     def _encode(self, prompts: list[str], prompt_room: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-truncated, left-padded ids; an empty prompt becomes a single BOS (or EOS) token."""
