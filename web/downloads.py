@@ -11,6 +11,11 @@ REDIRECT_VALUES = {"1": True, "true": True, "0": False, "false": False}  # the O
 
 
 def wants_redirect(args) -> bool:
+    """Whether `?redirect=` asks for a presigned URL; any other query parameter is refused,
+    as every other route refuses the parameters it does not declare."""
+    unknown = sorted(set(args) - {"redirect"})
+    if unknown:
+        raise InvalidRequest(f"unknown query parameter {unknown[0][:40]!r}", field=unknown[0][:40])
     if "redirect" not in args:
         return False
     value = args["redirect"]
