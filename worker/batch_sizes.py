@@ -20,8 +20,7 @@ from shared.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
-# Parameters whose value changes the memory a micro-batch needs, as (name, how to range it).
-_PIXELS = ("width", "height")
+_PIXELS = ("width", "height")  # their product, the image area, drives an image micro-batch's memory
 
 
 @dataclass

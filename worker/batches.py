@@ -30,9 +30,8 @@ Outcome = ItemOutput | Exception
 
 def run_micro_batch(
     runner: Runner, spec: ModelSpec, batch: list[ClaimedItem], params: dict, should_stop: Callable[[], bool],
-    sizes: BatchSizes | None = None,
+    sizes: BatchSizes,
 ) -> list[tuple[ClaimedItem, Outcome]]:
-    sizes = sizes if sizes is not None else BatchSizes()
     outputs, error = _attempt(runner, batch, params, should_stop)
     if error is None:
         sizes.succeeded(spec, params, len(batch))

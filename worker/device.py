@@ -25,13 +25,15 @@ log = logging.getLogger(__name__)
 EXIT_DEVICE_BROKEN = 70
 EXIT_NO_DEVICE = 3
 
-# Lower-case fragments of the messages of CUDA errors that poison the process's context.
+# Lower-case fragments of the messages of CUDA errors that poison the process's context,
+# for those torch raises as a plain RuntimeError rather than `torch.AcceleratorError`:
+# cuBLAS checks ("CUDA error: CUBLAS_STATUS_..."), cuDNN's, NVML's internal asserts, and
+# kernels launched outside torch's checks ("Triton Error [CUDA]: an illegal memory access ...").
 _STICKY_MARKERS = (
     "cuda error",
     "illegal memory access",
     "device-side assert",
     "ecc error",
-    "uncorrectable ecc",
     "unspecified launch failure",
     "misaligned address",
     "illegal instruction",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genq.devstack import Stack
-from tests.helpers.database import BACKENDS, database_url_for, reset_schema
+from tests.helpers.database import BACKENDS
+from tests.helpers.stacks import running_stack
 from tests.worker.conftest import PIXEL_TOLERANCE, png_pixels
 
 pytestmark = pytest.mark.integration
@@ -21,16 +21,8 @@ SAMPLING = {"do_sample": True, "temperature": 1.0, "top_p": 0.95, "max_new_token
 @pytest.fixture(scope="module", params=BACKENDS)
 def stack(request, tmp_path_factory, redis_server, models_file):
     root = tmp_path_factory.mktemp(f"stack-{request.param}")
-    url = database_url_for(request.param, root)
-    reset_schema(url)
-    redis_server.client().flushdb()
-    stack = Stack(root, url, redis_server.url, models_file, worker_max_models=4, slice_max_items=16)
-    stack.migrate()
-    stack.start_web()
-    stack.start_worker()
-    yield stack
-    stack.stop()
-    reset_schema(url)
+    with running_stack(request.param, root, redis_server, models_file, worker_max_models=4, slice_max_items=16) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

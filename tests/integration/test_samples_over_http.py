@@ -9,9 +9,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from genq.devstack import Stack
 from tests import tiny_models
-from tests.helpers.database import BACKENDS, database_url_for, reset_schema
+from tests.helpers.database import BACKENDS
+from tests.helpers.stacks import running_stack
 from tests.worker.test_generator_runner import save_random_gan
 
 pytestmark = pytest.mark.integration
@@ -30,16 +30,8 @@ def stack(request, tmp_path_factory, redis_server, tiny_model_dirs):
                                      "micro_batch_size": 4, "defaults": {"width": 32, "height": 32}}
     models_file = root / "models.yaml"
     models_file.write_text(yaml.safe_dump(entries))
-    url = database_url_for(request.param, root)
-    reset_schema(url)
-    redis_server.client().flushdb()
-    stack = Stack(root, url, redis_server.url, models_file, worker_max_models=4, slice_max_items=5)
-    stack.migrate()
-    stack.start_web()
-    stack.start_worker()
-    yield stack
-    stack.stop()
-    reset_schema(url)
+    with running_stack(request.param, root, redis_server, models_file, worker_max_models=4, slice_max_items=5) as stack:
+        yield stack
 
 
 def test_a_text_job_with_n_4_and_the_primers_parameters(stack):

@@ -18,7 +18,7 @@ def tiny_registry(models_file):
     return load_registry(models_file)
 
 
-def _ready_runner(spec):
+def ready_runner(spec):
     import torch
 
     from worker.runners import build_runner
@@ -34,17 +34,17 @@ def _ready_runner(spec):
 
 @pytest.fixture(scope="session")
 def text_runner(tiny_registry):
-    return _ready_runner(tiny_registry.get("tiny-text"))
+    return ready_runner(tiny_registry.get("tiny-text"))
 
 
 @pytest.fixture(scope="session")
 def sd_runner(tiny_registry):
-    return _ready_runner(tiny_registry.get("tiny-sd"))
+    return ready_runner(tiny_registry.get("tiny-sd"))
 
 
 @pytest.fixture(scope="session")
 def uncond_runner(tiny_registry):
-    return _ready_runner(tiny_registry.get("tiny-uncond"))
+    return ready_runner(tiny_registry.get("tiny-uncond"))
 
 
 # Item alone vs. in a batch: batched convolutions give tiny float differences between batch

@@ -121,5 +121,7 @@ def test_sticky_errors_are_told_from_others():
     assert is_sticky_device_error(RuntimeError("CUDA error: device-side assert triggered"))
     assert is_sticky_device_error(RuntimeError("CUDA error: uncorrectable ECC error encountered"))
     assert is_sticky_device_error(torch.AcceleratorError("CUDA error: an illegal memory access was encountered"))
+    assert is_sticky_device_error(RuntimeError("Triton Error [CUDA]: an illegal memory access was encountered"))
+    assert is_sticky_device_error(RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"))
     assert not is_sticky_device_error(RuntimeError("shape mismatch"))
     assert not is_sticky_device_error(ValueError("CUDA error in a prompt"))

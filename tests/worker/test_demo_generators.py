@@ -84,7 +84,7 @@ def test_diversity_is_zero_for_copies_and_grows_with_spread():
 
 
 def test_a_generator_that_copies_one_real_digit_per_class_has_no_diversity():
-    from worker.demo.image import load_digits, to_model_range
+    from worker.demo.quality import load_digits, to_model_range
 
     images, targets = load_digits()
     real = to_model_range(images)

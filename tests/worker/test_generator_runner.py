@@ -3,6 +3,9 @@ classes from prompts, seeds, batch independence, latent walks, cancel, PNG outpu
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +13,7 @@ import torch
 
 from shared.errors import ConfigError
 from shared.registry import ModelSpec
-from tests.worker.conftest import PIXEL_TOLERANCE, StopAfter, png_pixels
-from worker.runners import build_runner
+from tests.worker.conftest import PIXEL_TOLERANCE, StopAfter, png_pixels, ready_runner
 from worker.runners.base import Cancelled, ItemInput
 from worker.runners.generator import seeded_latent, slerp
 from worker.runners.generator_modules import (
@@ -51,23 +53,16 @@ def save_random_vae(directory):
     return directory
 
 
-def ready(spec):
-    torch.set_num_threads(1)
-    runner = build_runner(spec, "cpu")
-    runner.setup()
-    return runner
-
-
 @pytest.fixture(scope="module")
 def gan_runner(tmp_path_factory):
     source = save_random_gan(tmp_path_factory.mktemp("gan"))
-    return ready(ModelSpec(name="gan", task="gan-image", source=str(source), micro_batch_size=16))
+    return ready_runner(ModelSpec(name="gan", task="gan-image", source=str(source), micro_batch_size=16))
 
 
 @pytest.fixture(scope="module")
 def vae_runner(tmp_path_factory):
     source = save_random_vae(tmp_path_factory.mktemp("vae"))
-    return ready(ModelSpec(name="vae", task="vae-image", source=str(source), options={"labels": LABELS}))
+    return ready_runner(ModelSpec(name="vae", task="vae-image", source=str(source), options={"labels": LABELS}))
 
 
 @pytest.fixture(params=["gan", "vae"])
@@ -142,11 +137,21 @@ def test_weights_are_safetensors_and_the_config_is_checked(tmp_path):
     assert sorted(p.name for p in source.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
     spec = ModelSpec(name="gan", task="gan-image", source=str(source), options={"labels": LABELS[:3]})
     with pytest.raises(ConfigError, match="3 labels"):
-        ready(spec)
+        ready_runner(spec)
     config = json.loads((source / CONFIG_FILE).read_text())
     (source / CONFIG_FILE).write_text(json.dumps({**config, "class": "worker.runners.generator_modules:Nope"}))
     with pytest.raises(ConfigError, match="Nope"):
-        ready(ModelSpec(name="gan", task="gan-image", source=str(source)))
+        ready_runner(ModelSpec(name="gan", task="gan-image", source=str(source)))
     (source / CONFIG_FILE).unlink()
     with pytest.raises(ConfigError, match="config.json"):
-        ready(ModelSpec(name="gan", task="gan-image", source=str(source)))
+        ready_runner(ModelSpec(name="gan", task="gan-image", source=str(source)))
+
+
+def test_serving_a_generator_module_loads_neither_diffusers_nor_transformers():
+    """A GAN or VAE worker imports torch only (diffusers and transformers take seconds)."""
+    code = ("import sys, worker.runners.generator\n"
+            "print(sorted(m for m in ('diffusers', 'transformers') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -149,6 +149,23 @@ class TrainingClock:
     def done(self, step: int) -> bool:
         return self.fraction(step) >= 1.0
 
+    def run(self, train_step: Callable[[int], Any]) -> int:
+        """Call `train_step(step)` (one step; it returns the step's loss tensor) until the
+        clock says stop, each with the thread count `ThreadPicker` finds faster, with
+        progress lines; the thread count chosen stays set for the evaluation that
+        follows. Returns the number of steps."""
+        import torch
+
+        picker = ThreadPicker()
+        step = 0
+        while not self.done(step):
+            with picker.step():
+                loss = train_step(step)
+            step += 1
+            self.report(step, loss.item(), picker.chosen)
+        torch.set_num_threads(picker.chosen)
+        return step
+
     def report(self, step: int, loss: float, threads: int | None = None) -> None:
         """A progress line every `every_s` seconds at most."""
         now = time.monotonic()

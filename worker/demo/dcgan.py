@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.demo import DIGIT_LABELS, Progress, ThreadPicker, TrainingClock, seed_everything
-from worker.demo.quality import digits_judge, judge_generator, module_sampler
+from worker.demo import DIGIT_LABELS, Progress, TrainingClock, seed_everything
+from worker.demo.quality import digits_judge, judge_generator, load_digits, module_sampler, to_model_range
 from worker.runners.generator_modules import ConditionalDCGANGenerator, save_generator
 
 MODULE_CLASS = "worker.runners.generator_modules:ConditionalDCGANGenerator"
@@ -68,8 +68,6 @@ class ConditionalDiscriminator(nn.Module):
 
 def build_dcgan_model(out_dir: Path, *, quick: bool = False, progress: Progress = print) -> dict[str, Any]:
     """Train demo-dcgan and save its generator in `out_dir`; returns quality figures."""
-    from worker.demo.image import load_digits, to_model_range
-
     recipe = QUICK if quick else FULL
     seed_everything(0)
     images, targets = load_digits()
@@ -110,25 +108,23 @@ def train(generator, images: torch.Tensor, labels: torch.Tensor, recipe: GanReci
     rng = torch.Generator().manual_seed(0)
     real_target = torch.full((recipe.batch,), REAL_LABEL)
     fake_target, fooled_target = torch.zeros(recipe.batch), torch.ones(recipe.batch)
-    picker = ThreadPicker()
+
+    def train_step(step: int) -> torch.Tensor:
+        rows = torch.randint(0, len(images), (recipe.batch,), generator=rng)
+        real, classes = images[rows], labels[rows]
+        fake = generator(torch.randn(recipe.batch, recipe.latent_size, generator=rng), classes)
+        loss_d = loss(discriminator(real, classes), real_target) + loss(discriminator(fake.detach(), classes),
+                                                                         fake_target)
+        optimise_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        optimise_d.step()
+        loss_g = loss(discriminator(fake, classes), fooled_target)
+        optimise_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        optimise_g.step()
+        return loss_g
+
     generator.train()
-    step = 0
-    while not clock.done(step):
-        with picker.step():
-            rows = torch.randint(0, len(images), (recipe.batch,), generator=rng)
-            real, classes = images[rows], labels[rows]
-            fake = generator(torch.randn(recipe.batch, recipe.latent_size, generator=rng), classes)
-            loss_d = loss(discriminator(real, classes), real_target) + loss(discriminator(fake.detach(), classes),
-                                                                             fake_target)
-            optimise_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            optimise_d.step()
-            loss_g = loss(discriminator(fake, classes), fooled_target)
-            optimise_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            optimise_g.step()
-        step += 1
-        clock.report(step, loss_g.item(), picker.chosen)
-    torch.set_num_threads(picker.chosen)
+    steps = clock.run(train_step)
     generator.eval()
-    return step
+    return steps

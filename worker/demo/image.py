@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.demo import DIGIT_LABELS, Progress, ThreadPicker, TrainingClock, cosine_lr, seed_everything
-from worker.demo.quality import DigitJudge
+from worker.demo import DIGIT_LABELS, Progress, TrainingClock, cosine_lr, seed_everything
+from worker.demo.quality import DigitJudge, digits_judge, load_digits, to_model_range
 from worker.runners.class_conditional import sample
 from worker.runners.common import make_generator
 
@@ -69,7 +69,7 @@ def build_image_model(out_dir: Path, *, quick: bool = False, progress: Progress 
     train_seconds = clock.elapsed()
     scheduler = make_inference_scheduler(noise_schedule)
     progress(f"demo-image: judging {recipe.eval_samples} generated digits")
-    figures = judge(unet, scheduler, DigitJudge(images, targets), recipe)
+    figures = judge(unet, scheduler, digits_judge(), recipe)
     DDIMPipeline(unet=unet, scheduler=scheduler).save_pretrained(out_dir)
     progress(
         f"demo-image: the requested digit was recognised in {figures['class_accuracy']:.0%} of samples "
@@ -81,19 +81,6 @@ def build_image_model(out_dir: Path, *, quick: bool = False, progress: Progress 
         "train_seconds": round(train_seconds, 1),
         "parameters": sum(p.numel() for p in unet.parameters()),
     }
-
-
-def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits: images (n, 8, 8) with values 0..16, and their digits."""
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    digits = sklearn_digits()
-    return digits.images.astype(np.float32), digits.target.astype(np.int64)
-
-
-def to_model_range(images: np.ndarray) -> torch.Tensor:
-    """(n, 8, 8) in 0..16 -> (n, 1, 8, 8) in [-1, 1]."""
-    return torch.from_numpy(images).unsqueeze(1) / 8.0 - 1.0
 
 
 def make_unet(recipe: ImageRecipe):
@@ -137,30 +124,28 @@ def train(unet, noise_schedule, images: torch.Tensor, targets: np.ndarray, recip
     labels = torch.from_numpy(targets)
     null_class = len(DIGIT_LABELS)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.peak_lr, weight_decay=0.0)
-    picker = ThreadPicker()
+
+    def train_step(step: int) -> torch.Tensor:
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(recipe.peak_lr, clock.fraction(step), step, warmup_steps=20)
+        rows = torch.randint(0, len(images), (recipe.batch,), generator=generator)
+        clean, classes = images[rows], labels[rows].clone()
+        dropped = torch.rand(recipe.batch, generator=generator) < recipe.unconditional_share
+        classes[dropped] = null_class
+        noise = torch.randn(clean.shape, generator=generator)
+        timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (recipe.batch,), generator=generator)
+        noisy = noise_schedule.add_noise(clean, noise, timesteps)
+        target = noise_schedule.get_velocity(clean, noise, timesteps)
+        loss = torch.nn.functional.mse_loss(unet(noisy, timesteps, class_labels=classes).sample, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
     unet.train()
-    step = 0
-    while not clock.done(step):
-        with picker.step():
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(recipe.peak_lr, clock.fraction(step), step, warmup_steps=20)
-            rows = torch.randint(0, len(images), (recipe.batch,), generator=generator)
-            clean, classes = images[rows], labels[rows].clone()
-            dropped = torch.rand(recipe.batch, generator=generator) < recipe.unconditional_share
-            classes[dropped] = null_class
-            noise = torch.randn(clean.shape, generator=generator)
-            timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (recipe.batch,), generator=generator)
-            noisy = noise_schedule.add_noise(clean, noise, timesteps)
-            target = noise_schedule.get_velocity(clean, noise, timesteps)
-            loss = torch.nn.functional.mse_loss(unet(noisy, timesteps, class_labels=classes).sample, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        step += 1
-        clock.report(step, loss.item(), picker.chosen)
-    torch.set_num_threads(picker.chosen)  # for the evaluation that follows
+    steps = clock.run(train_step)
     unet.eval()
-    return step
+    return steps
 
 
 def judge(unet, scheduler, judge_: DigitJudge, recipe: ImageRecipe) -> dict[str, Any]:

@@ -54,14 +54,24 @@ class DigitJudge:
         return self.accuracy(noise, np.arange(count) % 10)
 
 
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: images (n, 8, 8) with values 0..16, and their digits."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    return digits.images.astype(np.float32), digits.target.astype(np.int64)
+
+
+def to_model_range(images: np.ndarray) -> torch.Tensor:
+    """(n, 8, 8) in 0..16 -> (n, 1, 8, 8) in [-1, 1]."""
+    return torch.from_numpy(images).unsqueeze(1) / 8.0 - 1.0
+
+
 @functools.lru_cache(maxsize=1)
 def digits_judge() -> DigitJudge:
     """The judge fitted on all of scikit-learn's digits, fitted once per process (the
     fit takes seconds, and every digit model is judged by the same one)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    return DigitJudge(digits.images.astype(np.float32), digits.target.astype(np.int64))
+    return DigitJudge(*load_digits())
 
 
 def mean_pairwise_distance(samples: torch.Tensor) -> float:
@@ -85,7 +95,7 @@ def judge_generator(generate, judge_: DigitJudge, images: np.ndarray, targets: n
     classes = np.arange(samples) % 10
     accuracy = judge_.accuracy(generate([10_000 + i for i in range(samples)], classes.tolist()), classes)
     generated, real = [], []
-    real_images = torch.from_numpy(images).unsqueeze(1) / 8.0 - 1.0
+    real_images = to_model_range(images)
     for digit in range(10):
         seeds = [20_000 + digit * per_class + i for i in range(per_class)]
         generated.append(mean_pairwise_distance(generate(seeds, [digit] * per_class)))

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from worker.demo import Progress, ThreadPicker, TrainingClock, cosine_lr, seed_everything
+from worker.demo import Progress, TrainingClock, cosine_lr, seed_everything
 from worker.demo.quality import perplexity
 
 EOS = "<|endoftext|>"
@@ -207,22 +207,20 @@ def train(model, stream: torch.Tensor, recipe: TextRecipe, clock: TrainingClock)
     generator = torch.Generator().manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.peak_lr, weight_decay=0.01)
     window = torch.arange(recipe.block)
-    picker = ThreadPicker()
+
+    def train_step(step: int) -> torch.Tensor:
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(recipe.peak_lr, clock.fraction(step), step, warmup_steps=30)
+        starts = torch.randint(0, len(stream) - recipe.block, (recipe.batch, 1), generator=generator)
+        batch = stream[starts + window]
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return loss
+
     model.train()
-    step = 0
-    while not clock.done(step):
-        with picker.step():
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(recipe.peak_lr, clock.fraction(step), step, warmup_steps=30)
-            starts = torch.randint(0, len(stream) - recipe.block, (recipe.batch, 1), generator=generator)
-            batch = stream[starts + window]
-            loss = model(input_ids=batch, labels=batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-        step += 1
-        clock.report(step, loss.item(), picker.chosen)
-    torch.set_num_threads(picker.chosen)  # for the evaluation that follows
+    steps = clock.run(train_step)
     model.eval()
-    return step
+    return steps

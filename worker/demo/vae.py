@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.demo import DIGIT_LABELS, Progress, ThreadPicker, TrainingClock, seed_everything
-from worker.demo.quality import digits_judge, judge_generator, module_sampler
+from worker.demo import DIGIT_LABELS, Progress, TrainingClock, seed_everything
+from worker.demo.quality import digits_judge, judge_generator, load_digits, module_sampler
 from worker.runners.generator_modules import ConditionalVAEDecoder, save_generator
 
 MODULE_CLASS = "worker.runners.generator_modules:ConditionalVAEDecoder"
@@ -82,8 +82,6 @@ def negative_elbo(pixels, reconstruction, mean, log_variance) -> tuple[torch.Ten
 
 def build_vae_model(out_dir: Path, *, quick: bool = False, progress: Progress = print) -> dict[str, Any]:
     """Train demo-vae and save its decoder in `out_dir`; returns quality figures."""
-    from worker.demo.image import load_digits
-
     recipe = QUICK if quick else FULL
     seed_everything(0)
     images, targets = load_digits()
@@ -123,24 +121,23 @@ def train(decoder, pixels: torch.Tensor, labels: torch.Tensor, recipe: VaeRecipe
     encoder = ConditionalEncoder(recipe.latent_size, len(DIGIT_LABELS), recipe.hidden)
     optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=recipe.lr)
     rng = torch.Generator().manual_seed(0)
-    picker = ThreadPicker()
+    last = {"reconstruction_loss": torch.tensor(0.0), "kl": torch.tensor(0.0)}  # of the latest step
+
+    def train_step(step: int) -> torch.Tensor:
+        rows = torch.randint(0, len(pixels), (recipe.batch,), generator=rng)
+        batch, classes = pixels[rows], labels[rows]
+        mean, log_variance = encoder(batch, classes)
+        noise = torch.randn(mean.shape, generator=rng)
+        latents = mean + noise * torch.exp(0.5 * log_variance)  # the reparameterisation trick
+        reconstruction = decoder(latents, classes).reshape(recipe.batch, PIXELS)
+        last["reconstruction_loss"], last["kl"] = negative_elbo(batch, reconstruction, mean, log_variance)
+        loss = last["reconstruction_loss"] + last["kl"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
     decoder.train()
-    step, reconstruction_loss, kl = 0, torch.tensor(0.0), torch.tensor(0.0)
-    while not clock.done(step):
-        with picker.step():
-            rows = torch.randint(0, len(pixels), (recipe.batch,), generator=rng)
-            batch, classes = pixels[rows], labels[rows]
-            mean, log_variance = encoder(batch, classes)
-            noise = torch.randn(mean.shape, generator=rng)
-            latents = mean + noise * torch.exp(0.5 * log_variance)  # the reparameterisation trick
-            reconstruction = decoder(latents, classes).reshape(recipe.batch, PIXELS)
-            reconstruction_loss, kl = negative_elbo(batch, reconstruction, mean, log_variance)
-            loss = reconstruction_loss + kl
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        step += 1
-        clock.report(step, loss.item(), picker.chosen)
-    torch.set_num_threads(picker.chosen)
+    steps = clock.run(train_step)
     decoder.eval()
-    return step, {"reconstruction_loss": round(reconstruction_loss.item(), 3), "kl": round(kl.item(), 3)}
+    return steps, {name: round(value.item(), 3) for name, value in last.items()}

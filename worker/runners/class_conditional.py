@@ -21,7 +21,6 @@ adds) is drawn from that item's own generator; every other operation works per r
 from __future__ import annotations
 
 import inspect
-import re
 from typing import Any, Callable, Sequence
 
 import torch
@@ -30,8 +29,7 @@ from diffusers import DiffusionPipeline
 from shared.errors import ConfigError
 from shared.registry import ModelSpec
 from worker.runners.base import BaseRunner, Cancelled, ItemInput, ItemOutput
-from worker.runners.common import load_options, make_generator, param, resolve_source
-from worker.runners.image import to_png
+from worker.runners.common import ClassNames, image_outputs, load_options, make_generator, param, resolve_source
 
 DEFAULT_STEPS = 25
 DEFAULT_DISPLAY_SIZE = 64
@@ -42,13 +40,12 @@ class ClassConditionalImageRunner(BaseRunner):
 
     def __init__(self, spec: ModelSpec, device: str = "cpu"):
         super().__init__(spec, device)
-        self.labels = [str(label) for label in spec.options.get("labels") or []]
-        if not self.labels:
+        self.classes = ClassNames(spec.options.get("labels") or [])
+        if not self.classes:
             raise ConfigError(f"model {spec.name!r}: options.labels must list the class names")
         self.display_size = int(spec.options.get("display_size", DEFAULT_DISPLAY_SIZE))
         self.unet = None
         self.scheduler = None
-        self._patterns = class_patterns(self.labels)
 
     def setup(self) -> None:
         from diffusers.utils import logging as diffusers_logging
@@ -57,25 +54,18 @@ class ClassConditionalImageRunner(BaseRunner):
         pipe = DiffusionPipeline.from_pretrained(resolve_source(self.spec), **load_options(self.spec, self.device))
         unet = pipe.unet.to(self.device).eval()
         known = unet.config.num_class_embeds or 0
-        if known < len(self.labels):
-            raise ConfigError(f"model {self.spec.name!r}: {len(self.labels)} labels but the UNet knows {known} classes")
+        if known < len(self.classes):
+            raise ConfigError(f"model {self.spec.name!r}: {len(self.classes)} labels but the UNet knows {known} classes")
         self.unet, self.scheduler = unet, pipe.scheduler
 
     @property
     def null_class(self) -> int | None:
         """The "no class" index used for guidance, if the UNet was trained with one."""
-        return len(self.labels) if self.unet.config.num_class_embeds == len(self.labels) + 1 else None
+        return len(self.classes) if self.unet.config.num_class_embeds == len(self.classes) + 1 else None
 
     def class_of(self, prompt: str) -> int:
         """The class index a prompt names; `ValueError` if it names none or several."""
-        found = sorted({index for index, pattern in enumerate(self._patterns) if pattern.search(prompt)})
-        if len(found) == 1:
-            return found[0]
-        names = ", ".join(f"{i} ({label})" for i, label in enumerate(self.labels))
-        if not found:
-            raise ValueError(f"prompt {prompt!r} names no class; name one of: {names}")
-        named = ", ".join(self.labels[i] for i in found)
-        raise ValueError(f"prompt {prompt!r} names several classes ({named}); name exactly one")
+        return self.classes.index_of(prompt)
 
     def loaded(self) -> bool:
         return self.unet is not None
@@ -95,16 +85,7 @@ class ClassConditionalImageRunner(BaseRunner):
             null_class=self.null_class,
             should_stop=should_stop,
         )
-        size = (int(param(params, "width", self.display_size)), int(param(params, "height", self.display_size)))
-        return [ItemOutput(image_png=to_png(image)) for image in to_images(samples, size)]
-
-
-def class_patterns(labels: Sequence[str]) -> list[re.Pattern]:
-    """Per class, a case-insensitive pattern matching its name or its index as a whole word."""
-    return [
-        re.compile(rf"(?<!\w)(?:{re.escape(label)}|{index})(?!\w)", re.IGNORECASE)
-        for index, label in enumerate(labels)
-    ]
+        return image_outputs(samples, params, self.display_size)
 
 
 @torch.inference_mode()
@@ -160,15 +141,3 @@ def _step_kwargs(scheduler, generators: list[torch.Generator]) -> dict[str, Any]
         kwargs["eta"] = 0.0
     return kwargs
 
-
-def to_images(samples: torch.Tensor, size: tuple[int, int]) -> list:
-    """(n, c, h, w) in [-1, 1] -> PIL images of `size`, upscaled with bicubic interpolation.
-
-    Resizing is done by PIL per image, on 8-bit pixels, so it cannot mix rows.
-    """
-    from PIL import Image
-
-    pixels = ((samples + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    mode = "L" if pixels.shape[-1] == 1 else "RGB"
-    images = [Image.fromarray(row[..., 0] if mode == "L" else row, mode=mode) for row in pixels]
-    return [image.resize(size, Image.Resampling.BICUBIC) if image.size != size else image for image in images]

@@ -67,10 +67,12 @@ class RowBudgets(StoppingCriteria):
     def __init__(self, prompt_width: int, budgets: Sequence[int]):
         self.prompt_width = prompt_width
         self.budgets = list(budgets)
+        self._on_device: torch.Tensor | None = None  # copied to the device once, not every step
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        budgets = torch.tensor(self.budgets, dtype=torch.long, device=input_ids.device)
-        return (input_ids.shape[1] - self.prompt_width) >= budgets
+        if self._on_device is None:
+            self._on_device = torch.tensor(self.budgets, dtype=torch.long, device=input_ids.device)
+        return (input_ids.shape[1] - self.prompt_width) >= self._on_device
 
 
 class StopStrings(StoppingCriteria):

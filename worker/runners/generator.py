@@ -26,10 +26,8 @@ from shared.errors import ConfigError
 from shared.items import walk_fraction
 from shared.registry import ModelSpec
 from worker.runners.base import BaseRunner, ItemInput, ItemOutput
-from worker.runners.class_conditional import class_patterns, to_images
-from worker.runners.common import make_generator, param, resolve_source, torch_dtype
+from worker.runners.common import ClassNames, image_outputs, make_generator, resolve_source, torch_dtype
 from worker.runners.generator_modules import GeneratorConfig, load_generator
-from worker.runners.image import to_png
 
 DEFAULT_DISPLAY_SIZE = 64
 
@@ -42,16 +40,15 @@ class GeneratorImageRunner(BaseRunner):
         self.display_size = int(spec.options.get("display_size", DEFAULT_DISPLAY_SIZE))
         self.module = None
         self.config: GeneratorConfig | None = None
-        self.labels: list[str] = []
-        self._patterns: list = []
+        self.classes = ClassNames([])
 
     def setup(self) -> None:
         module, config = load_generator(resolve_source(self.spec), self.device, torch_dtype(self.spec.dtype))
-        labels = [str(label) for label in self.spec.options.get("labels") or config.labels or []]
-        if config.num_classes and len(labels) != config.num_classes:
-            raise ConfigError(f"model {self.spec.name!r}: {len(labels)} labels for a module of "
+        classes = ClassNames(self.spec.options.get("labels") or config.labels or [])
+        if config.num_classes and len(classes) != config.num_classes:
+            raise ConfigError(f"model {self.spec.name!r}: {len(classes)} labels for a module of "
                               f"{config.num_classes} classes (set options.labels or the config's labels)")
-        self.labels, self._patterns = labels, class_patterns(labels)
+        self.classes = classes
         self.module, self.config = module, config
 
     def loaded(self) -> bool:
@@ -59,22 +56,14 @@ class GeneratorImageRunner(BaseRunner):
 
     def class_of(self, prompt: str) -> int:
         """The class index a prompt names; `ValueError` if it names none or several."""
-        found = sorted({index for index, pattern in enumerate(self._patterns) if pattern.search(prompt)})
-        if len(found) == 1:
-            return found[0]
-        names = ", ".join(f"{i} ({label})" for i, label in enumerate(self.labels))
-        if not found:
-            raise ValueError(f"prompt {prompt!r} names no class; name one of: {names}")
-        raise ValueError(f"prompt {prompt!r} names several classes ({', '.join(self.labels[i] for i in found)}); "
-                         "name exactly one")
+        return self.classes.index_of(prompt)
 
     def generate(
         self, inputs: list[ItemInput], params: dict[str, Any], should_stop: Callable[[], bool] | None
     ) -> list[ItemOutput]:
         latents = torch.stack([self.latent(item, params) for item in inputs])
-        size = (int(param(params, "width", self.display_size)), int(param(params, "height", self.display_size)))
         samples = self.decode(latents, [item.prompt for item in inputs])
-        return [ItemOutput(image_png=to_png(image)) for image in to_images(samples, size)]
+        return image_outputs(samples, params, self.display_size)
 
     def latent(self, item: ItemInput, params: dict[str, Any]) -> torch.Tensor:
         """The item's latent: from its seed, or its step of the prompt's latent walk."""

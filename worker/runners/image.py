@@ -12,7 +12,6 @@ every step.
 from __future__ import annotations
 
 import inspect
-import io
 from typing import Any, Callable, Iterable
 
 import torch
@@ -20,7 +19,7 @@ from diffusers import DiffusionPipeline
 
 from shared.registry import ModelSpec, Task
 from worker.runners.base import BaseRunner, Cancelled, ItemInput, ItemOutput
-from worker.runners.common import load_options, make_generator, resolve_source
+from worker.runners.common import load_options, make_generator, resolve_source, to_png
 
 # Job parameters handed to the pipeline call when it accepts them.
 _TEXT_TO_IMAGE_PARAMS = ("num_inference_steps", "guidance_scale", "width", "height", "negative_prompt", "eta")
@@ -166,10 +165,3 @@ class _StopCheckingBar:
     def _check(self) -> None:
         if self.should_stop():
             raise Cancelled("generation cancelled")
-
-
-def to_png(image) -> bytes:
-    """PIL image -> PNG bytes (deterministic for identical pixels)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()

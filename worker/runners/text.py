@@ -229,8 +229,7 @@ class TextRunner(BaseRunner):
                 attention_mask=attention_mask,
                 generation_config=config,
                 logits_processor=self._processors(inputs, params, attention_mask),
-                stopping_criteria=StoppingCriteriaList(
-                    [*self._criteria(should_stop, budgets, stops, width, decode), ReportTokens(self.progress, width)]),
+                stopping_criteria=self._criteria(should_stop, budgets, stops, width, decode),
             )
         new_tokens = output[:, width:].tolist()
         if budgets is not None:
@@ -256,13 +255,14 @@ class TextRunner(BaseRunner):
             )
         return processors
 
-    @staticmethod
-    def _criteria(should_stop, budgets, stops, width: int, decode) -> StoppingCriteriaList:
+    def _criteria(self, should_stop, budgets, stops, width: int, decode) -> StoppingCriteriaList:
+        """Cancellation, per-row budgets and stop strings, and the token progress report."""
         criteria = StoppingCriteriaList([ShouldStop(should_stop)] if should_stop is not None else [])
         if budgets is not None:
             criteria.append(RowBudgets(width, budgets))
         if stops:
             criteria.append(StopStrings(stops, width, decode))
+        criteria.append(ReportTokens(self.progress, width))
         return criteria
 
     def _lengths(self, params: dict[str, Any]) -> tuple[int, int | None]:
