@@ -7,7 +7,7 @@ import torch
 
 from shared.registry import Bounds
 from tests.worker.test_text_runner import alone, items, texts
-from worker.runners.decoding import RowPenalties, cut_at_stop
+from worker.runners.decoding import RowPenalties, StopStrings, cut_at_stop
 
 GREEDY = {"max_new_tokens": 16}
 SAMPLED = {"max_new_tokens": 16, "do_sample": True, "temperature": 1.0, "top_k": 50, "top_p": 0.95}
@@ -109,3 +109,14 @@ def test_row_penalties_ignore_left_padding():
     assert penalised.tolist() == [[1.0, 2.0, -2.0, 0.25, 3.0]]
     banned = RowPenalties(torch.tensor([0]), no_repeat_ngram_size=2)(row, scores.clone())
     assert banned.tolist() == [[1.0, 2.0, -1.0, float("-inf"), 3.0]]  # "2 3" was seen: 3 may not follow 2
+
+
+def test_stop_strings_end_a_row_in_the_step_its_stop_appears_even_late_in_a_long_text():
+    """The criterion decodes only each row's last tokens: a stop completed by the newest
+    token after 300 others still ends that row at once, and only that row."""
+    decode = lambda ids: "".join(chr(ord("a") + i) for i in ids)  # noqa: E731  one character per token
+    criterion = StopStrings(["xyz"], prompt_width=2, decode=decode)
+    filler = [0, 1, 2] * 100
+    rows = torch.tensor([[0, 0, *filler, 23, 24, 25], [0, 0, *filler, 23, 24, 24]])
+    assert criterion(rows, None).tolist() == [True, False]
+    assert criterion(rows[:, :-1], None).tolist() == [True, False]  # a stopped row stays stopped

@@ -78,7 +78,9 @@ class RowBudgets(StoppingCriteria):
 class StopStrings(StoppingCriteria):
     """Ends a row once its generated text holds one of the stop strings.
 
-    Each row is decoded from its first new token on, and only while it runs, so the
+    Checked at every step, so a stop string that appears now ends in the newest token:
+    only the row's last few new tokens are decoded (enough for the longest stop even if
+    every character took four byte tokens), not its whole text again at each step. The
     check depends on the row alone.
     """
 
@@ -86,12 +88,14 @@ class StopStrings(StoppingCriteria):
         self.stops = list(stops)
         self.prompt_width = prompt_width
         self.decode = decode
+        self.window = 4 * max(len(stop) for stop in self.stops) + 2
         self.stopped: list[bool] | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         if self.stopped is None:
             self.stopped = [False] * input_ids.shape[0]
-        rows = input_ids[:, self.prompt_width:].tolist()
+        start = max(self.prompt_width, input_ids.shape[1] - self.window)
+        rows = input_ids[:, start:].tolist()
         for row, tokens in enumerate(rows):
             if not self.stopped[row]:
                 self.stopped[row] = first_stop(self.decode(tokens), self.stops) is not None
