@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -59,15 +60,16 @@ def special_tokens(spec: ModelSpec) -> dict[str, str]:
 
 
 @lru_cache(maxsize=64)
-def _template_of(name: str, source: str) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+def _template_of(name: str, source: str, registry_dir: Path) -> tuple[str | None, tuple[tuple[str, str], ...]]:
     """A model's template and special tokens, read once per process (a batch renders
-    thousands of lines; a changed model directory needs a restart, as its weights do)."""
-    spec = ModelSpec(name=name, task="text-generation", source=source)
+    thousands of lines; a changed model directory needs a restart, as its weights do).
+    `source` as the registry wrote it: a local path, or a Hugging Face id for the cache."""
+    spec = ModelSpec(name=name, task="text-generation", source=source, registry_dir=registry_dir)
     return chat_template(spec), tuple(special_tokens(spec).items())
 
 
 def render_chat(spec: ModelSpec, messages: list[dict[str, Any]]) -> str:
-    template, tokens = _template_of(spec.name, str(spec.source_path()))
+    template, tokens = _template_of(spec.name, spec.source, spec.registry_dir)
     if template is None:
         raise NoChatTemplate(f"model {spec.name!r} has no chat template (no chat_template.jinja and no chat_template "
                              "in its tokenizer_config.json): send its prompts to /v1/completions")

@@ -20,7 +20,9 @@ _tokenizers: dict[str, Any] = {}
 
 
 def model_file(spec: ModelSpec, name: str) -> Path | None:
-    """A file of the model: in its local directory, or in the local Hugging Face cache."""
+    """A file of the model: in its local directory, or in the local Hugging Face cache
+    (None where it is in neither, a source that is no Hub id, such as a missing local
+    directory, included)."""
     local = spec.local_source()
     if local is not None:
         path = local / name
@@ -29,7 +31,10 @@ def model_file(spec: ModelSpec, name: str) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    found = try_to_load_from_cache(spec.source, name)
+    try:
+        found = try_to_load_from_cache(spec.source, name)
+    except ValueError:  # HFValidationError: not the form of a Hub id
+        return None
     return Path(found) if isinstance(found, str) else None
 
 

@@ -17,6 +17,8 @@ from typing import Iterable
 
 import redis
 
+from shared.queue import redis_client
+
 CHANNEL = "genq:notices"
 
 log = logging.getLogger(__name__)
@@ -26,14 +28,7 @@ class Notices:
     """Publishes notices on `CHANNEL`; one per process and Redis URL (`notices_for`)."""
 
     def __init__(self, redis_url: str):
-        self._redis_url = redis_url
-        self._client: redis.Redis | None = None
-
-    @property
-    def redis(self) -> redis.Redis:
-        if self._client is None:
-            self._client = redis.Redis.from_url(self._redis_url, socket_timeout=2, socket_connect_timeout=2)
-        return self._client
+        self.redis = redis_client(redis_url)
 
     def publish(self, job_ids: Iterable[str]) -> None:
         """Say that the ledger of `job_ids` changed (call after the commit)."""
@@ -60,8 +55,8 @@ _lock = threading.Lock()
 
 
 def notices_for(redis_url: str) -> Notices:
-    """The process's publisher for `redis_url` (built on first use: after a fork, the
-    child builds its own connection; redis-py also resets a pool it inherited)."""
+    """The process's publisher for `redis_url` (a forked child opens its own connections:
+    see `redis_client`)."""
     with _lock:
         notices = _publishers.get(redis_url)
         if notices is None:

@@ -54,8 +54,7 @@ from shared.states import UNFINISHED_JOB_STATES
 
 log = logging.getLogger(__name__)
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
-TERMINAL = {BatchStatus.COMPLETED.value, BatchStatus.FAILED.value, BatchStatus.EXPIRED.value,
-            BatchStatus.CANCELLED.value}
+STOP_CHUNK = 500  # job ids per statement when a batch stops: well within SQLite's bound-parameter limit
 
 
 class BatchNotCancellable(InvalidRequest):
@@ -128,11 +127,13 @@ def start_batch(session: Session, batch: OpenAIBatch, plans: list[JobPlan], max_
 
 
 def stop_batch(session: Session, batch: OpenAIBatch, reason: str) -> None:
-    """Cancel the batch's unfinished jobs (what is done is kept for the output file)."""
-    jobs = session.scalars(select(Job).join(OpenAIBatchJob, OpenAIBatchJob.job_id == Job.id)
-                           .where(OpenAIBatchJob.batch_id == batch.id, Job.state.in_(UNFINISHED_JOB_STATES))).all()
-    for job in jobs:
-        ledger.cancel_job(session, job)
+    """Cancel the batch's unfinished jobs (what is done is kept for the output file): a
+    few statements per `STOP_CHUNK` jobs, not per job (a batch whose lines differ in
+    their parameters is a job per parameter set)."""
+    job_ids = session.scalars(select(Job.id).join(OpenAIBatchJob, OpenAIBatchJob.job_id == Job.id)
+                              .where(OpenAIBatchJob.batch_id == batch.id, Job.state.in_(UNFINISHED_JOB_STATES))).all()
+    for start in range(0, len(job_ids), STOP_CHUNK):
+        ledger.cancel_jobs(session, list(job_ids[start:start + STOP_CHUNK]))
     batch.stop_reason = reason
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 from sqlalchemy import select
@@ -39,7 +39,6 @@ class BatchFiles:
     output_tokens: int = 0
     output: Written | None = None
     errors: Written | None = None
-    models: set[str] = field(default_factory=set)
 
 
 def write_batch_files(session: Session, storage, batch: OpenAIBatch, tokens: TokenCounter) -> BatchFiles:
@@ -88,7 +87,6 @@ def shape_request(batch: OpenAIBatch, request: Any, items: list[Any], storage,
     counts it in `result`."""
     line_id = f"batch_req_{batch.id.removeprefix('batch_')}_{request.line}"
     request_id = f"req_{request.job_id}_{request.first_index}"
-    result.models.add(request.model)
     failed = next((item for item in items if item.state == ItemState.FAILED), None)
     if failed is not None:
         result.failed += 1

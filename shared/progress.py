@@ -24,13 +24,6 @@ log = logging.getLogger(__name__)
 KEY = "genq:progress:{job_id}"
 
 
-class Tracked(Protocol):
-    """What a tracker needs of an item: its job and its index (a claimed item has both)."""
-
-    job_id: str
-    index: int
-
-
 class Progress(Protocol):
     """What a runner calls at each denoising step (`step`, `steps`) or token (`tokens`)."""
 
@@ -105,8 +98,8 @@ def _count(value) -> int | None:
 
 class Tracker:
     """Called by a runner at each step or token; writes at most every `interval` seconds
-    (and the last value seen is written when the tracker closes only if the batch is not
-    over: `close` removes the fields instead)."""
+    (a value within the interval is dropped, never written later). `close`, when the
+    micro-batch ends, removes its fields."""
 
     def __init__(self, board: ProgressBoard, fields: dict[str, list[int]]):
         self.board, self.fields = board, fields

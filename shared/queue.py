@@ -18,6 +18,14 @@ WAITING_MARK = "genq:wakeup-waiting:{model}"
 log = logging.getLogger(__name__)
 
 
+def redis_client(redis_url: str, timeout: float = 2.0) -> redis.Redis:
+    """A client of `redis_url` that waits at most `timeout` seconds to connect or for a
+    reply: the work is in the database, so Redis must never hold a caller up for long.
+    Nothing connects until the first command, and a child forked after that opens its
+    own connections (redis-py resets a pool it inherited)."""
+    return redis.Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
 def queue_name(model: str) -> str:
     return f"{QUEUE_PREFIX}{model}"
 
@@ -85,15 +93,8 @@ class Wakeups:
 
     def __init__(self, celery: Celery, redis_url: str, mark_seconds: float):
         self.celery = celery
-        self._redis_url = redis_url
+        self.redis = redis_client(redis_url)
         self._mark_seconds = max(1, round(mark_seconds))
-        self._client: redis.Redis | None = None
-
-    @property
-    def redis(self) -> redis.Redis:
-        if self._client is None:
-            self._client = redis.Redis.from_url(self._redis_url, socket_timeout=2, socket_connect_timeout=2)
-        return self._client
 
     def send(self, model: str, *, force: bool = False) -> bool:
         """True when a wake-up is waiting (this one or an earlier one); False when the

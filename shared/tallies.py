@@ -67,14 +67,16 @@ class Tallies:
         self.add("items_submitted", (model,), items, pipe)
         pipe.execute()
 
-    def items_finished(self, model: str, counts: dict[str, int]) -> None:
-        """A micro-batch's results are committed: its items by state, and its size."""
-        pipe = self.redis.pipeline(transaction=False)
+    def items_finished(self, model: str, counts: dict[str, int], pipe=None) -> None:
+        """A micro-batch's results are committed: its items by state, and its size
+        (queued on `pipe` when given: the caller executes it)."""
+        target = pipe if pipe is not None else self.redis.pipeline(transaction=False)
         for state, amount in counts.items():
             if amount:
-                self.add("items_finished", (model, state), amount, pipe)
-        self.observe("micro_batch_items", (model,), sum(counts.values()), pipe)
-        pipe.execute()
+                self.add("items_finished", (model, state), amount, target)
+        self.observe("micro_batch_items", (model,), sum(counts.values()), target)
+        if pipe is None:
+            target.execute()
 
     def request_served(self, method: str, route: str, status: int, seconds: float) -> None:
         pipe = self.redis.pipeline(transaction=False)

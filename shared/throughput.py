@@ -47,19 +47,22 @@ class ThroughputLog:
         self.window = window
         self.liveness = liveness
 
-    def record(self, model: str, worker: str, items: int, seconds: float, now: float | None = None) -> None:
-        """One micro-batch of `items` done by `worker` in `seconds` of busy time."""
+    def record(self, model: str, worker: str, items: int, seconds: float, now: float | None = None,
+               pipe=None) -> None:
+        """One micro-batch of `items` done by `worker` in `seconds` of busy time (queued
+        on `pipe` when given: the caller executes it)."""
         if items <= 0 or seconds <= 0:
             return
         now = time.time() if now is None else now
         key = KEY.format(model=model)
         member = f"{now:.6f}|{worker}|{items}|{seconds:.6f}|{uuid.uuid4().hex[:8]}"
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(key, {member: now})
-        pipe.zremrangebyscore(key, "-inf", now - self.window)
-        pipe.zremrangebyrank(key, 0, -MAX_SAMPLES - 1)
-        pipe.expire(key, max(1, round(self.window)))
-        pipe.execute()
+        target = pipe if pipe is not None else self.redis.pipeline(transaction=False)
+        target.zadd(key, {member: now})
+        target.zremrangebyscore(key, "-inf", now - self.window)
+        target.zremrangebyrank(key, 0, -MAX_SAMPLES - 1)
+        target.expire(key, max(1, round(self.window)))
+        if pipe is None:
+            target.execute()
 
     def measure(self, model: str, now: float | None = None) -> Throughput:
         now = time.time() if now is None else now

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 import redis
 
 from shared.progress import NO_PROGRESS, ProgressBoard
+from shared.queue import redis_client
 from shared.tallies import Tallies
 from shared.throughput import ThroughputLog
 
@@ -36,8 +37,7 @@ class Watch:
 
     @classmethod
     def from_settings(cls, settings) -> "Watch":
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT_SECONDS,
-                                      socket_connect_timeout=SOCKET_TIMEOUT_SECONDS)
+        client = redis_client(settings.redis_url, SOCKET_TIMEOUT_SECONDS)
         return cls(
             progress=ProgressBoard(client, interval=settings.progress_interval_seconds,
                                    ttl=max(settings.lease_seconds, 10.0)),
@@ -94,8 +94,10 @@ def committed(model: str, succeeded: int, failed: int) -> None:
     _busy_since[pid] = now
     if watch is None:
         return
-    try:
-        watch.throughput.record(model, worker_name(), succeeded + failed, now - since, now=now)
-        watch.tallies.items_finished(model, {"succeeded": succeeded, "failed": failed})
+    try:  # one round trip: the throughput sample and the counts share a pipeline (and a client)
+        pipe = watch.tallies.redis.pipeline(transaction=False)
+        watch.throughput.record(model, worker_name(), succeeded + failed, now - since, now=now, pipe=pipe)
+        watch.tallies.items_finished(model, {"succeeded": succeeded, "failed": failed}, pipe)
+        pipe.execute()
     except redis.RedisError as exc:
         log.warning("could not record the results of %s for watchers: %s", model, exc)

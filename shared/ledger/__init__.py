@@ -32,6 +32,7 @@ from shared.ledger.jobs import (
     Counts,
     batch_key,
     cancel_job,
+    cancel_jobs,
     create_job,
     item_counts,
     new_id,
@@ -52,7 +53,7 @@ from shared.ledger.transactions import Ledger, ResultRow
 
 __all__ = [
     "OPEN_JOB_STATES", "UNFINISHED_JOB_STATES", "ClaimedItem", "Counts", "batch_key", "Ledger", "ResultRow", "Slice",
-    "abandon_slice", "cancel_job", "cancelling_jobs", "claim_slice", "create_job", "extend_lease", "fail_held_items",
+    "abandon_slice", "cancel_job", "cancel_jobs", "cancelling_jobs", "claim_slice", "create_job", "extend_lease", "fail_held_items",
     "has_claimable_work", "indices_without_output", "item_counts", "models_with_claimable_work",
     "new_id", "next_job_for", "record_item_failure", "record_item_success", "release_expired_leases",
     "release_slice", "retry_job", "settle_job", "unsettled_job_ids",

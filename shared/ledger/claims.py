@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Sequence
 
-from sqlalchemy import and_, case, select, union_all, update
+from sqlalchemy import and_, case, select, true, union_all, update
 from sqlalchemy.orm import Session
 
 from shared.items import ItemInput
@@ -69,18 +69,23 @@ def next_job_for(session: Session, model: str) -> Job | None:
     """The open job of `model` with pending items that comes first: the tenant that waited
     longest (see `turns`), then within the tenant priority, then age."""
     tenant = turns.next_tenant(session, model)
-    job_id = None if tenant is None else session.scalar(_jobs_in_claim_order(model, tenant, 1))
+    job_id = None if tenant is None else session.scalar(jobs_in_claim_order(model, tenant, 1))
     return None if job_id is None else session.get(Job, job_id)
 
 
-def _jobs_in_claim_order(model: str, tenant: str, limit: int, *where):
-    """Ids of the first `limit` open jobs of `model` and `tenant` with pending items (and
-    `where`), in claim order: priority, then age. Each open state is read on its own, in
-    order, and the two are merged (see `turns.claimable`)."""
-    arms = [select(Job.id, Job.priority, Job.created_at).where(turns.claimable(model, tenant, state), *where)
-            .order_by(*CLAIM_ORDER).limit(limit).subquery() for state in OPEN_JOB_STATES]
+def jobs_in_claim_order(model, tenant, limit, *where, columns: Sequence = (), ranges: Sequence = (true(),)):
+    """(id, *columns) of the first `limit` open jobs of `model` and `tenant` with pending
+    items (and `where`), in claim order: priority, then age. Each open state is read on
+    its own, in order, and the arms are merged (see `turns.claimable`); so is each of
+    `ranges`, conditions that are each a range of the claim-order index (their OR would
+    be a filter, see `queue_position`). The arguments may be values or bound parameters."""
+    arms = [select(Job.id, Job.priority, Job.created_at, *columns)
+            .where(turns.claimable(model, tenant, state), range_, *where)
+            .order_by(*CLAIM_ORDER).limit(limit).subquery()
+            for state in OPEN_JOB_STATES for range_ in ranges]
     merged = union_all(*(select(arm) for arm in arms)).subquery()
-    return select(merged.c.id).order_by(merged.c.priority.desc(), merged.c.created_at, merged.c.id).limit(limit)
+    return (select(merged.c.id, *(merged.c[column.key] for column in columns))
+            .order_by(merged.c.priority.desc(), merged.c.created_at, merged.c.id).limit(limit))
 
 
 def claim_slice(
@@ -133,7 +138,7 @@ def _candidates(session: Session, first: Job, max_items: int) -> list[int]:
     if room <= 0:
         return taken
     job_ids = list(session.scalars(
-        _jobs_in_claim_order(first.model, first.tenant, room, Job.batch_key == first.batch_key, Job.id != first.id)
+        jobs_in_claim_order(first.model, first.tenant, room, Job.batch_key == first.batch_key, Job.id != first.id)
     ))
     if not job_ids:
         return taken

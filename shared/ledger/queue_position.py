@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from math import ceil
 
-from sqlalchemy import Integer, and_, bindparam, case, func, select, true, union_all
+from sqlalchemy import Integer, and_, bindparam, case, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import operators
 
 from shared.ledger import turns
-from shared.ledger.claims import CLAIM_ORDER
+from shared.ledger.claims import CLAIM_ORDER, jobs_in_claim_order
 from shared.ledger.plans import row_check
 from shared.orm import ItemState, Job, JobItem, JobState
 from shared.states import OPEN_JOB_STATES
@@ -169,24 +169,17 @@ def _claimable(session: Session, model: str, tenant: str, limit: int, job: Job |
         return []
     params = {"model": model, "tenant": tenant, "limit": limit, **(_ahead_params(job) if job is not None else {})}
     rows = session.execute(_claimable_statement(job is not None), params)
-    return [_Waiting(int(pending or 0), batch_key) for pending, batch_key in rows]
+    return [_Waiting(int(pending or 0), batch_key) for _id, batch_key, pending in rows]
 
 
 @lru_cache(maxsize=2)
 def _claimable_statement(ahead: bool):
-    """`_claimable`'s statement, built once per process (its values are parameters): one
-    arm per open state (and range, see `_ahead_ranges`), each read from the claim-order
-    index in order, merged as `claims` merges the states."""
-    model, tenant, limit = bindparam("model"), bindparam("tenant"), bindparam("limit", type_=Integer)
-    arms = [
-        select(Job.id, Job.priority, Job.created_at, Job.batch_key, pending_items().label("pending"))
-        .where(turns.claimable(model, tenant, state), where)
-        .order_by(*CLAIM_ORDER).limit(limit).subquery()
-        for state in OPEN_JOB_STATES for where in (_ahead_ranges() if ahead else [true()])
-    ]
-    merged = union_all(*(select(arm) for arm in arms)).subquery()
-    return (select(merged.c.pending, merged.c.batch_key)
-            .order_by(merged.c.priority.desc(), merged.c.created_at, merged.c.id).limit(limit))
+    """`_claimable`'s statement, built once per process (its values are parameters): the
+    claim's own read (`claims.jobs_in_claim_order`), with one arm per range of the jobs
+    ahead (`_ahead_ranges`) when it reads only those."""
+    return jobs_in_claim_order(bindparam("model"), bindparam("tenant"), bindparam("limit", type_=Integer),
+                               columns=(Job.batch_key, pending_items().label("pending")),
+                               **({"ranges": _ahead_ranges()} if ahead else {}))
 
 
 def _running_items(session: Session, model: str, job_id: str | None = None) -> int:

@@ -56,3 +56,29 @@ def test_0004_moves_fair_turns_out_of_the_jobs_table_and_keys_old_jobs(backend, 
     finally:
         engine.dispose()
         reset_schema(url)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_0006_and_0007_go_down_whole_and_up_again(backend, tmp_path):
+    url = database_url_for(backend, tmp_path)
+    reset_schema(url)
+    upgrade(url)
+    engine = create_engine(url)
+    added = {"openai_files", "openai_batches", "openai_batch_jobs", "openai_batch_requests", "tenant_webhooks",
+             "webhook_deliveries", "webhook_attempts"}
+    try:
+        command.downgrade(alembic_config(url), "0005")
+        with engine.connect() as connection:
+            schema = inspect(connection)
+            assert added.isdisjoint(schema.get_table_names())
+            assert "webhook" not in {column["name"] for column in schema.get_columns("jobs")}
+            indexes = {index["name"] for table in ("jobs", "job_items") for index in schema.get_indexes(table)}
+            assert indexes.isdisjoint({"ix_jobs_tenant_finished", "ix_job_items_job_finished"})
+        upgrade(url)
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+            assert added <= set(inspect(connection).get_table_names())
+    finally:
+        engine.dispose()
+        reset_schema(url)

@@ -65,3 +65,20 @@ def test_a_template_cannot_reach_python_internals(model_dir):
     (model_dir / "chat_template.jinja").write_text("{{ messages.__class__.__mro__ }}")
     with pytest.raises(ChatTemplateError):
         render_chat(spec_of(model_dir), MESSAGES)
+
+
+def test_a_model_from_the_hub_cache_renders_its_template(tmp_path, monkeypatch):
+    """A registry entry that names a Hugging Face id, resolved from the local cache."""
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "hub" / "models--acme--tiny-chat" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abc")
+    (snapshot / "tokenizer_config.json").write_text(json.dumps({"chat_template": HUB_STYLE, "eos_token": "</s>"}))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    spec = ModelSpec(name="hub-chat", task="text-generation", source="acme/tiny-chat", registry_dir=tmp_path / "reg")
+    assert render_chat(spec, MESSAGES[1:2]) == '<|user|>"Open the file"</s>\n<|assistant|>'
+    missing = ModelSpec(name="gone", task="text-generation", source="./not/here/at/all", registry_dir=tmp_path)
+    with pytest.raises(NoChatTemplate):  # neither a directory nor a Hub id: no template, not a crash
+        render_chat(missing, MESSAGES)

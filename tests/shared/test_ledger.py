@@ -185,6 +185,24 @@ def test_cancel_a_finished_job_is_a_conflict(database_url):
         ledger.cancel_job(session, session.get(Job, job_id))
 
 
+def test_cancel_many_jobs_at_once_leaves_a_finished_one_as_it_is(database_url):
+    queued, running, finished = submit(database_url, model="a", n=2), submit(database_url, model="b", n=3), \
+        submit(database_url, model="c", n=1)
+    held = claim(database_url, model="b", n=1)
+    done = claim(database_url, model="c", n=1)
+    with session_scope(database_url) as session:
+        ledger.record_item_success(session, done.lease_id, done.items[0].id, text="x")
+    with session_scope(database_url) as session:
+        ledger.settle_job(session, finished)
+    with session_scope(database_url) as session:
+        ledger.cancel_jobs(session, [queued, running, finished])
+    assert states(database_url, queued) == (JobState.CANCELLED, [ItemState.CANCELLED] * 2)
+    assert states(database_url, running) == (JobState.CANCELLING,
+                                             [ItemState.RUNNING, ItemState.CANCELLED, ItemState.CANCELLED])
+    assert states(database_url, finished) == (JobState.SUCCEEDED, [ItemState.SUCCEEDED])
+    assert held.job_ids == [running]
+
+
 def test_models_with_claimable_work(database_url):
     submit(database_url, model="a", n=1)
     submit(database_url, model="b", n=1)
