@@ -7,7 +7,7 @@ from flask import Response, request
 from sqlalchemy.exc import IntegrityError
 
 from shared import ledger, webhooks
-from shared.errors import Conflict, InvalidRequest, QuotaExceeded
+from shared.errors import Conflict, QuotaExceeded
 from shared.notices import notices_for
 from shared.orm import Job
 from web import idempotency, metrics, queries
@@ -15,6 +15,7 @@ from web.auth import current_principal, require_api_key
 from web.bodies import json_body
 from web.context import db, genq
 from web.downloads import output_response, wants_redirect
+from web.errors import Forbidden
 from web.operations import RETRY_AFTER, DocumentedBlueprint, Param, Reply
 from web.request_models import ItemPageQuery, JobListQuery, JobRequest, validate_job_request, validate_query
 from web.response_models import (
@@ -74,7 +75,10 @@ JOB_LINKS = {  # from a response that names a job to what can be done with it (c
                                     "schema": {"type": "string", "enum": ["true"]}},
         }),
         400: BAD_REQUEST,
-        409: Reply("The Idempotency-Key was already used with another body (`conflict`).", ErrorResponse),
+        403: Reply("The `webhook.url` is one this deployment will not call: an internal address (unless "
+                   "GENQ_WEBHOOK_ALLOW_PRIVATE) or a host off GENQ_WEBHOOK_ALLOWED_HOSTS (`forbidden`).", ErrorResponse),
+        409: Reply("The Idempotency-Key was already used with another body, or the request names a `webhook` "
+                   "and the tenant has no webhook signing secret yet (`conflict`).", ErrorResponse),
         413: Reply("The body is larger than GENQ_MAX_BODY_BYTES (`request_entity_too_large`).", ErrorResponse),
         429: Reply("Too many requests for this API key (`too_many_requests`), or the tenant's pending items "
                    "would pass GENQ_MAX_PENDING_ITEMS_PER_TENANT (`quota_exceeded`).", ErrorResponse,
@@ -118,13 +122,19 @@ def create_job():
 
 
 def check_webhook(session, tenant: str, requested, settings) -> dict | None:
-    """A job's webhook: a URL genq will call, and a secret to sign with (shared.webhooks)."""
+    """A job's webhook: a URL genq will call, and a secret to sign with (shared.webhooks).
+    The URL's syntax was checked with the body (`web.webhook_urls`); what is refused here
+    is a well-formed request the deployment will not serve, so not a 400: a destination
+    its policy forbids (403), a tenant without a secret until an operator makes one (409)."""
     if requested is None:
         return None
-    webhooks.check_url(requested.url, settings)
+    try:
+        webhooks.check_url(requested.url, settings)
+    except webhooks.WebhookRefused as exc:
+        raise Forbidden(exc.message, field=exc.field) from None
     if webhooks.signing_secret(session, tenant, settings) is None:
-        raise InvalidRequest(f"tenant {tenant!r} has no webhook signing secret: an operator runs "
-                             "`genq webhooks set --tenant <tenant>` (or sets GENQ_WEBHOOK_SECRET)", field="webhook")
+        raise Conflict(f"tenant {tenant!r} has no webhook signing secret: an operator runs "
+                       "`genq webhooks set --tenant <tenant>` (or sets GENQ_WEBHOOK_SECRET)", field="webhook")
     return webhooks.job_webhook(requested.url, requested.events)
 
 

@@ -21,6 +21,7 @@ from flask import Response
 from zipstream import ZipStream
 
 from shared.orm import Job, JobItem
+from shared.registry import Task
 from web import queries
 from web.api import JOB_ID, NO_JOB, api
 from web.auth import current_principal
@@ -58,6 +59,9 @@ def archive_chunks(ctx: GenqContext, job: Job, summary: dict) -> Iterator[bytes]
         archive.add(json.dumps(summary, indent=2).encode() + b"\n", "job.json")
         archive.add(jsonl_lines(session, job, ctx.settings.max_page_size), "items.jsonl")
         yield from archive.all_files()
+        if job.task == Task.TEXT_GENERATION.value:  # no images: no second pass over the items
+            yield from archive.footer()
+            return
         for page in item_pages(session, job, ctx.settings.max_page_size):
             for item in page:
                 if item.output_key is not None:  # PNGs are compressed already: stored as they are

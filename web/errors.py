@@ -1,5 +1,6 @@
-"""Every error becomes JSON `{"error": {"code", "message", "field"}}`; no traceback
-ever reaches a client."""
+"""Every error becomes JSON `{"error": {"code", "message", "field"}}` (on the
+OpenAI-compatible routes, OpenAI's envelope of the same facts: `web.openai_common`); no
+traceback ever reaches a client."""
 from __future__ import annotations
 
 import logging
@@ -13,32 +14,48 @@ from web.response_models import ErrorResponse
 log = logging.getLogger(__name__)
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None):
-    return ErrorResponse.of(code, message, field).reply(status)
+class Forbidden(GenqError):
+    """A well-formed request this deployment refuses by its policy (not the key's tenant's
+    to read, a webhook destination its settings do not allow)."""
+
+    status = 403
+    code = "forbidden"
 
 
-def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(GenqError)
-    def _genq_error(exc: GenqError):
-        response = error_response(exc.status, exc.code, exc.message, exc.field)
-        if exc.status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="genq"'
-        if exc.retry_after is not None:
-            response.headers["Retry-After"] = str(exc.retry_after)
-        return response
+def error_response(status: int, code: str, message: str, field: str | None = None, headers: dict | None = None):
+    response = ErrorResponse.of(code, message, field).reply(status)
+    response.headers.update(headers or {})
+    return response
 
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
-        code = (exc.name or "error").lower().replace(" ", "_")
-        response = error_response(exc.code or 500, code, exc.description or exc.name)
-        for name, value in exc.get_headers():  # `Allow` on a 405 (RFC 9110), `Location` on a redirect
-            if name.lower() != "content-type":
-                response.headers[name] = value
-        if exc.code == 429:
-            response.headers["Retry-After"] = str(getattr(exc, "retry_after", None) or 60)
-        return response
 
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "the server met an unexpected error; it has been logged")
+def _of_genq_error(exc: GenqError) -> tuple[int, str, str, str | None, dict[str, str]]:
+    headers = {}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="genq"'
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    return exc.status, exc.code, exc.message, exc.field, headers
+
+
+def _of_http_error(exc: HTTPException) -> tuple[int, str, str, None, dict[str, str]]:
+    code = (exc.name or "error").lower().replace(" ", "_")
+    # `Allow` on a 405 (RFC 9110), `Location` on a redirect
+    headers = {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
+    if exc.code == 429:
+        headers["Retry-After"] = str(getattr(exc, "retry_after", None) or 60)
+    return exc.code or 500, code, exc.description or exc.name, None, headers
+
+
+def register_error_handlers(target, render=error_response) -> None:
+    """Typed and HTTP errors of `target` (the app, or a blueprint with an envelope of its
+    own) answered by `render(status, code, message, field, headers)`; on the app, anything
+    else too, as a 500 that says nothing of the cause."""
+    target.register_error_handler(GenqError, lambda exc: render(*_of_genq_error(exc)))
+    target.register_error_handler(HTTPException, lambda exc: render(*_of_http_error(exc)))
+    if isinstance(target, Flask):
+        target.register_error_handler(Exception, _unexpected)
+
+
+def _unexpected(exc: Exception):
+    log.exception("unhandled error")
+    return error_response(500, "internal_error", "the server met an unexpected error; it has been logged")

@@ -24,23 +24,18 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from shared.errors import GenqError
 from shared.settings import Settings
 from shared.tallies import HISTOGRAMS
 from shared.watch import Watch
 from web import queries
 from web.auth import current_principal, require_api_key
 from web.context import db, genq
+from web.errors import Forbidden
 
 log = logging.getLogger(__name__)
 
 metrics = Blueprint("metrics", __name__)
 WATCH = "genq_watch"
-
-
-class Forbidden(GenqError):
-    status = 403
-    code = "forbidden"
 
 
 def init_metrics(app: Flask, settings: Settings) -> None:

@@ -14,10 +14,9 @@ from typing import Annotated, Literal
 
 from flask import request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-from sqlalchemy import select
 
 from shared import openai_batches
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import InvalidRequest
 from shared.keys import Principal
 from shared.openai_files import read_lines
 from shared.openai_orm import FilePurpose, OpenAIBatch
@@ -27,7 +26,16 @@ from web.auth import current_principal
 from web.bodies import json_body
 from web.context import db, genq
 from web.openai_bodies import plan_batch
-from web.openai_common import CursorQuery, Strict, cursor_page, openai_blueprint, timestamp
+from web.openai_common import (
+    CursorQuery,
+    Strict,
+    cursor_page,
+    find_visible,
+    openai_blueprint,
+    page_ids,
+    tenant_scope,
+    timestamp,
+)
 from web.openai_files import EXPIRES_AFTER_SECONDS, find_file
 from web.request_models import pydantic_error, validate_query
 
@@ -138,20 +146,8 @@ class BatchList(Strict):
     has_more: bool
 
 
-def visible_batches(principal: Principal):
-    def scope(statement):
-        return statement if principal.admin else statement.where(OpenAIBatch.tenant == principal.tenant)
-    return scope
-
-
 def find_batch(session, principal: Principal, batch_id: str) -> OpenAIBatch:
-    """Another tenant's batch is a 404, exactly like one that never existed."""
-    found = None
-    if BATCH_ID.match(batch_id):
-        found = session.scalars(visible_batches(principal)(select(OpenAIBatch)).where(OpenAIBatch.id == batch_id)).first()
-    if found is None:
-        raise NotFound(f"no batch {batch_id!r}", field="batch_id")
-    return found
+    return find_visible(session, OpenAIBatch, tenant_scope(OpenAIBatch, principal), BATCH_ID, batch_id, "batch")
 
 
 def batch_reply(session, batch: OpenAIBatch):
@@ -192,10 +188,9 @@ def create_batch():
 def list_batches():
     session = db()
     query = validate_query(CursorQuery, request.args, genq().settings)
-    rows, has_more = cursor_page(session, OpenAIBatch, visible_batches(current_principal()), query)
+    rows, has_more = cursor_page(session, OpenAIBatch, tenant_scope(OpenAIBatch, current_principal()), query)
     counts = openai_batches.request_counts(session, rows)
-    return BatchList(data=[BatchObject.of(row, counts[row.id]) for row in rows], first_id=rows[0].id if rows else None,
-                     last_id=rows[-1].id if rows else None, has_more=has_more).reply()
+    return BatchList(data=[BatchObject.of(row, counts[row.id]) for row in rows], **page_ids(rows, has_more)).reply()
 
 
 @batches.route("/batches/<batch_id>", methods=["GET"])

@@ -137,15 +137,16 @@ def plan_batch(lines: Iterable[tuple[int, bytes]], endpoint: str, registry, sett
         if not failed:
             groups.setdefault(key, job).requests.append(request)
     if failed > MAX_LISTED_ERRORS:
-        plan.errors.append({"code": "too_many_errors", "line": None, "param": None,
-                            "message": f"{failed - MAX_LISTED_ERRORS} more lines have errors"})
+        plan.errors.append(error_entry(None, LineError("too_many_errors",
+                                                       f"{failed - MAX_LISTED_ERRORS} more lines have errors")))
     if plan.requests == 0:
-        plan.errors.append({"code": "empty_file", "line": None, "param": None, "message": "the file holds no requests"})
+        plan.errors.append(error_entry(None, LineError("empty_file", "the file holds no requests")))
     plan.jobs = [] if plan.errors else list(groups.values())
     return plan
 
 
-def error_entry(line: int, exc: LineError) -> dict[str, Any]:
+def error_entry(line: int | None, exc: LineError) -> dict[str, Any]:
+    """An entry of the batch's `errors.data` (`line` None: about the whole file)."""
     return {"code": exc.code, "line": line, "message": exc.message, "param": exc.param}
 
 

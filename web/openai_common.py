@@ -7,16 +7,18 @@ retries 408, 409, 429 and 5xx: a refusal that a retry cannot change is a 400 or 
 """
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Callable
 
 from flask import Blueprint, jsonify
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, or_, select
-from werkzeug.exceptions import HTTPException
 
-from shared.errors import GenqError, InvalidRequest
+from shared.errors import InvalidRequest, NotFound
+from shared.keys import Principal
 from web.auth import require_api_key
+from web.errors import register_error_handlers
 from web.request_models import _PageQuery
 
 ERROR_TYPES = {401: "invalid_request_error", 403: "invalid_request_error", 404: "invalid_request_error",
@@ -31,25 +33,11 @@ def openai_error(status: int, code: str, message: str, param: str | None = None,
     return response
 
 
-def _genq_error(exc: GenqError):
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
-    if exc.status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="genq"'
-    return openai_error(exc.status, exc.code, exc.message, exc.field, headers)
-
-
-def _http_error(exc: HTTPException):
-    code = (exc.name or "error").lower().replace(" ", "_")
-    headers = {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
-    return openai_error(exc.code or 500, code, exc.description or exc.name, None, headers)
-
-
 def openai_blueprint(name: str, import_name: str) -> Blueprint:
     """A /v1 blueprint whose views need an API key and answer errors in OpenAI's envelope."""
     blueprint = Blueprint(name, import_name, url_prefix="/v1")
     blueprint.before_request(require_api_key)
-    blueprint.register_error_handler(GenqError, _genq_error)
-    blueprint.register_error_handler(HTTPException, _http_error)
+    register_error_handlers(blueprint, render=openai_error)
     return blueprint
 
 
@@ -73,6 +61,32 @@ class CursorQuery(_PageQuery):
 
     after: str | None = Field(None, max_length=64)
     order: str = Field("desc", pattern="^(asc|desc)$")
+
+
+def tenant_scope(table, principal: Principal, *conditions) -> Callable[[Any], Any]:
+    """What of `table` the caller may see: its tenant's rows (an admin's: every tenant's)
+    that meet `conditions`; the one place such rows are scoped."""
+    def scope(statement):
+        statement = statement.where(*conditions)
+        return statement if principal.admin else statement.where(table.tenant == principal.tenant)
+    return scope
+
+
+def find_visible(session, table, visible: Callable[[Any], Any], id_pattern: re.Pattern, object_id: str,
+                 noun: str):
+    """The row `object_id` names if `visible` allows it; another tenant's is a 404,
+    exactly like one that never existed (field `<noun>_id`)."""
+    found = None
+    if id_pattern.match(object_id):
+        found = session.scalars(visible(select(table)).where(table.id == object_id)).first()
+    if found is None:
+        raise NotFound(f"no {noun} {object_id!r}", field=f"{noun}_id")
+    return found
+
+
+def page_ids(rows: list, has_more: bool) -> dict[str, Any]:
+    """A list object's `first_id`, `last_id` and `has_more`."""
+    return {"first_id": rows[0].id if rows else None, "last_id": rows[-1].id if rows else None, "has_more": has_more}
 
 
 def cursor_page(session, table, visible: Callable[[Any], Any], query: CursorQuery, extra=()) -> tuple[list, bool]:

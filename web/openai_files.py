@@ -15,16 +15,25 @@ from typing import Literal
 
 from flask import Response, request
 from pydantic import Field
-from sqlalchemy import or_, select
+from sqlalchemy import or_
 
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import InvalidRequest
 from shared.keys import Principal
 from shared.openai_files import delete_content, new_file_id, read_parts, write_lines
 from shared.openai_orm import FilePurpose, OpenAIFile
 from shared.orm import utcnow
 from web.auth import current_principal
 from web.context import db, genq
-from web.openai_common import CursorQuery, Strict, cursor_page, openai_blueprint, timestamp
+from web.openai_common import (
+    CursorQuery,
+    Strict,
+    cursor_page,
+    find_visible,
+    openai_blueprint,
+    page_ids,
+    tenant_scope,
+    timestamp,
+)
 from web.request_models import validate_query
 
 files = openai_blueprint("openai_files", __name__)
@@ -71,20 +80,12 @@ class FileListQuery(CursorQuery):
 
 
 def visible_files(principal: Principal):
-    """The tenant's files that have not expired: the one place files are scoped."""
-    def scope(statement):
-        statement = statement.where(or_(OpenAIFile.expires_at.is_(None), OpenAIFile.expires_at > utcnow()))
-        return statement if principal.admin else statement.where(OpenAIFile.tenant == principal.tenant)
-    return scope
+    """The tenant's files that have not expired."""
+    return tenant_scope(OpenAIFile, principal, or_(OpenAIFile.expires_at.is_(None), OpenAIFile.expires_at > utcnow()))
 
 
 def find_file(session, principal: Principal, file_id: str) -> OpenAIFile:
-    found = None
-    if FILE_ID.match(file_id):
-        found = session.scalars(visible_files(principal)(select(OpenAIFile)).where(OpenAIFile.id == file_id)).first()
-    if found is None:
-        raise NotFound(f"no file {file_id!r}", field="file_id")
-    return found
+    return find_visible(session, OpenAIFile, visible_files(principal), FILE_ID, file_id, "file")
 
 
 def expiry_seconds(form, default: int) -> int:
@@ -132,8 +133,7 @@ def list_files():
     query = validate_query(FileListQuery, request.args, genq().settings)
     extra = (OpenAIFile.purpose == query.purpose,) if query.purpose else ()
     rows, has_more = cursor_page(db(), OpenAIFile, visible_files(current_principal()), query, extra)
-    return FileList(data=[FileObject.of(row) for row in rows], first_id=rows[0].id if rows else None,
-                    last_id=rows[-1].id if rows else None, has_more=has_more).reply()
+    return FileList(data=[FileObject.of(row) for row in rows], **page_ids(rows, has_more)).reply()
 
 
 @files.route("/files/<file_id>", methods=["GET"])

@@ -20,7 +20,7 @@ from web.api import api
 from web.archive import get_job_archive  # noqa: F401 (adds GET /v1/jobs/<id>/archive to `api`)
 from web.health import health
 from web.operations import Operation, Param, Reply
-from web.request_models import PARAMS_BY_TASK, JobRequest
+from web.request_models import ALIASES, ONE_OF, PARAMS_BY_TASK, JobRequest
 from web.webhook_views import webhooks
 from web.workers import list_workers  # noqa: F401 (adds GET /v1/workers to `api`)
 
@@ -30,6 +30,7 @@ JSON = "application/json"
 SECURITY_SCHEME = "bearerAuth"
 DOCUMENTED_BLUEPRINTS = (api, webhooks, health)  # web.events streams: documented in the README (an endless
 # body that the WSGI-level contract tests would read forever)
+ALIAS_OF = {name: alias for name, alias in ONE_OF if alias in ALIASES}  # a parameter's other name
 PARAMS_MODELS: tuple[type[BaseModel], ...] = tuple(dict.fromkeys(PARAMS_BY_TASK.values()))  # one per model class
 
 
@@ -230,17 +231,25 @@ def params_within_limits(schema: dict[str, Any], spec: ModelSpec) -> dict[str, A
     schema = copy.deepcopy(schema)
     schema["title"] = f"Parameters of {spec.name}"
     for field_name, bounds in spec.limits.items():
+        alias = schema["properties"].get(ALIAS_OF.get(field_name, ""))
+        if alias is not None:  # `num_return_sequences` is `n`: the same bounds
+            narrow(alias["anyOf"][0], bounds)
         field = schema["properties"].get(field_name)
         if field is None:
             continue
         field["default"] = spec.defaults.get(field_name, field.get("default"))
-        if bounds.max is not None:
-            field["maximum"] = _number(min(field.get("maximum", bounds.max), bounds.max))
-        if bounds.min is not None:
-            field["minimum"] = _number(max(field.get("minimum", bounds.min), bounds.min))
+        narrow(field, bounds)
         if not field.get("minimum", field["default"]) <= field["default"] <= field.get("maximum", field["default"]):
             del field["default"]  # the task's default is out of this model's range, and it has none of its own
     return schema
+
+
+def narrow(field: dict[str, Any], bounds) -> None:
+    """A numeric field's `minimum` and `maximum`, narrowed by a model's limit."""
+    if bounds.max is not None:
+        field["maximum"] = _number(min(field.get("maximum", bounds.max), bounds.max))
+    if bounds.min is not None:
+        field["minimum"] = _number(max(field.get("minimum", bounds.min), bounds.min))
 
 
 def _number(value: float) -> int | float:

@@ -25,6 +25,7 @@ from shared.errors import InvalidRequest, LimitExceeded, UnknownModel
 from shared.items import samples_per_prompt
 from shared.registry import ModelSpec, Registry, Task
 from shared.states import JobState
+from web.webhook_urls import WEBHOOK_URL_PATTERN
 
 
 def _integral(value: Any) -> Any:
@@ -45,8 +46,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+def _refusals_in_schema(schema: dict[str, Any]) -> None:
+    """Say in the JSON Schema (and so in the OpenAPI document) what the model validators
+    below refuse: both names of a pair (`ONE_OF`), a latent walk with `n` above 1."""
+    properties = schema.get("properties", {})
+    refused = [{"required": [given, other], "properties": {other: {"not": {"type": "null"}}}}
+               for given, other in ONE_OF if given in properties and other in properties]
+    if "interpolate" in properties:
+        refused += [{"required": ["interpolate", name], "properties": {"interpolate": {"type": "object"},
+                                                                       name: {"minimum": 2}}}
+                    for name in ("n", "num_return_sequences")]
+    if refused:
+        schema["allOf"] = [{"not": refusal} for refusal in refused]
+
+
 class _Samples(_Strict):
     """Several items per prompt: OpenAI's `n`, or transformers' name for it."""
+
+    model_config = ConfigDict(json_schema_extra=_refusals_in_schema)
 
     n: Integer = Field(1, ge=1, le=128, description="Items per prompt, with consecutive seeds.")
     num_return_sequences: Annotated[int, Field(ge=1, le=128), BeforeValidator(_integral)] | None = Field(
@@ -152,8 +169,9 @@ class InputItem(_Strict):
 class WebhookRequest(_Strict):
     """Where the job's final event is POSTed, signed per Standard Webhooks (README: Webhooks)."""
 
-    url: str = Field(min_length=1, max_length=2048, pattern=r"^[hH][tT][tT][pP][sS]?://[^\x00\s]+$",
-                     description="An http(s) URL; internal addresses are refused unless GENQ_WEBHOOK_ALLOW_PRIVATE.")
+    url: str = Field(min_length=1, max_length=2048, pattern=WEBHOOK_URL_PATTERN,
+                     description="An http(s) URL; internal addresses are refused (403) unless "
+                     "GENQ_WEBHOOK_ALLOW_PRIVATE, and hosts off GENQ_WEBHOOK_ALLOWED_HOSTS when it is set.")
     events: list[Literal["job.completed", "job.failed", "job.cancelled"]] | None = Field(
         None, min_length=1, description="Which final events to send; all three when left out.")
 
@@ -248,10 +266,9 @@ def effective_params(spec: ModelSpec, given: dict[str, Any]) -> dict[str, Any]:
     schema = PARAMS_BY_TASK[spec.task]
     merged = {k: v for k, v in spec.defaults.items() if k in schema.model_fields}
     for pair in ONE_OF:  # a request that names one of a pair replaces the default of the other
-        for name in pair:
-            if name in given:
-                for other in pair:
-                    merged.pop(other, None)
+        if any(name in given for name in pair):
+            for name in pair:
+                merged.pop(name, None)
     merged.update(given)
     try:
         params = schema.model_validate(merged).model_dump(exclude=ALIASES)

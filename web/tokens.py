@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 
 from shared.errors import LimitExceeded
+from shared.model_files import model_file, tokenizer_of
 from shared.registry import ModelSpec, Task, max_positions
 from web.request_models import ValidatedJob
 
@@ -47,33 +47,14 @@ class PromptTokenLimits:
     def _model_positions(self, spec: ModelSpec) -> int | None:
         with self._lock:
             if spec.name not in self._positions:
-                config = _model_file(spec, "config.json")
+                config = model_file(spec, "config.json")
                 values = json.loads(config.read_text()) if config else {}
                 self._positions[spec.name] = max_positions(values)
             return self._positions[spec.name]
 
     def _tokenizer(self, spec: ModelSpec):
         with self._lock:
-            if spec.name not in self._tokenizers:
-                path = _model_file(spec, "tokenizer.json")
-                if path is None:
-                    self._tokenizers[spec.name] = None
-                else:
-                    from tokenizers import Tokenizer
-
-                    self._tokenizers[spec.name] = Tokenizer.from_file(str(path))
+            if spec.name not in self._tokenizers:  # looked up once per model, not per request
+                self._tokenizers[spec.name] = tokenizer_of(spec)
             return self._tokenizers[spec.name]
 
-
-def _model_file(spec: ModelSpec, name: str) -> Path | None:
-    """A file of the model: in its local directory, or in the local Hugging Face cache."""
-    local = spec.local_source()
-    if local is not None:
-        path = local / name
-        return path if path.is_file() else None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    found = try_to_load_from_cache(spec.source, name)
-    return Path(found) if isinstance(found, str) else None

@@ -8,10 +8,11 @@ from sqlalchemy import select
 from shared.webhook_orm import WebhookAttempt, WebhookDelivery
 from shared.webhooks import deliveries_of_job
 from web import queries
+from web.api import JOB_ID, NO_JOB
 from web.auth import current_principal, require_api_key
 from web.context import db
-from web.operations import DocumentedBlueprint, Param, Reply
-from web.response_models import ErrorResponse, _Response
+from web.operations import DocumentedBlueprint, Reply
+from web.response_models import _Response
 
 webhooks = DocumentedBlueprint("webhooks", __name__, url_prefix="/v1", secured=True)
 webhooks.before_request(require_api_key)
@@ -53,9 +54,7 @@ class WebhookDeliveryListResponse(_Response):
 @webhooks.operation(
     "GET", "/jobs/<job_id>/webhooks", "List a job's webhook deliveries", tag="jobs",
     description="Each event sent (or to be sent) for the job, with every attempt.",
-    params=(Param("job_id", "path", {"type": "string"}, "The job's id, as POST /v1/jobs returned it."),),
-    responses={200: Reply("The deliveries.", WebhookDeliveryListResponse),
-               404: Reply("No such job (`not_found`).", ErrorResponse)},
+    params=(JOB_ID,), responses={200: Reply("The deliveries.", WebhookDeliveryListResponse), 404: NO_JOB},
 )
 def list_job_webhooks(job_id: str):
     session = db()

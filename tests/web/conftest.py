@@ -8,9 +8,16 @@ from web.app import create_app
 
 
 @pytest.fixture
-def app(settings, redis_server):
+def app_settings(settings):
+    """The settings `app` (and `client`) are made with: a module overrides this fixture to
+    change them (other storage, another registry)."""
+    return settings
+
+
+@pytest.fixture
+def app(app_settings, redis_server):
     redis_server.client().flushdb()
-    return create_app(settings)
+    return create_app(app_settings)
 
 
 def make_key(settings, tenant: str, admin: bool = False) -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from shared.db import session_scope
 from shared.orm import Job
+from web.openapi import build_document
 
 TEXT = "tiny-text"
 IMAGE = "tiny-sd"
@@ -20,6 +22,10 @@ def text(**params):
 
 def image(**params):
     return {"model": IMAGE, "prompts": ["a cat"], "params": params}
+
+
+def webhook(url: str):
+    return {"model": TEXT, "prompts": ["hello"], "webhook": {"url": url, "events": ["job.cancelled"]}}
 
 
 NAN = float("nan")
@@ -66,6 +72,8 @@ CASES = [
     ("top_p NaN", text(top_p=NAN), 400, "invalid_request", "params.top_p"),
     ("top_k negative", text(top_k=-1), 400, "invalid_request", "params.top_k"),
     ("do_sample a string", text(do_sample="yes"), 400, "invalid_request", "params.do_sample"),
+    ("n and its other name", text(n=2, num_return_sequences=3), 400, "invalid_request", "params"),
+    ("max_new_tokens and max_length", text(max_new_tokens=8, max_length=20), 400, "invalid_request", "params"),
     ("width not a multiple of 8", image(width=65), 400, "invalid_request", "params.width"),
     ("height not a multiple of 8", image(height=100), 400, "invalid_request", "params.height"),
     ("width below the model's limit", image(width=24), 400, "limit_exceeded", "params.width"),
@@ -76,6 +84,17 @@ CASES = [
     ("guidance NaN", image(guidance_scale=NAN), 400, "invalid_request", "params.guidance_scale"),
     ("negative_prompt a number", image(negative_prompt=3), 400, "invalid_request", "params.negative_prompt"),
     ("width on an unconditional model", {"model": UNCOND, "prompts": ["x"], "params": {"width": 64}}, 400, "invalid_request", "params.width"),
+    # A webhook URL the schema refuses is a 400; a well-formed one the deployment will not
+    # call is a 403 (its policy) or a 409 (no signing secret yet): not the client's mistake.
+    ("webhook not http", webhook("ftp://example.com/x"), 400, "invalid_request", "webhook.url"),
+    ("webhook without a host", webhook("http:///x"), 400, "invalid_request", "webhook.url"),
+    ("webhook port out of range", webhook("http://example.com:65536/x"), 400, "invalid_request", "webhook.url"),
+    ("webhook unbalanced IPv6", webhook("http://[::1/x"), 400, "invalid_request", "webhook.url"),
+    ("webhook to loopback", webhook("http://127.0.0.1:8000/x"), 403, "forbidden", "webhook.url"),
+    ("webhook to IPv6 loopback", webhook("http://[::1]/x"), 403, "forbidden", "webhook.url"),
+    ("webhook to localhost", webhook("HTTP://localhost/x"), 403, "forbidden", "webhook.url"),
+    ("webhook to cloud metadata", webhook("http://169.254.169.254/latest"), 403, "forbidden", "webhook.url"),
+    ("webhook without a secret", webhook("HTTP://0"), 409, "conflict", "webhook"),
     ("body an array", [1, 2], 400, "invalid_request", None),
     ("body a string", "jobs", 400, "invalid_request", None),
 ]
@@ -148,3 +167,14 @@ def test_query_strings_are_checked_like_bodies(client, query, message):
     assert response.status_code == 400 and error["code"] == "invalid_request"
     assert error["field"] == query.split("=")[0]
     assert error["message"].startswith(message)
+
+
+def test_the_document_refuses_what_the_parameter_validators_refuse():
+    """A refusal made in a model validator is stated in the OpenAPI document too (its
+    `not` clauses), so a client that validates against the document is never surprised."""
+    schemas = build_document()["components"]["schemas"]
+    text_params = Draft202012Validator({**schemas["TextParams"], "$defs": schemas})
+    for name, body, *_ in CASES:
+        if name in ("n and its other name", "max_new_tokens and max_length"):
+            assert not text_params.is_valid(body["params"]), name
+    assert text_params.is_valid({"n": 2, "num_return_sequences": None, "max_length": 20})

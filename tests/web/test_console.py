@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from shared.storage import output_key, storage_from_settings
 from tests.helpers.ledger import work_by_hand
 from tests.web.conftest import make_key
 from web.app import create_app
+from web.workers import FRESH_SECONDS, LastAnswer, WorkerInfo
 
 PAGES = ("/", "/submit", "/models", "/signin", "/jobs/0123456789abcdef0123456789abcdef")
 STATIC = Path(__file__).resolve().parents[2] / "web" / "static"
@@ -185,3 +188,20 @@ def test_no_worker_answers_when_none_runs(settings, redis_server, api_key):
     response = client.get("/v1/workers", headers={"Authorization": f"Bearer {api_key}"})
     assert response.status_code == 200 and response.get_json() == {"workers": []}
     assert client.get("/v1/workers").status_code == 401
+
+
+def test_the_workers_are_asked_once_while_their_answer_is_fresh():
+    """Every open models page polls GET /v1/workers; a web process broadcasts the question
+    at most once per FRESH_SECONDS, and concurrent requests share the question in flight."""
+    answers, asked = LastAnswer(), []
+
+    def ask():
+        asked.append(1)
+        time.sleep(0.2)  # the broadcast's wait for answers
+        return [WorkerInfo(name=f"w{len(asked)}@host", models=["tiny-text"])]
+
+    with ThreadPoolExecutor(4) as pool:
+        seen = list(pool.map(lambda _: answers.get(ask), range(4)))
+    assert len(asked) == 1 and all(workers[0].name == "w1@host" for workers in seen)
+    answers._asked_at -= FRESH_SECONDS  # the answer ages
+    assert answers.get(ask)[0].name == "w2@host" and len(asked) == 2

@@ -11,7 +11,6 @@ from shared.settings import Settings
 from shared.storage import output_key, storage_from_settings
 from tests.helpers.ledger import work_by_hand
 from tests.helpers.s3 import CREDENTIALS, MotoServer
-from web.app import create_app
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 300
 
@@ -35,11 +34,8 @@ def storage_settings(request, settings) -> Settings:
 
 
 @pytest.fixture
-def client(storage_settings, redis_server, api_key):
-    redis_server.client().flushdb()
-    client = create_app(storage_settings).test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_key}"
-    return client
+def app_settings(storage_settings):
+    return storage_settings
 
 
 def image_job(client, settings) -> tuple[str, str]:

@@ -33,11 +33,8 @@ def openai_settings(settings, tmp_path, tiny_model_dirs):
 
 
 @pytest.fixture
-def client(openai_settings, redis_server, api_key):
-    redis_server.client().flushdb()
-    client = create_app(openai_settings).test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_key}"
-    return client
+def app_settings(openai_settings):
+    return openai_settings
 
 
 def upload(client, content: bytes, **form) -> dict:

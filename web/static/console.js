@@ -132,6 +132,11 @@ function canCancel(job) { return job.state === "queued" || job.state === "runnin
 
 function canRetry(job) { return !isOpen(job) && job.counts.failed > 0; }
 
+/* Cancel or retry a job: a refusal is said; the caller then shows the job as it is. */
+async function jobAction(jobId, verb) {
+  try { await api.post(`/v1/jobs/${jobId}/${verb}`); clearAlert(); } catch (error) { report(error); }
+}
+
 function stateBadge(state) { return el("span", { class: `state state-${state}`, text: state }); }
 
 function every(ms, step) {
@@ -258,10 +263,7 @@ function jobRow(job, reload) {
   };
   const act = (label, verb) => el("button", {
     type: "button", text: label, "aria-label": `${label} job ${job.id}`,
-    onclick: async () => {
-      try { await api.post(`/v1/jobs/${job.id}/${verb}`); clearAlert(); } catch (error) { report(error); }
-      reload();
-    },
+    onclick: async () => { await jobAction(job.id, verb); reload(); },
   });
   cells.cancel = act("Cancel", "cancel");
   cells.retry = act("Retry", "retry");
@@ -305,10 +307,7 @@ function initJob() {
     await refreshItems(false);
     return isOpen(view.job);  // a finished job stops polling (until a retry)
   });
-  const act = async (verb) => {
-    try { await api.post(`/v1/jobs/${jobId}/${verb}`); clearAlert(); } catch (error) { report(error); }
-    poller.restart();
-  };
+  const act = async (verb) => { await jobAction(jobId, verb); poller.restart(); };
   $("#job-cancel").addEventListener("click", () => act("cancel"));
   $("#job-retry").addEventListener("click", () => act("retry"));
   $("#job-download").addEventListener("click", () => download(jobId));
