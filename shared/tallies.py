@@ -7,10 +7,17 @@ pipelined round trip per event: an HINCRBY or two), so one scrape of any web pro
 reads the whole deployment's counts with a few HGETALLs, whatever the ledger holds.
 Counts survive process restarts but not a Redis restart without persistence; Prometheus
 reads a counter that went back to zero as a reset, which is what `rate()` expects.
+
+HTTP request timings are the exception to "one round trip per event": a web process
+serves hundreds of polls a second, so it keeps them in memory and adds them to Redis in
+one pipeline at most once a second (`RequestTimings`): a poll never waits on Redis, and
+a Redis outage costs one timeout a second instead of one per request.
 """
 from __future__ import annotations
 
 import bisect
+import threading
+import time
 from dataclasses import dataclass, field
 
 import redis
@@ -78,16 +85,15 @@ class Tallies:
         if pipe is None:
             target.execute()
 
-    def request_served(self, method: str, route: str, status: int, seconds: float) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        self.observe("http_request_duration_seconds", (method, route, str(status)), seconds, pipe)
-        pipe.execute()
-
     def observe(self, name: str, labels: tuple[str, ...], value: float, pipe) -> None:
-        bucket = bisect.bisect_left(HISTOGRAMS[name][1], value)
+        self.add_histogram(name, labels, {bucket_of(name, value): 1}, value, pipe)
+
+    def add_histogram(self, name: str, labels: tuple[str, ...], buckets: dict[int, int], total: float, pipe) -> None:
+        """Add observations already sorted into buckets (index -> count) and their sum."""
         key, joined = PREFIX + name, SEP.join(labels)
-        pipe.hincrby(key, f"{joined}{SEP}{bucket}", 1)
-        pipe.hincrbyfloat(key, f"{joined}{SEP}sum", value)
+        for bucket, count in buckets.items():
+            pipe.hincrby(key, f"{joined}{SEP}{bucket}", count)
+        pipe.hincrbyfloat(key, f"{joined}{SEP}sum", total)
 
     def read(self) -> Counts:
         pipe = self.redis.pipeline(transaction=False)
@@ -104,6 +110,45 @@ class Tallies:
         for name, raw in zip(HISTOGRAMS, replies[len(COUNTERS):]):
             counts.histograms[name] = _histograms(raw, *HISTOGRAMS[name])
         return counts
+
+
+def bucket_of(name: str, value: float) -> int:
+    return bisect.bisect_left(HISTOGRAMS[name][1], value)
+
+
+class RequestTimings:
+    """This process's HTTP request timings, added to Redis (`Tallies`) in one pipeline at
+    most every `interval` seconds, by whichever request comes due, or by `flush`."""
+
+    NAME = "http_request_duration_seconds"
+
+    def __init__(self, tallies: Tallies, interval: float = 1.0):
+        self.tallies, self.interval = tallies, interval
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, ...], tuple[dict[int, int], float]] = {}
+        self._due = time.monotonic() + interval
+
+    def served(self, method: str, route: str, status: int, seconds: float) -> None:
+        labels, bucket = (method, route, str(status)), bucket_of(self.NAME, seconds)
+        with self._lock:
+            buckets, total = self._pending.get(labels, ({}, 0.0))
+            buckets[bucket] = buckets.get(bucket, 0) + 1
+            self._pending[labels] = (buckets, total + seconds)
+            due = time.monotonic() >= self._due
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is pending (raises `redis.RedisError`; what it held is then dropped)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._due = time.monotonic() + self.interval
+        if not pending:
+            return
+        pipe = self.tallies.redis.pipeline(transaction=False)
+        for labels, (buckets, total) in pending.items():
+            self.tallies.add_histogram(self.NAME, labels, buckets, total, pipe)
+        pipe.execute()
 
 
 def _histograms(raw: dict[bytes, bytes], labels: tuple[str, ...], bounds: tuple[float, ...]) -> dict:

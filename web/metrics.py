@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from shared.settings import Settings
-from shared.tallies import HISTOGRAMS
+from shared.tallies import HISTOGRAMS, RequestTimings
 from shared.watch import Watch
 from web import queries
 from web.auth import current_principal, require_api_key
@@ -36,12 +36,14 @@ log = logging.getLogger(__name__)
 
 metrics = Blueprint("metrics", __name__)
 WATCH = "genq_watch"
+TIMINGS = "genq_request_timings"
 
 
 def init_metrics(app: Flask, settings: Settings) -> None:
     """The app's Redis view of the workers (`watch()`), GET /metrics, and the timing of
     every request."""
     app.extensions[WATCH] = Watch.from_settings(settings)
+    app.extensions[TIMINGS] = RequestTimings(app.extensions[WATCH].tallies)
     app.register_blueprint(metrics)
     app.before_request(_start_clock)
     app.after_request(_count_request)
@@ -68,7 +70,8 @@ def _count_request(response: Response) -> Response:
     if started is not None:
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         try:
-            watch().tallies.request_served(request.method, route, response.status_code, time.perf_counter() - started)
+            current_app.extensions[TIMINGS].served(request.method, route, response.status_code,
+                                                   time.perf_counter() - started)
         except redis.RedisError as exc:
             log.warning("could not count a request: %s", exc)
     return response
@@ -80,8 +83,12 @@ def scrape():
         require_api_key()
         if not current_principal().admin:
             raise Forbidden("GET /metrics takes an admin key (or set GENQ_METRICS_PUBLIC=1)")
+    try:  # this process's own request timings are part of what it reports
+        current_app.extensions[TIMINGS].flush()
+    except redis.RedisError as exc:
+        log.warning("could not count requests: %s", exc)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Scrape(queries.open_work_by_model(db()), watch()))
+    registry.register(_Scrape(queries.open_work_by_model(db()), watch(), genq().registry.names()))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
                     headers={"Cache-Control": "no-store"})
 
@@ -89,8 +96,8 @@ def scrape():
 class _Scrape:
     """The metric families of one scrape, from what `scrape` read."""
 
-    def __init__(self, open_work, watch_: Watch):
-        self.open_work, self.watch = open_work, watch_
+    def __init__(self, open_work, watch_: Watch, models: list[str]):
+        self.open_work, self.watch, self.models = open_work, watch_, models
 
     def collect(self):
         yield from self._open_work()
@@ -145,8 +152,7 @@ class _Scrape:
         rate = GaugeMetricFamily("genq_throughput_items_per_second", "Items per second of each model: one busy "
                                  "worker's rate over the window times its live workers.", labels=["model"])
         try:
-            for model in self.watch.throughput.models():
-                measured = self.watch.throughput.measure(model)
+            for model, measured in self.watch.throughput.measure_all(self.models).items():
                 workers.add_metric([model], measured.workers)
                 rate.add_metric([model], measured.items_per_second or 0.0)
         except redis.RedisError as exc:
