@@ -88,14 +88,12 @@ class Chaos:
 
     def start_s3(self, root: Path) -> dict:
         """A moto server and a bucket; the settings that put every process's outputs there."""
-        from tests.helpers.s3 import CREDENTIALS, MotoServer
+        from tests.helpers.s3 import MotoServer
 
         self.moto = MotoServer(root / "moto").start()
         name = self.moto.new_bucket()
         self.bucket = self.moto.storage(name, "chaos")
-        return {"storage_url": f"s3://{name}/chaos", "s3_endpoint_url": self.moto.url,
-                "s3_region": CREDENTIALS["AWS_DEFAULT_REGION"], "s3_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                "s3_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
+        return self.moto.settings(name, "chaos")
 
     def stored_files(self) -> set[str]:
         if self.bucket is not None:

@@ -41,8 +41,7 @@ GOAL = 0.20
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backends", default="sqlite,postgres")
+    parser = harness.backend_parser(__doc__)
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds the model runs before the first prediction")
     parser.add_argument("--jobs", type=int, default=12, help="jobs submitted behind the warm-up job")
     parser.add_argument("--items", type=int, default=120, help="items per job")
@@ -51,7 +50,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sleep-ms", type=float, default=20.0, help="model time per item")
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--slice", type=int, default=32, help="GENQ_SLICE_MAX_ITEMS")
-    parser.add_argument("--postgres-url", default=harness.DEFAULT_POSTGRES_URL)
     return parser.parse_args()
 
 
@@ -126,7 +124,7 @@ def measure(backend: str, args: argparse.Namespace) -> dict:
 def main() -> int:
     args = parse_args()
     results = {}
-    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+    for backend in args.backends:
         print(f"--- {backend}", flush=True)
         results[backend] = row = measure(backend, args)
         median = row["median_error"]

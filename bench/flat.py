@@ -51,12 +51,10 @@ FIGURES = ("submit", "claim", "poll", "list", "list_admin", "reconcile",
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backends", default="sqlite,postgres")
+    parser = harness.backend_parser(__doc__)
     parser.add_argument("--scale", type=float, default=1.0, help="of the goal's sizes (10,000 jobs; 1,000,000 items)")
     parser.add_argument("--samples", type=int, default=200, help="timed requests per figure and step")
     parser.add_argument("--tenants", type=int, default=50)
-    parser.add_argument("--postgres-url", default=harness.DEFAULT_POSTGRES_URL)
     parser.add_argument("--phases", default="open,history", help="open, history or both")
     parser.add_argument("--no-plans", action="store_true", help="skip the EXPLAIN of the hot path")
     return parser.parse_args()
@@ -229,10 +227,9 @@ def run_backend(root: Path, backend: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     args = parse_args()
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     results = {}
     with tempfile.TemporaryDirectory(prefix="genq-flat-") as tmp:
-        for backend in backends:
+        for backend in args.backends:
             results[backend] = run_backend(Path(tmp) / backend, backend, args)
     print(f"\nscale={args.scale} samples={args.samples} tenants={args.tenants} (ratio = full / small; goal <= {GOAL})")
     print_ratios(results)

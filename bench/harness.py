@@ -8,6 +8,7 @@ wait that competed with them would be measured as service overhead.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -30,6 +31,16 @@ from genq.devstack import RedisServer, Stack  # noqa: E402
 
 DEFAULT_POSTGRES_URL = os.environ.get("GENQ_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 NOOP_RUNNER = "bench.noop_runner:NoopRunner"
+
+
+def backend_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments of a benchmark run per backend: `--backends` (a list once parsed)
+    and `--postgres-url`."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres",
+                        type=lambda text: [b.strip() for b in text.split(",") if b.strip()])
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL, help="a server to create a fresh database on")
+    return parser
 
 
 def write_registry(path: Path, models: dict[str, dict]) -> Path:

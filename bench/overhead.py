@@ -29,11 +29,9 @@ from genq.devstack import RedisServer, ServiceProcess, wait_for  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.backend_parser(__doc__)
     parser.add_argument("--jobs", type=int, default=2000)
-    parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--postgres-url", default=harness.DEFAULT_POSTGRES_URL, help="a server to create a fresh database on")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for all jobs of one backend")
     return parser.parse_args()
 
@@ -99,10 +97,9 @@ def print_table(raw: dict, rows: list[dict]) -> None:
 
 def main() -> None:
     args = parse_args()
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     with tempfile.TemporaryDirectory(prefix="genq-overhead-") as tmp:
         raw = run_raw_celery(Path(tmp) / "raw", args.jobs, args.threads)
-        rows = [run_genq(Path(tmp) / backend, backend, args) for backend in backends]
+        rows = [run_genq(Path(tmp) / backend, backend, args) for backend in args.backends]
     print(f"jobs={args.jobs} threads={args.threads} code={rows[0]['code'] if rows else '-'}")
     print_table(raw, rows)
     harness.emit_result("overhead", {"raw_tasks_per_s": raw["tasks_per_s"], "raw_delay_p50_ms": raw["delay_p50_ms"],

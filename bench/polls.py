@@ -46,8 +46,7 @@ PHASES = ("idle", "running", "finished")
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backends", default="sqlite,postgres")
+    parser = harness.backend_parser(__doc__)
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured window")
     parser.add_argument("--items", type=int, default=5000, help="items of the job that runs during the window")
@@ -56,8 +55,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--micro-batch", type=int, default=16, help="items per micro-batch (a commit each)")
     parser.add_argument("--threads", type=int, default=16, help="client threads (connections)")
     parser.add_argument("--phases", default=",".join(PHASES), help="of " + ", ".join(PHASES))
-    parser.add_argument("--postgres-url", default=harness.DEFAULT_POSTGRES_URL,
-                        help="a server to create a fresh database on")
     args = parser.parse_args()
     if args.sleep_ms is None:
         args.sleep_ms = max(0.5, 2000 * args.seconds / args.items)
@@ -195,13 +192,12 @@ def print_table(rows: list[dict], phases: list[str], seconds: float) -> None:
 
 def main() -> None:
     args = parse_args()
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = set(phases) - set(PHASES)
     if unknown:
         raise SystemExit(f"unknown phases {sorted(unknown)} (of {', '.join(PHASES)})")
     with tempfile.TemporaryDirectory(prefix="genq-polls-") as tmp:
-        rows = [run_backend(Path(tmp) / backend, backend, args, phases) for backend in backends]
+        rows = [run_backend(Path(tmp) / backend, backend, args, phases) for backend in args.backends]
     print(f"rate={args.rate:g}/s seconds={args.seconds:g} items={args.items} sleep_ms={args.sleep_ms:g} "
           f"micro_batch={args.micro_batch} threads={args.threads} cpus={psutil.cpu_count()}")
     print_table(rows, phases, args.seconds)

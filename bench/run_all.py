@@ -21,7 +21,8 @@ BENCH = Path(__file__).resolve().parent
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=2000, help="one-item jobs per backend in overhead.py")
-    parser.add_argument("--backends", default="sqlite,postgres", help="for overhead.py, polls.py and flat.py")
+    parser.add_argument("--backends", default="sqlite,postgres", help="for overhead.py, polls.py, streams.py, flat.py and eta.py; "
+                        "openai_batch.py runs on the first")
     parser.add_argument("--skip", default="", help="comma-separated names: " + ", ".join(n for n, _ in runs(None)))
     return parser.parse_args()
 
@@ -40,6 +41,7 @@ def runs(args) -> list[tuple[str, list[str]]]:
         ("memory", ["memory.py"]),
         ("flat", ["flat.py", "--backends", backends or "sqlite,postgres"]),
         ("eta", ["eta.py", "--backends", backends or "sqlite,postgres"]),
+        ("openai-batch", ["openai_batch.py", "--backend", (backends or "sqlite").split(",")[0]]),
     ]
 
 
@@ -97,7 +99,8 @@ def figures(name: str, result: dict) -> list[tuple[str, str, str]]:
     if name == "streams":
         return [("streams beside polls", f"{backend}: status p99 ms at {result['rate']:g}/s, no streams -> "
                  f"{result['streams']} streams", f"{row['without']['p99_ms']:.1f} -> {row['with']['p99_ms']:.1f} "
-                 f"({row['streams_complete']}/{row['streams']} streams saw every item once)")
+                 f"({row['with']['p99_ms'] / row['without']['p99_ms']:.2f}x; {row['streams_complete']}/"
+                 f"{row['streams']} streams saw every item once)")
                 for backend, row in result["backends"].items()]
     if name == "memory":
         return [("memory", f"worker pool RSS, job {result['warmup']} -> {result['jobs']} (growth)",
@@ -108,6 +111,10 @@ def figures(name: str, result: dict) -> list[tuple[str, str, str]]:
         return [("ETA within 20 %", f"{backend}: median error of the predicted finish ({row['predicted']} jobs)",
                   "n/a" if row["median_error"] is None else f"{100 * row['median_error']:.1f} %")
                 for backend, row in result["backends"].items()]
+    if name == "openai-batch":
+        return [("OpenAI batch ~ native job", f"{result['backend']}: {result['lines']} lines, batch / native items/s",
+                 f"{result['ratio']:.3f} ({result['lines'] / result['sdk_s']:.1f} / "
+                 f"{result['lines'] / result['native_s']:.1f})")]
     return [("cross-job batching", f"{result['model']}: {result['items']} one-item jobs / one job, items/s",
              f"{result['ratio']:.3f} ({result['one_item_jobs_items_per_s']:.1f} / {result['one_job_items_per_s']:.1f})")]
 

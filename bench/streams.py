@@ -39,8 +39,7 @@ MODEL = "sleepy"
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backends", default="sqlite,postgres")
+    parser = harness.backend_parser(__doc__)
     parser.add_argument("--streams", type=int, default=100, help="event streams open in the second window")
     parser.add_argument("--rate", type=float, default=100.0, help="status polls per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured window")
@@ -49,8 +48,6 @@ def parse_args() -> argparse.Namespace:
                         help="model time per item (default: the job lasts five windows)")
     parser.add_argument("--micro-batch", type=int, default=32, help="items per micro-batch (a commit and a notice each)")
     parser.add_argument("--threads", type=int, default=16, help="polling client threads (connections)")
-    parser.add_argument("--postgres-url", default=harness.DEFAULT_POSTGRES_URL,
-                        help="a server to create a fresh database on")
     args = parser.parse_args()
     if args.sleep_ms is None:
         args.sleep_ms = max(0.5, 5000 * args.seconds / args.items)
@@ -131,13 +128,22 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
                         f"{row['catch_up_s']:.1f} s; job {'still running' if row['still_running'] else 'FINISHED early'}")
             print(f"{row['backend']:<9} {label:<22} {r['achieved_per_s']:7.1f} {r['p50_ms']:7.1f} {r['p99_ms']:7.1f} "
                   f"{r['max_ms']:7.1f} {r['errors']:6d} {r['web_cpu_ms_per_request']:14.2f}  {note}")
+    for row in rows:
+        without, with_ = row["without"], row["with"]
+        print(f"{row['backend']}: with {row['streams']} streams / without, p50 {ratio(with_, without, 'p50_ms')}, "
+              f"p99 {ratio(with_, without, 'p99_ms')}, web cpu per request "
+              f"{ratio(with_, without, 'web_cpu_ms_per_request')}")
+
+
+def ratio(with_: dict, without: dict, figure: str) -> str:
+    return f"{with_[figure]:.1f} / {without[figure]:.1f} = {with_[figure] / without[figure]:.2f}x" \
+        if without[figure] else "n/a"
 
 
 def main() -> None:
     args = parse_args()
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     with tempfile.TemporaryDirectory(prefix="genq-streams-") as tmp:
-        rows = [run_backend(Path(tmp) / backend, backend, args) for backend in backends]
+        rows = [run_backend(Path(tmp) / backend, backend, args) for backend in args.backends]
     print(f"streams={args.streams} rate={args.rate:g}/s seconds={args.seconds:g} items={args.items} "
           f"sleep_ms={args.sleep_ms:g} micro_batch={args.micro_batch} cpus={psutil.cpu_count()}")
     print_table(rows, args)

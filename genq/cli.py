@@ -222,14 +222,13 @@ def _redacted(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _register_client_commands() -> None:
+def _register_commands() -> None:
+    """The commands kept in modules of their own: the API's clients, and `genq webhooks`."""
     from genq.client_cli import CLIENT_COMMANDS
-
-    for command in CLIENT_COMMANDS:
-        main.add_command(command)
     from genq.webhooks_cli import webhooks
 
-    main.add_command(webhooks)
+    for command in [*CLIENT_COMMANDS, webhooks]:
+        main.add_command(command)
 
 
-_register_client_commands()
+_register_commands()

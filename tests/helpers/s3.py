@@ -3,7 +3,7 @@ port (stoppable like the tests' own Redis), a bucket in it, and the environment 
 process needs to use it."""
 from __future__ import annotations
 
-import subprocess
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -11,7 +11,7 @@ from pathlib import Path
 import boto3
 import requests
 
-from genq.devstack import free_port, wait_for
+from genq.devstack import ServiceProcess, free_port, wait_for
 from shared.s3 import S3Storage
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "genq-test", "AWS_SECRET_ACCESS_KEY": "genq-test-secret",
@@ -22,33 +22,31 @@ class MotoServer:
     def __init__(self, log_dir: Path, host: str = "127.0.0.1", port: int | None = None):
         self.host = host
         self.port = port or free_port()
-        self.log_path = Path(log_dir) / "moto.log"
-        self.process: subprocess.Popen | None = None
+        self.log_dir = Path(log_dir)
+        self.process: ServiceProcess | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> "MotoServer":
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.process = ServiceProcess("moto", [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+                                      dict(os.environ), self.log_dir)
         wait_for(self._answers, 30, what=f"moto on {self.url}")
         return self
 
     def _answers(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"moto exited: {self.log_path.read_text()[-2000:]}")
+        if not self.process.alive():
+            raise RuntimeError(f"moto exited: {self.process.log()[-2000:]}")
         try:
             return requests.get(f"{self.url}/moto-api/", timeout=1).status_code < 500
         except requests.RequestException:
             return False
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
+        if self.process is not None:
+            self.process.stop(timeout=10)
         self.process = None
 
     def new_bucket(self) -> str:
@@ -61,9 +59,12 @@ class MotoServer:
                             aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
                             aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
 
-    def env(self) -> dict[str, str]:
-        """What a genq process reads: the endpoint as a GENQ_ setting, the keys the AWS way."""
-        return {"GENQ_S3_ENDPOINT_URL": self.url, **CREDENTIALS}
+    def settings(self, bucket: str, prefix: str) -> dict[str, str]:
+        """The genq settings (Stack keywords) that keep every process's outputs under
+        `prefix` in `bucket`, as an operator sets them."""
+        return {"storage_url": f"s3://{bucket}/{prefix}", "s3_endpoint_url": self.url,
+                "s3_region": CREDENTIALS["AWS_DEFAULT_REGION"], "s3_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                "s3_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
 
     def storage(self, bucket: str, prefix: str = "") -> S3Storage:
         return S3Storage(bucket, prefix, endpoint_url=self.url, region=CREDENTIALS["AWS_DEFAULT_REGION"],

@@ -7,7 +7,8 @@ address; the S3-compatible server (moto) listens on the bridge address itself. A
 600-item job runs; one worker host's link is taken down while it holds a slice (a
 partition: the worker keeps running), and comes back only after the reconciler has
 taken its lease back. The job completes with every item written exactly once; the
-cut-off worker, reconnected, finds its lease gone and writes nothing.
+cut-off worker, reconnected, finds its lease gone and writes nothing. A second test
+checks what the first stands on: a session cut off mid-statement gives its locks back.
 
 Root is needed (ip netns, veth, bridge); where namespaces are not permitted the test
 skips and says why.
@@ -26,6 +27,7 @@ import pytest
 import requests
 import sqlalchemy
 import yaml
+from psycopg.conninfo import make_conninfo
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -48,10 +50,18 @@ SETTINGS = {
     "wakeup_busy_seconds": 0,  # one slice per wake-up: each task's logged report is one slice's
     "rate_limit": "100000/minute",
 }
-# A transaction left open by a host cut off mid-statement would hold its rows' locks until
-# the link returns; the server ends it instead (deployments with workers on other machines
-# want this too).
+# A transaction left open by a host cut off between statements would hold its rows' locks
+# until the link returns; the server ends it instead (deployments with workers on other
+# machines want this too).
 IDLE_IN_TRANSACTION_MS = 5000
+# A host cut off inside a statement leaves its server session waiting, "active", for the
+# rest of it: psycopg's executemany (a micro-batch's results) sends each row's Execute, and
+# locks that row, before the Sync that ends the statement. No session timeout ends that
+# wait, and the reconciler's release of expired leases queues behind the locks (the test
+# once timed out so). Only TCP can tell the client is gone: the server's keepalives and
+# user timeout, which the forwarder in between would hide, so the forwarder ends a
+# connection whose client has not answered for this long.
+DEAD_PEER_SECONDS = 3
 
 
 @pytest.fixture
@@ -143,6 +153,13 @@ def succeeded(url: str, job_id: str) -> int:
     return query(url, "SELECT COUNT(*) FROM job_items WHERE job_id = :job AND state = 'succeeded'", job=job_id)[0][0]
 
 
+def sessions(url: str) -> list[tuple]:
+    """The database's other sessions: what each waits for and since when (a timeout's evidence)."""
+    return [tuple(row) for row in query(
+        url, "SELECT pid, state, wait_event, now() - xact_start, pg_blocking_pids(pid), left(query, 80) "
+             "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+
+
 def lost_results(log: str) -> int:
     """Items whose results a slice could not store because its lease was gone, from the
     reports the worker's Celery tasks returned."""
@@ -155,7 +172,8 @@ def test_a_host_cut_off_mid_job_writes_nothing_and_every_item_runs_once(
     redis = RedisServer(tmp_path / "redis").start()
     moto = MotoServer(tmp_path, host=network.gateway).start()
     database_host = make_url(postgres_url)
-    forwarders = [Forwarder(network.gateway, (database_host.host, database_host.port or 5432)).start(),
+    forwarders = [Forwarder(network.gateway, (database_host.host, database_host.port or 5432),
+                            dead_peer_seconds=DEAD_PEER_SECONDS).start(),
                   Forwarder(network.gateway, ("127.0.0.1", redis.port)).start()]
     stack = Stack(tmp_path / "stack", postgres_url, redis.url, noop_models_file,
                   env={"PYTHONPATH": str(REPO_ROOT)}, **SETTINGS)
@@ -180,7 +198,7 @@ def test_a_host_cut_off_mid_job_writes_nothing_and_every_item_runs_once(
         start("web", "web", "web", "--host", web_address, "--port", str(stack.port), "--workers", "1")
         stack.base_url = f"http://{web_address}:{stack.port}"
         wait_for(lambda: _healthy(stack.base_url), 60, what="the web server in its namespace")
-        start("reconciler", "web", "reconcile")
+        reconciler = start("reconciler", "web", "reconcile")
         workers = {name: start(name, name, "worker", "--gpus", "none") for name in WORKER_HOSTS}
         for name, worker in workers.items():
             wait_for(lambda: "ready." in worker.log() or not worker.alive(), 90, what=f"{name} to be ready")
@@ -202,8 +220,12 @@ def test_a_host_cut_off_mid_job_writes_nothing_and_every_item_runs_once(
         assert held, f"{CUT} finished its slice as the link went down; nothing was cut off"
         lease_ids = {lease for _, lease in held}
         # The partition lasts until the reconciler has taken back every item the host held.
-        wait_for(lambda: not query(postgres_url, "SELECT 1 FROM job_items WHERE lease_id = ANY(:leases)",
-                                   leases=list(lease_ids)), 60, what="the cut-off host's lease to expire")
+        try:
+            wait_for(lambda: not query(postgres_url, "SELECT 1 FROM job_items WHERE lease_id = ANY(:leases)",
+                                       leases=list(lease_ids)), 60, what="the cut-off host's lease to expire")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; sessions: {sessions(postgres_url)}; reconciler: "
+                                 f"{reconciler.log()[-2000:]}") from None
         assert workers[CUT].alive(), "a partition, not a kill"
         log_before = len(workers[CUT].log())
         reconnected_at = query(postgres_url, "SELECT clock_timestamp() AT TIME ZONE 'UTC'")[0][0]
@@ -249,6 +271,68 @@ def test_a_host_cut_off_mid_job_writes_nothing_and_every_item_runs_once(
         redis.stop()
         reset_schema(postgres_url)
         execute(postgres_url, "DROP TABLE IF EXISTS multihost_writes", "DROP FUNCTION IF EXISTS multihost_write() CASCADE")
+
+
+# Inside a host: a transaction whose UPDATE's Execute has left (its row locked) and whose
+# Sync has not, as an executemany that the link drops under leaves it.
+HALF_SENT_STATEMENT = """
+import sys, time, psycopg
+connection = psycopg.connect(sys.argv[1])
+connection.execute("SELECT 1")  # BEGIN
+pgconn = connection.pgconn
+pgconn.enter_pipeline_mode()
+pgconn.send_query_params(b"UPDATE multihost_probe SET v = v + 1 WHERE id = 1", None)
+pgconn.flush()
+print(connection.info.backend_pid, flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_session_cut_off_inside_a_statement_gives_its_locks_back(network, postgres_url):
+    """What the test above stands on: a host cut off mid-statement, holding a row lock
+    in a session that no session timeout ends, loses that session and its lock within
+    seconds (as a deployment's server keepalives would have it)."""
+    execute(postgres_url, "DROP TABLE IF EXISTS multihost_probe",
+            "CREATE TABLE multihost_probe (id INT PRIMARY KEY, v INT NOT NULL)", "INSERT INTO multihost_probe VALUES (1, 0)")
+    database = make_url(postgres_url)
+    forwarder = Forwarder(network.gateway, (database.host, database.port or 5432),
+                          dead_peer_seconds=DEAD_PEER_SECONDS).start()
+    conninfo = make_conninfo(host=network.gateway, port=forwarder.port, dbname=database.database,
+                             user=database.username, password=database.password or "",
+                             options=f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}")
+    host = network.hosts[0]
+    client = subprocess.Popen(host.command([sys.executable, "-c", HALF_SENT_STATEMENT, conninfo]),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(client.stdout.readline() or 0)
+        assert pid, "the client in the host could not start its statement"
+        time.sleep(IDLE_IN_TRANSACTION_MS / 1000 + 1)  # past the session timeout: it does not apply
+        assert session(postgres_url, pid) == [("active", "ClientRead")]
+        assert locked(postgres_url), "the half-sent UPDATE holds no lock: nothing to give back"
+        host.cut()
+        cut_at = time.monotonic()
+        wait_for(lambda: not session(postgres_url, pid), 30, what="the server to end the session of the cut-off host")
+        ended_after = time.monotonic() - cut_at
+        assert not locked(postgres_url)
+        assert client.poll() is None, "a partition, not a kill"
+        print(f"\nsession of a host cut off mid-statement ended {ended_after:.1f} s after the cut")
+    finally:
+        client.kill()
+        client.wait(10)
+        forwarder.stop()
+        execute(postgres_url, "DROP TABLE IF EXISTS multihost_probe")
+
+
+def session(url: str, pid: int) -> list[tuple[str, str]]:
+    return [tuple(row) for row in query(url, "SELECT state, wait_event FROM pg_stat_activity WHERE pid = :pid", pid=pid)]
+
+
+def locked(url: str) -> bool:
+    try:
+        execute(url, "SET LOCAL lock_timeout = '200ms'", "SELECT 1 FROM multihost_probe WHERE id = 1 FOR UPDATE")
+    except sqlalchemy.exc.OperationalError:
+        return True
+    return False
 
 
 def _healthy(base_url: str) -> bool:

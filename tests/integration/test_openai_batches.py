@@ -16,9 +16,9 @@ from openai.types import Completion, ImagesResponse
 from openai.types.chat import ChatCompletion
 from PIL import Image
 
-from genq.devstack import Stack
-from tests.helpers.database import BACKENDS, database_url_for, reset_schema
+from tests.helpers.database import BACKENDS
 from tests.helpers.openai_batches import chat_line, completion_line, jsonl, registry_with_chat_model
+from tests.helpers.stacks import running_stack
 
 pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -40,18 +40,10 @@ def openai_models_file(tmp_path_factory, tiny_model_dirs):
 @pytest.fixture(scope="module", params=BACKENDS)
 def stack(request, tmp_path_factory, redis_server, openai_models_file):
     root = tmp_path_factory.mktemp(f"openai-{request.param}")
-    url = database_url_for(request.param, root)
-    reset_schema(url)
-    redis_server.client().flushdb()
-    stack = Stack(root, url, redis_server.url, openai_models_file, env={"PYTHONPATH": str(REPO_ROOT)},
-                  worker_max_models=4, slice_max_items=16, reconcile_interval_seconds=0.5)
-    stack.migrate()
-    stack.start_web()
-    stack.start_worker()
-    stack.start_reconciler()
-    yield stack
-    stack.stop()
-    reset_schema(url)
+    with running_stack(request.param, root, redis_server, openai_models_file, env={"PYTHONPATH": str(REPO_ROOT)},
+                       worker_max_models=4, slice_max_items=16, reconcile_interval_seconds=0.5) as stack:
+        stack.start_reconciler()
+        yield stack
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from genq.devstack import RedisServer, Stack, poll
+from genq.devstack import Stack, poll
 from shared.db import session_scope
 from shared.keys import create_api_key
 from tests import tiny_models
-from tests.helpers.database import database_url_for, reset_schema
+from tests.helpers.stacks import running_stack
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SLOW = {"task": "text-generation", "source": ".", "runner": "bench.noop_runner:NoopRunner",
@@ -25,25 +25,15 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def stack(tmp_path, backend, tiny_model_dirs):
-    url = database_url_for(backend, tmp_path)
-    reset_schema(url)
+def stack(tmp_path, backend, tiny_model_dirs, redis_server):
     entries = tiny_models.tiny_registry_entries(tiny_model_dirs["text"], tiny_model_dirs["uncond"], tiny_model_dirs["sd"])
     entries["models"]["slow"] = SLOW
     models_file = tmp_path / "models.yaml"
     models_file.write_text(yaml.safe_dump(entries))
-    redis = RedisServer(tmp_path / "redis").start()
-    stack = Stack(tmp_path / "stack", url, redis.url, models_file, env={"PYTHONPATH": str(REPO_ROOT)},
-                  slice_max_items=8, torch_threads=1)
-    try:
-        stack.migrate()
-        stack.start_web()
-        stack.start_worker()
+    # an empty Redis database: the counters /metrics reads start at zero
+    with running_stack(backend, tmp_path, redis_server, models_file, env={"PYTHONPATH": str(REPO_ROOT)},
+                       slice_max_items=8, torch_threads=1) as stack:
         yield stack
-    finally:
-        stack.stop()
-        redis.stop()
-        reset_schema(url)
 
 
 def admin_key(stack: Stack) -> str:

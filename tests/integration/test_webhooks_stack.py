@@ -3,19 +3,32 @@ is down at first, the reconciler's deliverer retrying until it is up; and what t
 refuses at the door."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from genq.devstack import free_port, wait_for
-from shared.db import session_scope
-from shared.webhooks import set_tenant_endpoint
 from tests.helpers.webhook_receiver import Receiver, payload_ids
 
 pytestmark = pytest.mark.integration
 
 
-def make_secret(database_url: str, tenant: str = "tests") -> str:
-    with session_scope(database_url) as session:
-        return set_tenant_endpoint(session, tenant, None, None)[1]
+def make_secret(stack, tenant: str = "tests") -> str:
+    """As an operator does: `genq webhooks set` prints the secret once on stdout; `show`
+    never prints it."""
+    made = genq_cli(stack, "webhooks", "set", "--tenant", tenant)
+    secret = made.stdout.strip()
+    assert secret.startswith("whsec_") and "no default endpoint" in made.stderr, made
+    shown = genq_cli(stack, "webhooks", "show", "--tenant", tenant).stdout
+    assert shown.startswith(f"{tenant}  (no default endpoint)") and "active" in shown and secret not in shown
+    assert genq_cli(stack, "webhooks", "set", "--tenant", tenant).stdout == ""  # a secret is shown once
+    return secret
+
+
+def genq_cli(stack, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "genq", *args], env=stack.env, capture_output=True, text=True,
+                          timeout=60, check=True)
 
 
 def attempts_of(stack, job_id) -> list[dict]:
@@ -24,7 +37,7 @@ def attempts_of(stack, job_id) -> list[dict]:
 
 def test_a_receiver_that_is_down_for_a_while_gets_the_event_once_it_is_up(make_stack):
     stack = make_stack(webhook_allow_private=True, webhook_retry_seconds=[0.5] * 20, webhook_poll_seconds=0.2)
-    secret = make_secret(stack.database_url)
+    secret = make_secret(stack)
     stack.start_reconciler()
     stack.start_worker()
     port = free_port()
@@ -50,11 +63,11 @@ def test_the_door_refuses_internal_urls_and_a_tenant_without_a_secret(make_stack
     stack = make_stack()
     body = {"model": "fault", "prompts": ["ok"]}
     no_secret = stack.post("/v1/jobs", json={**body, "webhook": {"url": "https://hooks.example.com/x"}})
-    assert no_secret.status_code == 400 and no_secret.json()["error"]["field"] == "webhook"
-    make_secret(stack.database_url)
+    assert no_secret.status_code == 409 and no_secret.json()["error"]["field"] == "webhook"  # until an operator acts
+    make_secret(stack)
     for url in ("http://127.0.0.1:8000/x", "http://169.254.169.254/latest/meta-data", "http://[::1]/x"):
         refused = stack.post("/v1/jobs", json={**body, "webhook": {"url": url}})
-        assert refused.status_code == 400 and refused.json()["error"]["field"] == "webhook.url", refused.text
+        assert refused.status_code == 403 and refused.json()["error"]["field"] == "webhook.url", refused.text
     not_http = stack.post("/v1/jobs", json={**body, "webhook": {"url": "ftp://example.com/x"}})
     assert not_http.status_code == 400
     accepted = stack.post("/v1/jobs", json={**body, "webhook": {"url": "https://hooks.example.com/x",
