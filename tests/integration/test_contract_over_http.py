@@ -31,6 +31,10 @@ MAX_EXAMPLES = int(os.environ.get("GENQ_SCHEMATHESIS_EXAMPLES", "25"))
 def contract_registry(tmp_path, tiny_model_dirs):
     entries = tiny_models.tiny_registry_entries(tiny_model_dirs["text"], tiny_model_dirs["uncond"], tiny_model_dirs["sd"])
     entries["models"]["tiny-text"]["limits"] = {"max_new_tokens": {"max": 32}, "prompt_tokens": {"max": 96}}
+    # The item limit counts prompts x n, a product no JSON Schema can state: with n fixed at
+    # 1 the document's maxItems on prompts is the whole rule, so a refusal is a real finding.
+    for entry in entries["models"].values():
+        entry.setdefault("limits", {})["n"] = {"max": 1}
     path = tmp_path / "models.yaml"
     path.write_text(yaml.safe_dump(entries))
     return path
