@@ -45,12 +45,21 @@ class Slice:
 
 
 def release_expired_leases(session: Session, *, max_attempts: int, now: datetime | None = None) -> int:
-    """Running items whose lease expired go back to pending, or fail at the attempt cap."""
+    """Running items whose lease expired go back to pending, or fail at the attempt cap.
+
+    Rows another session has locked are skipped (PostgreSQL's SKIP LOCKED; SQLite has
+    one writer and nothing to skip): a worker cut off mid-statement can hold its rows
+    until its connection is found dead, and the pass (and a claim that runs it) must not
+    queue behind it; those rows are taken by a later pass."""
     now = now or utcnow()
     expired = and_(JobItem.state == ItemState.RUNNING, JobItem.lease_expires_at < now)
+
+    def unlocked(*where):
+        return JobItem.id.in_(select(JobItem.id).where(expired, *where).with_for_update(skip_locked=True))
+
     failed = session.execute(
         update(JobItem)
-        .where(expired, JobItem.attempts >= max_attempts)
+        .where(unlocked(JobItem.attempts >= max_attempts))
         .values(
             state=ItemState.FAILED,
             error=f"worker lost: lease expired on each of {max_attempts} attempts",
@@ -60,7 +69,7 @@ def release_expired_leases(session: Session, *, max_attempts: int, now: datetime
         )
     ).rowcount
     released = session.execute(
-        update(JobItem).where(expired).values(state=ItemState.PENDING, lease_id=None, lease_expires_at=None)
+        update(JobItem).where(unlocked()).values(state=ItemState.PENDING, lease_id=None, lease_expires_at=None)
     ).rowcount
     return failed + released
 

@@ -130,6 +130,27 @@ def test_released_items_go_back_to_pending_without_spending_an_attempt(database_
     assert [i.index for i in claim(database_url, n=3).items] == [0, 1, 2]
 
 
+def test_releasing_expired_leases_skips_rows_another_session_holds(database_url):
+    """A worker cut off mid-statement holds its rows until its connection is found dead:
+    the release takes every other expired item at once instead of queueing behind it."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer: no other session can hold a row")
+    from sqlalchemy import text
+
+    job_id = submit(database_url, n=2)
+    past = utcnow() - timedelta(hours=1)
+    held, other = claim(database_url, n=1, lease=1, now=past), claim(database_url, n=1, lease=1, now=past)
+    with session_scope(database_url) as holder:  # the cut-off worker: a row lock it keeps
+        holder.execute(text("SELECT 1 FROM job_items WHERE id = :id FOR UPDATE"), {"id": held.items[0].id})
+        with session_scope(database_url) as session:
+            session.execute(text("SET LOCAL lock_timeout = '2s'"))  # without SKIP LOCKED: waits, then fails
+            assert ledger.release_expired_leases(session, max_attempts=3) == 1
+    with session_scope(database_url) as session:
+        by_id = {i.id: i.state for i in session.query(JobItem).filter_by(job_id=job_id)}
+        assert by_id[other.items[0].id] == ItemState.PENDING and by_id[held.items[0].id] == ItemState.RUNNING
+        assert ledger.release_expired_leases(session, max_attempts=3) == 1  # the lock is gone: a later pass
+
+
 def test_expired_leases_are_reclaimed_then_failed_at_the_cap(database_url):
     job_id = submit(database_url, n=1)
     past = utcnow() - timedelta(hours=1)
