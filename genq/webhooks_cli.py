@@ -18,18 +18,23 @@ def webhooks() -> None:
 @click.argument("url", required=False)
 def webhooks_set(tenant: str, events: tuple[str, ...], rotate: bool, url: str | None) -> None:
     """Send the tenant's job events to URL when a job names no webhook of its own (no URL:
-    only make the secret). The secret is printed when it is made, and never again."""
+    no default endpoint; `--rotate` alone only makes a new secret, keeping the endpoint).
+    The secret is printed when it is made, and never again."""
     from shared.db import session_scope
     from shared.errors import GenqError
     from shared.settings import get_settings
-    from shared.webhooks import check_url, set_tenant_endpoint
+    from shared.webhook_orm import TenantWebhook
+    from shared.webhooks import check_url, rotate_secret, set_tenant_endpoint
 
     settings = get_settings()
     try:
         if url is not None:
             check_url(url, settings, field="URL")
         with session_scope(settings.database_url) as session:
-            _row, secret = set_tenant_endpoint(session, tenant, url, events or None, rotate=rotate)
+            if rotate and url is None and not events:
+                secret, url = rotate_secret(session, tenant), session.get(TenantWebhook, tenant).url
+            else:
+                _row, secret = set_tenant_endpoint(session, tenant, url, events or None, rotate=rotate)
     except GenqError as exc:
         raise click.ClickException(exc.message) from None
     if secret:

@@ -157,6 +157,15 @@ def set_tenant_endpoint(session: Session, tenant: str, url: str | None, events: 
     return row, made
 
 
+def rotate_secret(session: Session, tenant: str) -> str:
+    """A new signing secret for `tenant`, its endpoint and events kept as they are."""
+    row = session.get(TenantWebhook, tenant)
+    if row is None:
+        return set_tenant_endpoint(session, tenant, None, None)[1]
+    row.secret = new_secret()
+    return row.secret
+
+
 def record_job_events(session: Session, settled: dict[Job, tuple[JobState, dict[str, int], str | None]]) -> int:
     """In the transaction that settles the jobs: one delivery per job whose final state is
     an event its endpoint asked for. Reads the tenants' defaults only for jobs without a

@@ -140,3 +140,17 @@ def test_a_delivery_refused_at_send_time_is_recorded_and_retried(database_url):
     assert delivery.state == "pending" and delivery.attempts == 1 and delivery.last_error.startswith("refused:")
     with session_scope(database_url) as session:
         assert session.scalars(select(Job.state).where(Job.id == job_id)).one() == JobState.SUCCEEDED
+
+
+def test_rotating_a_secret_keeps_the_tenant_endpoint_and_events(database_url):
+    first = secret_for(database_url, endpoint="https://hooks.example/genq")
+    with session_scope(database_url) as session:
+        webhooks.set_tenant_endpoint(session, "t1", "https://hooks.example/genq", ["job.failed"])
+    with session_scope(database_url) as session:
+        second = webhooks.rotate_secret(session, "t1")
+    with session_scope(database_url) as session:
+        row = session.get(TenantWebhook, "t1")
+        assert second != first and row.secret == second
+        assert row.url == "https://hooks.example/genq" and row.events == ["job.failed"]
+        fresh = webhooks.rotate_secret(session, "t2")  # a tenant without settings gets its first secret
+        assert session.get(TenantWebhook, "t2").secret == fresh and session.get(TenantWebhook, "t2").url is None
