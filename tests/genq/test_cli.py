@@ -38,3 +38,13 @@ def test_keys_create_list_and_revoke(tmp_path):
 def test_light_commands_do_not_import_torch():
     probe = "import sys, genq.cli, genq.up, web.app, worker.launcher, worker.reconciler; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60).stdout.strip() == "False"
+
+
+def test_the_webhook_events_the_cli_offers_are_the_ledger_s():
+    """genq/webhooks_cli.py spells the events out (importing shared.webhooks would slow
+    every genq call); they must stay the ones the ledger sends."""
+    from genq.webhooks_cli import webhooks_set
+    from shared.webhooks import EVENTS
+
+    choice = next(p for p in webhooks_set.params if p.name == "events").type
+    assert tuple(choice.choices) == tuple(EVENTS)
