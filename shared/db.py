@@ -10,10 +10,21 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# A PostgreSQL server that vanishes without a word (a host cut off, a NAT or firewall
+# that forgot the connection) must fail the statement waiting on it, not hang it for
+# ever: libpq's default keepalive starts after two hours of quiet, and a worker waiting
+# for a reply it will never get would hold its slice until then. These notice a dead
+# server within about 25 s of quiet (keepalive probes) or 30 s of unacknowledged data
+# (TCP user timeout); probes are answered by a live server's kernel, so a slow query is
+# never cut. A parameter of the same name in the database URL's query wins.
+POSTGRES_DEAD_SERVER_PARAMETERS = {
+    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -29,7 +40,9 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _configure_sqlite_connection)
         event.listen(engine, "begin", _begin)
         return engine
-    engine = create_engine(url, pool_pre_ping=True)
+    query = make_url(url).query
+    dead_server = {name: value for name, value in POSTGRES_DEAD_SERVER_PARAMETERS.items() if name not in query}
+    engine = create_engine(url, pool_pre_ping=True, connect_args=dead_server)
     event.listen(engine, "connect", _configure_postgres_connection)
     return engine
 

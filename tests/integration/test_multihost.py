@@ -233,8 +233,11 @@ def test_a_host_cut_off_mid_job_writes_nothing_and_every_item_runs_once(
 
         job = stack.wait_terminal(job_id, timeout=300)
         assert job["state"] == "succeeded" and job["counts"]["succeeded"] == ITEMS, job
-        found_gone = wait_for(lambda: lost_results(workers[CUT].log()[log_before:]), 120,
-                              what=f"{CUT}, reconnected, to try to store its results")
+        try:  # a statement whose reply the partition swallowed waits for the dead-server keepalives (shared/db.py)
+            found_gone = wait_for(lambda: lost_results(workers[CUT].log()[log_before:]), 120,
+                                  what=f"{CUT}, reconnected, to try to store its results")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; its log since: {workers[CUT].log()[log_before:][-3000:]}") from None
 
         writes = query(postgres_url, "SELECT item_id, owner, lease_id, expired, at FROM multihost_writes")
         per_item: dict[int, int] = {}
