@@ -4,6 +4,14 @@ Batch independence: each item gets its own CPU `torch.Generator`, passed to the
 pipeline as a list, so its starting noise (and any scheduler noise) comes from its
 own seed whatever else shares the batch.
 
+Safety checkers: a pipeline that carries one (Stable Diffusion's
+`StableDiffusionSafetyChecker`) says per image whether it flagged it
+(`nsfw_content_detected`, `nsfw_detected` in DeepFloyd IF) and replaces a flagged image
+by a black one. The item of a flagged image fails with `ContentFlagged`
+("nsfw_content_detected: ..."), returned in its place among the outputs, while the
+rest of the micro-batch succeeds: a black PNG is never stored as a success. (A
+deployment that does not want the check saves its pipeline without a checker.)
+
 Cancellation and progress: pipelines that take `callback_on_step_end` get a callback
 that reports the step and raises `Cancelled` after a step, which aborts the call. The
 others (DDPM, DDIM, ...) have their progress bar replaced by one that does the same on
@@ -21,9 +29,16 @@ from shared.registry import ModelSpec, Task
 from worker.runners.base import BaseRunner, Cancelled, ItemInput, ItemOutput
 from worker.runners.common import load_options, make_generator, resolve_source, to_png
 
+# What pipelines call the per-image flags of their safety checker.
+_SAFETY_FLAGS = ("nsfw_content_detected", "nsfw_detected")
+
 # Job parameters handed to the pipeline call when it accepts them.
 _TEXT_TO_IMAGE_PARAMS = ("num_inference_steps", "guidance_scale", "width", "height", "negative_prompt", "eta")
 _UNCONDITIONAL_PARAMS = ("num_inference_steps", "eta")
+
+
+class ContentFlagged(Exception):
+    """The pipeline's safety checker flagged an item's image; the item fails with this."""
 
 
 class ImageRunner(BaseRunner):
@@ -55,17 +70,20 @@ class ImageRunner(BaseRunner):
 
     def generate(
         self, inputs: list[ItemInput], params: dict[str, Any], should_stop: Callable[[], bool] | None
-    ) -> list[ItemOutput]:
+    ) -> list[ItemOutput | ContentFlagged]:
         kwargs = self._call_kwargs(inputs, params)
         poll = _counting_steps(should_stop, self.progress, kwargs.get("num_inference_steps"))
         if self._accepts("callback_on_step_end"):
             kwargs["callback_on_step_end"] = _stop_callback(poll)
             poll = None
         with torch.inference_mode(), _polling_progress(self.pipe, poll):
-            images = self.pipe(**kwargs).images
+            output = self.pipe(**kwargs)
+        images = output.images
         if len(images) != len(inputs):
             raise RuntimeError(f"pipeline returned {len(images)} images for {len(inputs)} items")
-        return [ItemOutput(image_png=to_png(image)) for image in images]
+        flags = _safety_flags(output, len(images))
+        return [_flagged(item) if flagged else ItemOutput(image_png=to_png(image))
+                for item, image, flagged in zip(inputs, images, flags)]
 
     def _call_kwargs(self, inputs: list[ItemInput], params: dict[str, Any]) -> dict[str, Any]:
         """The pipeline call's arguments: prompts or batch size, generators, parameters."""
@@ -89,6 +107,24 @@ class ImageRunner(BaseRunner):
     def _accepts(self, name: str) -> bool:
         """Whether the pipeline's `__call__` takes this keyword (checked once, in `setup`)."""
         return name in self._call_params or (self._accepts_any and name != "callback_on_step_end")
+
+
+def _safety_flags(output, count: int) -> list[bool]:
+    """Per image, whether the pipeline's safety checker flagged it (all False without one)."""
+    for name in _SAFETY_FLAGS:
+        flags = getattr(output, name, None)
+        if flags is not None:
+            flags = [bool(flag) for flag in flags]
+            if len(flags) != count:
+                raise RuntimeError(f"pipeline returned {len(flags)} {name} flags for {count} images")
+            return flags
+    return [False] * count
+
+
+def _flagged(item: ItemInput) -> ContentFlagged:
+    return ContentFlagged(
+        f"nsfw_content_detected: the model's safety checker flagged the image of seed {item.seed} "
+        "(diffusers blacked it out; nothing was stored); another prompt or seed may pass")
 
 
 def _counting_steps(should_stop: Callable[[], bool] | None, progress, steps: int | None) -> Callable[[], bool]:
