@@ -59,15 +59,17 @@ def web(host: str | None, port: int | None, processes: int | None, access_log: s
 @click.option("--gpus", default="all", show_default=True,
               help="'all', 'none' (one CPU worker) or indices like 0,1 (of nvidia-smi, or of a CUDA_VISIBLE_DEVICES already set)")
 @click.option("--models", default="", help="comma-separated models to serve (default: all in the registry)")
-def worker(gpus: str, models: str) -> None:
-    """Start one Celery worker process per GPU, each pinned to its device."""
+@click.option("--per-gpu", default=1, show_default=True, type=click.IntRange(min=1),
+              help="worker processes per GPU (a small model), or CPU workers with --gpus none")
+def worker(gpus: str, models: str, per_gpu: int) -> None:
+    """Start one Celery worker process per GPU (or --per-gpu of them), each pinned to its device."""
     from worker.launcher import LaunchError, choose_gpus, discover_devices, run_workers, worker_commands
 
     try:
         chosen = choose_gpus(gpus, [] if gpus.strip().lower() in ("none", "cpu") else discover_devices())
     except LaunchError as exc:
         raise click.ClickException(str(exc)) from None
-    commands = worker_commands(chosen, [m for m in models.split(",") if m])
+    commands = worker_commands(chosen, [m for m in models.split(",") if m], per_device=per_gpu)
     for command in commands:
         click.echo(f"starting worker {command.name} (CUDA_VISIBLE_DEVICES={command.env['CUDA_VISIBLE_DEVICES']!r})")
     sys.exit(run_workers(commands))
@@ -183,8 +185,12 @@ def models() -> None:
 
 @models.command("list")
 def models_list() -> None:
-    """Show the models of the registry and whether their weights are on this machine."""
+    """Show the models of the registry and whether their weights are on this machine.
+
+    A model without them does not stop `genq up`: /v1/models marks it unavailable and a
+    job for it is refused, until its weights are installed (no restart needed)."""
     from shared.errors import ConfigError
+    from shared.model_files import hub_cache_dir, weights_of
     from shared.registry import load_registry
     from shared.settings import get_settings
 
@@ -192,9 +198,44 @@ def models_list() -> None:
         registry = load_registry(get_settings().models_file)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    missing = []
     for spec in registry:
-        where = spec.local_source() or f"hf:{spec.source}"
-        click.echo(f"{spec.name:24} {spec.task.value:20} micro-batch {spec.micro_batch_size:<4} {where}")
+        weights = weights_of(spec)
+        state = "ready" if weights.available else "MISSING"
+        click.echo(f"{spec.name:16} {spec.task.value:16} micro-batch {spec.micro_batch_size:<4} {state:7} "
+                   f"{spec.source}")
+        if not weights.available:
+            missing.append((spec, weights))
+            click.echo(f"{'':16} {weights.reason}: {weights.where}")
+    if missing:
+        click.echo("")
+        for line in fetch_advice(missing, hub_cache_dir()):
+            click.echo(line)
+
+
+def fetch_advice(missing: list, cache_dir: Path) -> list[str]:
+    """How to get the weights `genq models list` found missing: demo models are built
+    here; Hub models are fetched on a machine with network access and their cache copied."""
+    from worker.demo import DEMO_MODELS
+
+    lines = [f"{len(missing)} of the models lack their weights on this machine: /v1/models marks them unavailable "
+             "and refuses their jobs (genq up starts all the same)."]
+    demos = [spec.name for spec, _weights in missing if spec.name in DEMO_MODELS]
+    if demos:
+        lines.append(f"  {', '.join(demos)}: built by genq up on first start, or now by: "
+                     f"genq models build-demo {' '.join('--only=' + name for name in demos)}")
+    fetches = [weights.fetch for _spec, weights in missing if weights.fetch]
+    if fetches:
+        lines.append("  On a machine with network access (pip install huggingface_hub; older versions name the "
+                     "command huggingface-cli download):")
+        lines += [f"    {command}" for command in fetches]
+        lines.append(f"  then copy the folders models--* of its Hugging Face cache (~/.cache/huggingface/hub) "
+                     f"into {cache_dir}")
+        lines.append("  (or point HF_HOME / HF_HUB_CACHE at a copy). genq reads them offline; no restart is needed.")
+    others = [spec.name for spec, weights in missing if not weights.fetch and spec.name not in DEMO_MODELS]
+    if others:
+        lines.append(f"  {', '.join(others)}: put the model directory where its source names, or fix the source.")
+    return lines
 
 
 @models.command("build-demo")

@@ -24,6 +24,7 @@ import requests
 from genq.client import KEY_FILE_NAME, Client
 from genq.devstack import NoRedisServer, free_port, poll, port_is_free, redis_pings, redis_server_binary
 from genq.supervisor import Supervisor, stop_leftovers
+from shared.model_files import weights_of
 from shared.orm import DEFAULT_TENANT
 from shared.registry import Registry, load_registry
 from shared.settings import Settings
@@ -209,7 +210,8 @@ class Up:
 
     def self_check(self, registry: Registry) -> None:
         """Run one real item through the whole path, so the banner shows it working."""
-        text_models = [spec.name for spec in registry if spec.task.value == "text-generation"]
+        text_models = [spec.name for spec in registry
+                       if spec.task.value == "text-generation" and weights_of(spec).available]
         if not text_models:
             return
         model = text_models[0]
@@ -224,6 +226,9 @@ class Up:
 
     def print_banner(self, registry: Registry) -> None:
         names = ", ".join(registry.names()) or "(none: edit the registry file)"
+        unavailable = [spec.name for spec in registry if not weights_of(spec).available]
+        if unavailable:
+            names += f" (without weights here: {', '.join(unavailable)}; see genq models list)"
         example = next((spec.name for spec in registry if spec.task.value == "text-generation"), None) or \
             (registry.names() or ["MODEL"])[0]
         redis_note = f"embedded, data in {self.data_dir / 'redis'}" if self.embedded_redis else "external"

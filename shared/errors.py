@@ -26,6 +26,14 @@ class UnknownModel(GenqError):
     code = "unknown_model"
 
 
+class ModelUnavailable(GenqError):
+    """The registry names the model but its weights are not on this machine
+    (`shared.model_files.weights_of`): a job for it could not run."""
+
+    status = 400
+    code = "model_unavailable"
+
+
 class LimitExceeded(GenqError):
     status = 400
     code = "limit_exceeded"

@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Blueprint, Response, render_template
 
+from shared.model_files import weights_of
 from shared.registry import ModelSpec, Task
 from shared.states import JobState
 from web.context import genq
@@ -100,8 +101,10 @@ def param_field(name: str, prop: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def model_row(spec: ModelSpec) -> dict[str, Any]:
+    weights = weights_of(spec)
     return {"name": spec.name, "task": spec.task.value, "output": "image/png" if spec.task.is_image else "text/plain",
             "micro_batch_size": spec.micro_batch_size, "defaults": spec.defaults,
+            "available": weights.available, "unavailable_reason": weights.reason,
             "limits": {name: {end: _number(value) for end, value in bounds.model_dump(exclude_none=True).items()}
                        for name, bounds in spec.limits.items()}}
 

@@ -9,6 +9,11 @@ really holds). An out-of-memory error while loading unloads the next model and t
 again, instead of failing the slice and spending its items' attempts; only a model
 that does not fit alone fails. `GENQ_WORKER_MAX_MODELS` still caps the count. A sticky
 CUDA error while loading raises `DeviceBroken`, as one in a micro-batch does.
+
+A model whose weights are not on this machine (a Hub id missing from the local cache, or
+a partial download of it) raises `ModelUnavailable` naming what to fetch, before any
+memory is made for it; the web process refuses such jobs up front where it sees the
+same cache, so this is what a worker on a host without the weights reports.
 """
 from __future__ import annotations
 
@@ -16,8 +21,11 @@ import logging
 import time
 from collections import OrderedDict
 
+from shared import watch
+from shared.errors import ModelUnavailable
+from shared.model_files import model_directory, weights_of
 from shared.registry import ModelSpec
-from worker.device import DeviceBroken, is_sticky_device_error
+from worker.device import DeviceBroken, configure_torch, is_sticky_device_error
 from worker.memory import (
     OutOfMemory,
     detached,
@@ -58,7 +66,8 @@ class ModelCache:
         if runner is not None:
             self._runners.move_to_end(spec.name)
             return runner
-        needed = estimate_weight_bytes(spec.local_source(), spec.variant)
+        check_weights(spec)
+        needed = estimate_weight_bytes(model_directory(spec), spec.variant)
         while self._runners and (len(self._runners) >= self.capacity or not self._fits(needed)):
             self._evict_oldest()
         runner = self._load_making_room(spec)
@@ -102,14 +111,12 @@ class ModelCache:
         from worker.runners import build_runner
 
         started = time.monotonic()
-        if self.torch_threads:
-            import torch
-
-            torch.set_num_threads(self.torch_threads)
+        configure_torch(self.device, self.torch_threads)  # threads; TF32 on a GPU
         runner = build_runner(spec, self.device)
         runner.setup()
         self.loads[spec.name] = self.loads.get(spec.name, 0) + 1
         log.info("loaded model %s on %s in %.2fs", spec.name, self.device, time.monotonic() - started)
+        watch.model_loaded(spec.name, time.monotonic() - started)  # for /metrics
         return runner
 
     def _evict_oldest(self) -> None:
@@ -118,3 +125,14 @@ class ModelCache:
         log.info("unloaded model %s (%.1f MB) to make room", name, size / 2**20)
         del _runner
         free_device_memory()
+
+
+def check_weights(spec: ModelSpec) -> None:
+    """Raise `ModelUnavailable` when the model's weights are not on this machine."""
+    weights = weights_of(spec)
+    if weights.available:
+        return
+    fetch = f"; on a machine with network access run `{weights.fetch}` and copy its Hugging Face cache here" \
+        if weights.fetch else ""
+    raise ModelUnavailable(f"model {spec.name} cannot be loaded on this worker: {weights.reason} "
+                           f"({weights.where}){fetch}")

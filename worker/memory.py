@@ -3,13 +3,11 @@ it), freeing the device, and how many bytes a model takes or will take."""
 from __future__ import annotations
 
 import gc
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-_VARIANT_INFIX = re.compile(r"\.(fp16|bf16|fp32|ema|non_ema)\.", re.IGNORECASE)
+from shared.model_files import weight_files
 
 
 class OutOfMemory(Exception):
@@ -84,14 +82,9 @@ def weight_bytes(runner: Any) -> int:
 
 
 def estimate_weight_bytes(source: Path | None, variant: str | None = None) -> int:
-    """What loading a model from `source` will take, from its weight files' sizes (the
-    `variant`'s files where it has them); 0 when unknown (a hub id, no weight files)."""
-    if source is None or not source.is_dir():
-        return 0
-    files = [p for p in source.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()]
-    if variant:
-        chosen = [p for p in files if f".{variant}." in p.name]
-        files = chosen or [p for p in files if not _VARIANT_INFIX.search(p.name)]
-    else:
-        files = [p for p in files if not _VARIANT_INFIX.search(p.name)]
-    return sum(p.stat().st_size for p in files)
+    """What loading a model from `source` (its local directory or its snapshot in the Hub
+    cache: `shared.model_files.model_directory`) will take: the sizes of the weight files
+    `from_pretrained` reads (the `variant`'s where it has them). A snapshot's files are
+    links to its blobs, whose sizes are measured. 0 when unknown (no directory, no
+    weight files)."""
+    return sum(path.stat().st_size for path in weight_files(source, variant))

@@ -6,8 +6,10 @@ import gc
 
 import pytest
 
+from shared.errors import ModelUnavailable
 from shared.registry import ModelSpec
 from tests.fault_runner import FaultRunner
+from tests.helpers.hub_cache import save_to_hub_cache, use_hub_cache, write_files
 from worker.cache import ModelCache
 from worker.device import DeviceBroken
 from worker.memory import OutOfMemory, estimate_weight_bytes, weight_bytes
@@ -88,3 +90,34 @@ def test_weight_bytes_and_the_estimate_from_files(tmp_path):
     assert estimate_weight_bytes(tmp_path) == 400
     assert estimate_weight_bytes(tmp_path, "fp16") == 200
     assert estimate_weight_bytes(None) == 0
+
+
+def hub_fault(name: str, repo_id: str, **options) -> ModelSpec:
+    return ModelSpec(name=name, task="text-generation", source=repo_id, runner="tests.fault_runner:FaultRunner",
+                     options=options)
+
+
+def test_a_hub_cache_model_is_budgeted_by_the_bytes_of_its_snapshot(tmp_path, monkeypatch):
+    """The estimate measures the files the snapshot's links point to (it used to be 0 for
+    a Hub id, so the cache loaded beside a model it had no room for)."""
+    cache_dir = use_hub_cache(monkeypatch, tmp_path / "hub")
+    source = write_files(tmp_path / "big", {"config.json": {}, "model.safetensors": 16 * MB,
+                                            "pytorch_model.bin": 16 * MB})  # both formats: one is read
+    snapshot = save_to_hub_cache(source, "org/big", cache_dir)
+    assert (snapshot / "model.safetensors").is_symlink()
+    assert estimate_weight_bytes(snapshot) == 16 * MB
+    cache = ModelCache("cpu", capacity=10, budget_bytes=20 * MB)
+    cache.get(fault("a", weights_mb=8))
+    cache.get(hub_fault("big", "org/big", weights_mb=1))  # 8 + 16 > 20: a goes before the load
+    assert cache.loaded() == ["big"]
+
+
+def test_a_model_without_its_weights_here_fails_clearly_before_anything_is_unloaded(tmp_path, monkeypatch):
+    use_hub_cache(monkeypatch, tmp_path / "hub")
+    cache = ModelCache("cpu", capacity=1)
+    cache.get(fault("a", weights_mb=1))
+    with pytest.raises(ModelUnavailable, match=r"model gone cannot be loaded on this worker: its weights are not "
+                       r"in this machine's Hugging Face cache .*models--org--gone\); on a machine with network "
+                       r"access run `hf download org/gone`"):
+        cache.get(hub_fault("gone", "org/gone"))
+    assert cache.loaded() == ["a"] and cache.loads == {"a": 1}
