@@ -15,7 +15,11 @@ The launcher itself never imports torch. Where the devices come from:
 Each GPU child also gets `CUDA_DEVICE_ORDER=PCI_BUS_ID` (CUDA's own order is fastest
 first, nvidia-smi's is PCI) and `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`
 (less fragmentation, so memory freed after an out-of-memory error can be reused),
-unless the environment already sets them.
+unless the environment already sets them. Every child gets `GENQ_TORCH_THREADS` = its
+share of the host's cores (cores // workers, at least 1) unless that is set.
+
+`--per-gpu k` starts k workers on each device (named `gpu0-1@host`, ...): a model too
+small to keep one process's GPU busy (or, with `--gpus none`, k CPU workers).
 """
 from __future__ import annotations
 
@@ -28,8 +32,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from itertools import product
 
 from shared.processes import dies_with_this_process
+from worker.device import thread_share
 
 
 class LaunchError(Exception):
@@ -136,13 +142,20 @@ def choose_gpus(requested: str, available: list[Device]) -> list[Device | None]:
     return [device for i in dict.fromkeys(wanted) for device in available if device.index == i]
 
 
-def worker_commands(devices: list[Device | None], models: list[str], base_env: dict[str, str] | None = None) -> list[WorkerCommand]:
+def worker_commands(devices: list[Device | None], models: list[str], base_env: dict[str, str] | None = None,
+                    per_device: int = 1) -> list[WorkerCommand]:
+    """`per_device` workers on each device, each with a node name of its own."""
+    if per_device < 1:
+        raise LaunchError(f"--per-gpu takes a number of workers of at least 1, not {per_device}")
     host = socket.gethostname()
     base_env = dict(os.environ if base_env is None else base_env)
+    threads = str(thread_share(len(devices) * per_device))
     commands = []
-    for device in devices:
-        name = f"{device.name}@{host}" if device is not None else f"cpu@{host}"
+    for device, copy in product(devices, range(per_device)):
+        stem = device.name if device is not None else "cpu"
+        name = f"{stem}-{copy}@{host}" if per_device > 1 else f"{stem}@{host}"
         env = dict(base_env, PYTHONUNBUFFERED="1")
+        env.setdefault("GENQ_TORCH_THREADS", threads)
         if device is None:
             env["CUDA_VISIBLE_DEVICES"] = ""
         else:

@@ -121,10 +121,36 @@ def test_one_command_per_gpu_with_its_device_and_node_name():
     assert cpu.env["CUDA_VISIBLE_DEVICES"] == "" and cpu.name.startswith("cpu@")
 
 
-def _genq_worker(gpus: str, path: str, **env) -> subprocess.CompletedProcess:
+def test_per_gpu_starts_several_workers_on_each_device_with_names_of_their_own(monkeypatch):
+    monkeypatch.setattr("worker.device.host_cores", lambda: 16)
+    gpus = [Device("gpu0", "GPU-a", "0"), Device("gpu1", "GPU-b", "1")]
+    commands = worker_commands(gpus, [], base_env={"PATH": "/bin"}, per_device=2)
+    assert [(c.name.split("@")[0], c.env["CUDA_VISIBLE_DEVICES"]) for c in commands] == [
+        ("gpu0-0", "GPU-a"), ("gpu0-1", "GPU-a"), ("gpu1-0", "GPU-b"), ("gpu1-1", "GPU-b")]
+    assert {c.env["GENQ_TORCH_THREADS"] for c in commands} == {"4"}  # 16 cores over 4 workers
+    assert [c.argv[c.argv.index("--hostname") + 1] for c in commands] == [c.name for c in commands]
+    cpus = worker_commands([None], [], base_env={}, per_device=3)
+    assert [c.name.split("@")[0] for c in cpus] == ["cpu-0", "cpu-1", "cpu-2"]
+    assert {c.env["CUDA_VISIBLE_DEVICES"] for c in cpus} == {""}
+    with pytest.raises(LaunchError, match="at least 1"):
+        worker_commands(gpus, [], base_env={}, per_device=0)
+
+
+def test_genq_worker_per_gpu_starts_that_many_workers_per_gpu(tmp_path):
+    one_gpu = "GPU 0: NVIDIA H200 (UUID: GPU-aaaa1111-0000-0000-0000-000000000000)\n"
+    result = _genq_worker("0", f"{fake_nvidia_smi(tmp_path / 'bin', one_gpu)}:/usr/bin:/bin", "--per-gpu", "2")
+    started = [line for line in result.stdout.splitlines() if line.startswith("starting worker")]
+    assert [line.split()[2].split("@")[0] for line in started] == ["gpu0-0", "gpu0-1"]
+    assert all("GPU-aaaa1111-0000-0000-0000-000000000000" in line for line in started)
+    assert result.returncode != 0  # this CPU-only torch: the pinned workers refuse to start
+    refused = _genq_worker("none", "/usr/bin:/bin", "--per-gpu", "0")
+    assert refused.returncode == 2 and "--per-gpu" in refused.stderr
+
+
+def _genq_worker(gpus: str, path: str, *args: str, **env) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    return subprocess.run([sys.executable, "-m", "genq", "worker", "--gpus", gpus], env=dict(environment, PATH=path, **env),
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "genq", "worker", "--gpus", gpus, *args],
+                          env=dict(environment, PATH=path, **env), capture_output=True, text=True, timeout=120)
 
 
 def test_gpus_zero_without_cuda_fails_at_once(tmp_path):
