@@ -111,6 +111,18 @@ class Job(Base):
 Index("ix_jobs_claim_order", Job.model, Job.tenant, Job.state, Job.priority.desc(), Job.created_at, Job.id)
 # A tenant's event stream resumed after a disconnect: the jobs that finished since (migration 0007).
 Index("ix_jobs_tenant_finished", Job.tenant, Job.finished_at)
+# Retention: the jobs that finished longest ago, oldest first (migration 0008).
+Index("ix_jobs_finished", Job.finished_at)
+
+
+class OutputRemoval(Base):
+    """A removed job whose outputs may still be in storage: written in the transaction
+    that removes the job's rows, deleted once its objects are (shared.retention)."""
+
+    __tablename__ = "output_removals"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class TenantTurn(Base):

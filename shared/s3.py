@@ -22,9 +22,18 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.storage import CHUNK_BYTES, OutputMissing, StorageUnavailable, StoredObject, check_key, content_type
+from shared.storage import (
+    CHUNK_BYTES,
+    OutputMissing,
+    StorageUnavailable,
+    StoredObject,
+    check_key,
+    content_type,
+    directory_prefix,
+)
 
 MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+DELETE_BATCH = 1000  # keys one DeleteObjects request may name
 
 
 class S3Storage:
@@ -96,6 +105,19 @@ class S3Storage:
     def delete(self, key: str) -> None:
         """Deleting a key that is not there succeeds (S3 semantics), as locally."""
         self.client.delete_object(Bucket=self.bucket, Key=self._name(key))
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under `prefix` (ending in "/"), a thousand per request."""
+        keys = [self._name(key) for key in self.keys(directory_prefix(prefix))]
+        for start in range(0, len(keys), DELETE_BATCH):
+            chunk = keys[start:start + DELETE_BATCH]
+            reply = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk],
+                                                                          "Quiet": True})
+            if reply.get("Errors"):
+                error = reply["Errors"][0]
+                raise StorageUnavailable(f"deleting {error.get('Key')} failed: {error.get('Code')} {error.get('Message')}",
+                                         retry_after=5)
+        return len(keys)
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         start = f"{self.prefix}/" if self.prefix else ""

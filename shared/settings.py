@@ -5,12 +5,33 @@ Nothing is read at import time: call `get_settings()` (cached per process) or bu
 """
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def parse_duration(value: Any) -> timedelta | None:
+    """`30d`, `12h`, `90m`, `45s`, a number of seconds or a timedelta; `never` (or 0) is None."""
+    if value is None or isinstance(value, timedelta):
+        return value if value else None
+    if isinstance(value, (int, float)):
+        return timedelta(seconds=value) if value > 0 else None
+    text = str(value).strip().lower()
+    if text in ("never", "0", ""):
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([dhms]?)", text)
+    if not match:
+        raise ValueError(f"{value!r} is not a duration: use 30d, 12h, 90m, 3600s, seconds, or never")
+    amount, unit = float(match[1]), match[2] or "s"
+    return timedelta(seconds=amount * {"d": 86400, "h": 3600, "m": 60, "s": 1}[unit]) if amount > 0 else None
+
+
+Duration = Annotated[timedelta | None, BeforeValidator(parse_duration)]
 
 
 class Settings(BaseSettings):
@@ -50,6 +71,12 @@ class Settings(BaseSettings):
     batch_max_requests: int = Field(50_000, ge=1, description="Requests (lines) one batch input file may hold.")
     batch_poll_seconds: float = Field(0.25, gt=0, description="How often the reconciler looks for batches whose jobs have all finished (to write their files), batches past their window and expired files.")
 
+    # Retention: how long a finished job and its outputs are kept.
+    result_ttl: Duration = Field(timedelta(days=30), description="A finished job, its items and outputs are removed this long after it finished: `30d`, `12h`, `90m`, `3600s` or seconds; `never` keeps them.")
+    result_ttl_tenants: dict[str, Duration] = Field(default_factory=dict, description="Per-tenant overrides of GENQ_RESULT_TTL (JSON object, e.g. {\"acme\": \"7d\", \"archive\": \"never\"}).")
+    retention_interval_seconds: float = Field(60.0, gt=0, description="How often the reconciler removes expired jobs.")
+    retention_batch_jobs: int = Field(50, ge=1, description="Jobs removed in one transaction; a sweep runs batches until none is left, pausing after each as long as it took so other writers go first.")
+
     # How workers take work.
     slice_max_items: int = Field(64, ge=1, description="Most items one claim takes.")
     slice_max_seconds: float = Field(60.0, gt=0, description="A slice starts no new micro-batch after this.")
@@ -62,7 +89,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="Claims of one item before it fails for good.")
     cancel_check_seconds: float = Field(0.5, gt=0, description="How often a running model re-reads its job's cancel flag.")
 
-    torch_threads: int = Field(0, ge=0, description="CPU threads torch may use in a worker process (0: torch's default).")
+    torch_threads: int = Field(0, ge=0, description="CPU threads torch may use in a worker process; `genq worker` sets it to each worker's share of the host's cores (cores // workers, at least 1) unless given (0: torch's default, all cores).")
     worker_max_models: int = Field(2, ge=1, description="Models a worker process keeps loaded at once.")
     model_cache_bytes: int = Field(0, ge=0, description="Bytes of model weights a CPU worker keeps loaded (0: no byte limit); a GPU worker's budget is its device's free memory.")
     device_memory_reserve: float = Field(0.2, ge=0, lt=1, description="Share of a GPU's memory a worker keeps free for activations when deciding whether another model fits.")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import mimetypes
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def keys(self, prefix: str = "") -> Iterator[str]: ...
+    def delete_prefix(self, prefix: str) -> int: ...
     def presigned_url(self, key: str, seconds: int) -> str | None: ...
 
 
@@ -113,6 +115,15 @@ class LocalStorage:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every file under the directory `prefix` (ending in "/"); returns how many."""
+        directory = self._path(directory_prefix(prefix).rstrip("/"))
+        if not directory.is_dir():
+            return 0
+        count = sum(1 for path in directory.rglob("*") if path.is_file())
+        shutil.rmtree(directory, ignore_errors=True)
+        return count
+
     def keys(self, prefix: str = "") -> Iterator[str]:
         """Every stored file under `prefix` (temp files of an interrupted write included:
         they are what a check for left-over files must see)."""
@@ -126,6 +137,13 @@ class LocalStorage:
     def presigned_url(self, key: str, seconds: int) -> None:
         """A directory has no URL of its own: the API serves the bytes."""
         return None
+
+
+def directory_prefix(prefix: str) -> str:
+    """A prefix that names a whole directory ("jobs/<id>/"), never a bare "" or a partial name."""
+    if not prefix.endswith("/") or prefix == "/":
+        raise ValueError(f"storage prefix {prefix!r} must name a directory and end in '/'")
+    return prefix
 
 
 def _read_chunks(handle) -> Iterator[bytes]:

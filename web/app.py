@@ -19,6 +19,7 @@ from web.errors import register_error_handlers
 from web.events import events
 from web.hardening import add_security_headers, init_cors, init_rate_limits
 from web.health import health
+from web.job_removal import removal
 from web.metrics import init_metrics
 from web.openai_batches import batches as openai_batches
 from web.openai_files import files as openai_files
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(api)
     app.register_blueprint(events)  # live events (SSE)
     app.register_blueprint(webhooks)  # a job's webhook deliveries
+    app.register_blueprint(removal)  # DELETE /v1/jobs/<id>
     app.register_blueprint(health)
     app.register_blueprint(docs)
     app.register_blueprint(console)  # the web console at /

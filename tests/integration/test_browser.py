@@ -212,6 +212,14 @@ def walk_through(up, page) -> None:
     expect(page.locator("#items-table tbody tr").nth(1)).to_contain_text("1001")
     shoot(page, "7-job-cancelled")
 
+    # A finished job says when it expires, and can be deleted from its page (after a confirmation).
+    cancelled_id = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#job-expires")).not_to_have_text("never")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#job-delete").click()
+    page.wait_for_url(up.url + "/")
+    assert up.get(f"/v1/jobs/{cancelled_id}").status_code == 404
+
     # The models page: each model's task, defaults and limits, and that a worker serves it now.
     page.goto(up.url + "/models")
     models = page.locator("#models-table tr[data-model]")

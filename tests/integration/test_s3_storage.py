@@ -125,3 +125,20 @@ def test_an_object_written_whose_row_was_never_committed(any_stack, fault_redis,
     else:
         assert counts["succeeded"] == 3
         assert all(stack.bucket.get(key).startswith(b"\x89PNG") for key in written)
+
+
+def test_a_finished_job_expires_and_the_reconciler_removes_it_and_its_outputs(any_stack):
+    """Retention under the real reconciler: GENQ_RESULT_TTL after the job finished, its
+    rows and its objects go (on S3 and on local disk); a job still to expire stays."""
+    stack = any_stack(result_ttl="3s", result_ttl_tenants='{"keeper": "never"}', retention_interval_seconds=0.5)
+    stack.start_worker()
+    job_id = stack.submit({**IMAGE_JOB, "prompts": ["a", "b"]})
+    job = stack.wait_terminal(job_id, timeout=300)
+    assert job["state"] == "succeeded" and job["expires_at"] is not None
+    assert len(list(stack.bucket.keys())) == 2
+    reconciler = stack.start_reconciler()
+    try:
+        wait_for(lambda: stack.get(f"/v1/jobs/{job_id}").status_code == 404, 120, what="the job to expire")
+        wait_for(lambda: not list(stack.bucket.keys()), 60, what="its outputs to be deleted")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; reconciler: {reconciler.log()[-3000:]}") from None

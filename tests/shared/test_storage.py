@@ -172,3 +172,16 @@ def test_a_forked_child_makes_its_own_client(moto):
     os.waitpid(pid, 0)
     assert os.read(read, 16) == b"new"
     assert storage.get("jobs/f/000001.png") == b"child" and storage.client is parent_client
+
+
+def test_delete_prefix_removes_one_jobs_outputs_and_nothing_else(storage):
+    for index in range(3):
+        storage.put(output_key("job-1", index, "png"), b"png")
+    storage.put(output_key("job-10", 0, "png"), b"png")  # a job whose id starts with the other's
+    assert storage.delete_prefix("jobs/job-1/") == 3
+    assert list(storage.keys()) == [output_key("job-10", 0, "png")]
+    assert storage.delete_prefix("jobs/job-1/") == 0  # again: nothing left, not an error
+    with pytest.raises(ValueError):
+        storage.delete_prefix("jobs/job-10")  # a prefix names a whole directory
+    with pytest.raises(ValueError):
+        storage.delete_prefix("")

@@ -45,6 +45,7 @@ async function request(method, path, { body, key, raw } = {}) {
 const api = {
   get: (path, options) => request("GET", path, options),
   post: (path, body) => request("POST", path, { body }),
+  delete: (path) => request("DELETE", path, { raw: true }),
   blob: async (path) => (await request("GET", path, { raw: true })).blob(),
 };
 
@@ -311,6 +312,13 @@ function initJob() {
   $("#job-cancel").addEventListener("click", () => act("cancel"));
   $("#job-retry").addEventListener("click", () => act("retry"));
   $("#job-download").addEventListener("click", () => download(jobId));
+  $("#job-delete").addEventListener("click", async () => {
+    if (!window.confirm("Delete this job, its items and all its outputs? This cannot be undone.")) return;
+    try {
+      await api.delete(`/v1/jobs/${jobId}`);
+      window.location.assign("/");
+    } catch (error) { report(error); poller.restart(); }
+  });
   $("#items-prev").addEventListener("click", () => {
     view.offset = Math.max(0, view.offset - ITEMS_PAGE_SIZE); refreshItems(true).catch(report);
   });
@@ -323,7 +331,8 @@ function initJob() {
 function renderJob(job) {
   const facts = [["State", stateBadge(job.state)], ["Model", `${job.model} (${job.task})`],
     ["Items", countsText(job.counts)], ["Priority", String(job.priority)], ["Created", when(job.created_at)],
-    ["Started", when(job.started_at)], ["Finished", when(job.finished_at)]];
+    ["Started", when(job.started_at)], ["Finished", when(job.finished_at)],
+    ["Expires", job.expires_at ? when(job.expires_at) : (isOpen(job) ? "—" : "never")]];
   $("#job-summary").replaceChildren(...facts.flatMap(([name, value]) =>
     [el("dt", { text: name }), el("dd", { id: `job-${name.toLowerCase()}` }, value)]));
   $("#job-progress").value = job.progress;
@@ -336,6 +345,7 @@ function renderJob(job) {
     [el("dt", {}, el("code", { text: name })), el("dd", { text: JSON.stringify(value) })]));
   $("#job-cancel").hidden = !canCancel(job);
   $("#job-retry").hidden = !canRetry(job);
+  $("#job-delete").hidden = isOpen(job);
   $("#job-download").hidden = job.counts.succeeded + job.counts.failed + job.counts.cancelled === 0;
   $("#gallery-section").hidden = job.task === "text-generation";
 }
