@@ -34,13 +34,14 @@ from flask import Response, current_app, request, stream_with_context
 from shared.errors import GenqError
 from shared.keys import Principal
 from web import event_reads, metrics, queries
+from web.api import JOB_ID
 from web.auth import current_principal, require_api_key
 from web.context import GenqContext, close_db, db, genq
 from web.event_reads import END, Cursor
 from web.event_stream import SharedReads, Tracker, reads_for
 from web.notice_hub import NoticeHub
 from web.operations import RETRY_AFTER, DocumentedBlueprint, Param, Reply
-from web.response_models import ErrorResponse, JobStatusResponse
+from web.response_models import EVENT_STREAM_SCHEMA, ErrorResponse, JobStatusResponse
 
 RETRY_MS = 2000
 STREAM_READS_AT_ONCE = 4  # streams woken together share the pool with requests: at most this many read at once
@@ -48,9 +49,10 @@ STREAM_READS_AT_ONCE = 4  # streams woken together share the pool with requests:
 events = DocumentedBlueprint("events", __name__, url_prefix="/v1", secured=True)
 events.before_request(require_api_key)
 
-LAST_EVENT_ID = Param("Last-Event-ID", "header", {"type": "string", "pattern": event_reads.CURSOR.pattern.replace(
-    "\\Z", "$")}, "The id of the last event the client got: the stream resumes after it, from the ledger.")
-STREAM = Reply("The event stream.", media_types={"text/event-stream": {"type": "string"}})
+LAST_EVENT_ID = Param("Last-Event-ID", "header", {"type": "string", "pattern": "^$|" + event_reads.CURSOR.pattern.replace(
+    "\\Z", "$")}, "The id of the last event the client got: the stream resumes after it, from the ledger (empty: "
+    "from the start, as no header).")
+STREAM = Reply("The event stream.", media_types={"text/event-stream": EVENT_STREAM_SCHEMA})
 BAD_ID = Reply("Last-Event-ID is not an id this API sent (`invalid_request`).", ErrorResponse)
 FULL = Reply("This server already serves GENQ_EVENTS_MAX_STREAMS streams (`too_many_streams`).", ErrorResponse,
              headers={"Retry-After": RETRY_AFTER})
@@ -100,7 +102,7 @@ def last_event_id() -> Cursor | None:
 @events.operation("GET", "/jobs/<job_id>/events", "Follow a job's events", tag="events",
                   description="Server-Sent Events: `progress`, `item` as each item finishes, and a final "
                   "`completed`, `failed` or `cancelled`, from the job's first finished item (or after Last-Event-ID).",
-                  params=(LAST_EVENT_ID,),
+                  params=(JOB_ID, LAST_EVENT_ID),
                   responses={200: STREAM, 204: Reply("Last-Event-ID was the job's final event: nothing more will come."),
                              400: BAD_ID, 404: Reply("No such job (`not_found`).", ErrorResponse), 503: FULL})
 def job_events(job_id: str):

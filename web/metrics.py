@@ -3,10 +3,12 @@
 What a scrape reads, and why it stays cheap whatever the ledger holds:
 - the open work (jobs, pending and running items per model and job state): one statement
   on the ledger (`queries.open_work_by_model`), which reads the unfinished jobs only;
-- counters (items finished by model and state, jobs and items submitted, HTTP requests
-  and their latency): Redis hashes that every web and worker process adds to as events
-  happen (`shared.tallies`), so any web process answers for the whole deployment, on one
-  host or many, and a recycled process loses nothing;
+- counters and histograms (items finished by model and state, jobs and items submitted,
+  item run time and queue wait, micro-batch sizes, model loads, out-of-memory halvings,
+  lease expiries, reconciler repairs, HTTP requests and their latency): Redis hashes
+  that every web, worker and reconciler process adds to as events happen
+  (`shared.tallies`, through `shared.watch` in workers), so any web process answers for
+  the whole deployment, on one host or many, and a recycled process loses nothing;
 - live workers and throughput per model: the micro-batch samples the workers write
   (`shared.throughput`), one read per model that has any.
 
@@ -25,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from shared.settings import Settings
-from shared.tallies import HISTOGRAMS, RequestTimings
+from shared.tallies import COUNTERS, HISTOGRAMS, RequestTimings
 from shared.watch import Watch
 from web import queries
 from web.auth import current_principal, require_api_key
@@ -35,6 +37,25 @@ from web.errors import Forbidden
 log = logging.getLogger(__name__)
 
 metrics = Blueprint("metrics", __name__)
+# The counters and histograms kept in Redis (`shared.tallies`), each `genq_<name>`.
+COUNTER_HELP = {
+    "items_finished": "Items whose results workers committed, by model and state.",
+    "jobs_submitted": "Jobs accepted, by model.",
+    "items_submitted": "Items of the jobs accepted, by model.",
+    "oom_halvings": "Micro-batches that ran out of device memory and were split in halves, by model.",
+    "leases_expired": "Running items whose lease expired (a worker lost or stalled): given back, or failed at the "
+                      "attempt cap.",
+    "reconciler_repairs": "What reconciler passes repaired: lease_released (items), job_settled (jobs), "
+                          "wakeup_sent (wake-ups for work nobody was woken for).",
+}
+HISTOGRAM_HELP = {
+    "http_request_duration_seconds": "HTTP requests by method, route and status, and how long they took.",
+    "micro_batch_items": "Items per micro-batch whose results workers committed, by model.",
+    "item_run_seconds": "Each finished item's run time: its micro-batch's, from its start (the model loaded) to its "
+                        "results' commit, by model.",
+    "item_queue_wait_seconds": "Seconds from a job's submission to the claim of each of its items, by model.",
+    "model_load_seconds": "Model loads by workers and how long each took, by model (_count: the loads).",
+}
 WATCH = "genq_watch"
 TIMINGS = "genq_request_timings"
 
@@ -125,22 +146,12 @@ class _Scrape:
         except redis.RedisError as exc:
             log.warning("metrics: could not read counters: %s", exc)
             return
-        helps = {
-            "items_finished": ("genq_items_finished", "Items whose results workers committed, by model and state."),
-            "jobs_submitted": ("genq_jobs_submitted", "Jobs accepted, by model."),
-            "items_submitted": ("genq_items_submitted", "Items of the jobs accepted, by model."),
-        }
-        for name, (metric, help_text) in helps.items():
-            labels = ["model", "state"] if name == "items_finished" else ["model"]
-            family = CounterMetricFamily(metric, help_text, labels=labels)
+        for name, help_text in COUNTER_HELP.items():
+            family = CounterMetricFamily(f"genq_{name}", help_text, labels=list(COUNTERS[name]))
             for label_values, value in sorted(counts.counters.get(name, {}).items()):
                 family.add_metric(list(label_values), value)
             yield family
-        histograms = {
-            "http_request_duration_seconds": "HTTP requests by method, route and status, and how long they took.",
-            "micro_batch_items": "Items per micro-batch whose results workers committed, by model.",
-        }
-        for name, help_text in histograms.items():
+        for name, help_text in HISTOGRAM_HELP.items():
             family = HistogramMetricFamily(f"genq_{name}", help_text, labels=list(HISTOGRAMS[name][0]))
             for labels, histogram in sorted(counts.histograms.get(name, {}).items()):
                 family.add_metric(list(labels), histogram.cumulative(), histogram.sum)

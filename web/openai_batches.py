@@ -13,7 +13,7 @@ import re
 from typing import Annotated, Literal
 
 from flask import request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
 from shared import openai_batches
 from shared.errors import InvalidRequest
@@ -27,9 +27,11 @@ from web.bodies import json_body
 from web.context import db, genq
 from web.openai_bodies import plan_batch
 from web.openai_common import (
+    CURSOR_PARAMS,
     CursorQuery,
     Strict,
     cursor_page,
+    error_reply,
     find_visible,
     openai_blueprint,
     page_ids,
@@ -37,7 +39,8 @@ from web.openai_common import (
     timestamp,
 )
 from web.openai_files import EXPIRES_AFTER_SECONDS, find_file
-from web.request_models import pydantic_error, validate_query
+from web.operations import Param, Reply
+from web.request_models import _integral, pydantic_error, validate_query
 
 batches = openai_blueprint("openai_batches", __name__)
 BATCH_ID = re.compile(r"^batch_[0-9a-f]{32}\Z")
@@ -48,13 +51,14 @@ MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 class OutputExpiresAfter(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     anchor: Literal["created_at"]
-    seconds: int = Field(ge=EXPIRES_AFTER_SECONDS[0], le=EXPIRES_AFTER_SECONDS[1])
+    # bounds first: they reach the schema; 7200.0 is an integer to JSON Schema, so to us
+    seconds: Annotated[int, Field(ge=EXPIRES_AFTER_SECONDS[0], le=EXPIRES_AFTER_SECONDS[1]), BeforeValidator(_integral)]
 
 
 class BatchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     input_file_id: str = Field(max_length=64)
-    endpoint: str = Field(max_length=64)
+    endpoint: Literal[ENDPOINTS] = Field(description="What every line of the file calls (its `url`).")
     completion_window: Literal["24h"]
     metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)] | None = None
     output_expires_after: OutputExpiresAfter | None = None
@@ -154,16 +158,26 @@ def batch_reply(session, batch: OpenAIBatch):
     return BatchObject.of(batch, openai_batches.request_counts(session, [batch])[batch.id]).reply()
 
 
-@batches.route("/batches", methods=["POST"])
+BATCH_ID_PARAM = Param("batch_id", "path", {"type": "string"}, "The batch's id (`batch_...`).")
+BATCH_LINKS = {name: {"operationId": operation_id, "parameters": {"batch_id": "$response.body#/id"}}
+               for name, operation_id in (("GetBatch", "get_batch"), ("CancelBatch", "cancel_batch"))}
+NO_BATCH = error_reply("No such batch of this tenant (`not_found`).")
+
+
+@batches.operation("POST", "/batches", "Create a batch from an uploaded file", tag="batches", request=BatchCreate,
+                   description="The whole input file is checked first: a bad line fails the batch (status `failed`, "
+                   "`errors.data` names each bad line); a good file becomes genq jobs, queued at once.",
+                   responses={200: Reply("The batch.", BatchObject, links=BATCH_LINKS),
+                              400: error_reply("A field is wrong, or the file "
+                              "is not a batch input file."), 404: error_reply("No such input file (`not_found`)."),
+                              429: error_reply("The tenant's pending items would pass its quota, or too many "
+                                               "requests (`too_many_requests`).")})
 def create_batch():
     ctx, session, principal = genq(), db(), current_principal()
     try:
         body = BatchCreate.model_validate(json_body(request))
     except ValidationError as exc:
         raise pydantic_error(exc) from None
-    if body.endpoint not in ENDPOINTS:
-        raise InvalidRequest(f"endpoint {body.endpoint!r} is not supported; genq runs {', '.join(ENDPOINTS)}",
-                             field="endpoint")
     source = find_file(session, principal, body.input_file_id)
     if source.purpose != FilePurpose.BATCH.value:
         raise InvalidRequest(f"file {source.id} has purpose {source.purpose!r}; a batch reads a file uploaded "
@@ -184,7 +198,9 @@ def create_batch():
     return batch_reply(session, batch)
 
 
-@batches.route("/batches", methods=["GET"])
+@batches.operation("GET", "/batches", "List batches, newest first", tag="batches", params=CURSOR_PARAMS,
+                   responses={200: Reply("A page of batches.", BatchList), 400: error_reply("A parameter is wrong."),
+                              404: error_reply("`after` names no batch of this tenant.")})
 def list_batches():
     session = db()
     query = validate_query(CursorQuery, request.args, genq().settings)
@@ -193,13 +209,18 @@ def list_batches():
     return BatchList(data=[BatchObject.of(row, counts[row.id]) for row in rows], **page_ids(rows, has_more)).reply()
 
 
-@batches.route("/batches/<batch_id>", methods=["GET"])
+@batches.operation("GET", "/batches/<batch_id>", "Read a batch", tag="batches", params=(BATCH_ID_PARAM,),
+                   responses={200: Reply("The batch.", BatchObject), 404: NO_BATCH})
 def get_batch(batch_id: str):
     session = db()
     return batch_reply(session, find_batch(session, current_principal(), batch_id))
 
 
-@batches.route("/batches/<batch_id>/cancel", methods=["POST"])
+@batches.operation("POST", "/batches/<batch_id>/cancel", "Cancel a batch", tag="batches", params=(BATCH_ID_PARAM,),
+                   description="Its unfinished jobs are cancelled; what finished is kept for the output file.",
+                   responses={200: Reply("The batch, `cancelling` (then `cancelled`).", BatchObject),
+                              400: error_reply("The batch is not in progress (`batch_not_cancellable`)."),
+                              404: NO_BATCH})
 def cancel_batch(batch_id: str):
     session = db()
     batch = openai_batches.cancel_batch(session, find_batch(session, current_principal(), batch_id))

@@ -10,7 +10,8 @@ errors come back with the OpenAI parameter they concern (`params.max_new_tokens`
 Mapping: `max_tokens` (chat: or `max_completion_tokens`) is `max_new_tokens`;
 `temperature: 0` is greedy decoding, another temperature or a `top_p` samples; when
 neither is given the model's registry defaults decide. `n` is n consecutive items of
-one job with consecutive seeds (`seed`, else a random one, plus 0..n-1); `stop` cuts
+one job with consecutive seeds (`seed`, else a random one, plus 0..n-1); a completion's
+`prompt` may be a list of strings, n items per prompt; `stop` cuts
 each text at the first stop string. Chat messages are rendered with the model's chat
 template; a model without one is a line error (`model_has_no_chat_template`). Images:
 `size` "WxH" is width and height; only `b64_json` answers (genq serves no image URLs);
@@ -56,7 +57,7 @@ class _TextBody(_Body):
 
 
 class CompletionBody(_TextBody):
-    prompt: str
+    prompt: str | Annotated[list[str], Field(min_length=1)]  # a list: each prompt its own n choices
     max_tokens: int | None = None
 
 
@@ -197,13 +198,19 @@ def parse_line(raw: bytes) -> dict[str, Any]:
 
 
 def genq_job_body(endpoint: str, body: dict, registry, settings) -> tuple[ModelSpec, dict, dict | None, int]:
-    """(the model, the genq job request, what shaping the answer needs, n)."""
+    """(the model, the genq job request, what shaping the answer needs, the request's
+    items). A completion's `prompt` may be a list, as OpenAI allows: n items of each
+    prompt, in order, so choice `i * n + j` is sample j of prompt i (OpenAI's `index`),
+    each prompt with the same seeds (the answer to a prompt does not depend on its place)."""
     try:
         request = BODIES[endpoint].model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(part) for part in ("body", *first["loc"]))
-        raise LineError("invalid_request", f"{param}: {first['msg']}", param) from None
+        param = ".".join(str(part) for part in ("body", *first["loc"]) if not _union_branch(part))
+        message = f"{param}: {first['msg']}"
+        if first["loc"][:1] == ("prompt",) and endpoint == shapes.COMPLETIONS:
+            param, message = "body.prompt", "body.prompt must be a string or a non-empty list of strings"
+        raise LineError("invalid_request", message, param) from None
     spec = registry.get(request.model)
     if spec is None:
         raise LineError("model_not_found", f"unknown model {request.model!r}; see GET /v1/models", "body.model")
@@ -211,16 +218,31 @@ def genq_job_body(endpoint: str, body: dict, registry, settings) -> tuple[ModelS
     if (spec.task is Task.TEXT_GENERATION) != wants_text:
         raise LineError("invalid_request", f"model {spec.name!r} is a {spec.task.value} model; {endpoint} takes "
                         f"{'a text-generation' if wants_text else 'an image'} model", "body.model")
-    if request.n > settings.max_items_per_job:
-        raise LineError("limit_exceeded", f"body.n is {request.n}; a job holds at most {settings.max_items_per_job} "
-                        "items (GENQ_MAX_ITEMS_PER_JOB)", "body.n")
+    prompts = getattr(request, "prompt", None)
+    listed = isinstance(prompts, list)
+    total = request.n * (len(prompts) if listed else 1)
+    if total > settings.max_items_per_job:
+        what = f"{len(prompts)} prompts x n {request.n}" if listed else f"body.n is {request.n}"
+        raise LineError("limit_exceeded", f"{what}: a job holds at most {settings.max_items_per_job} items "
+                        "(GENQ_MAX_ITEMS_PER_JOB)", "body.prompt" if listed else "body.n")
     if endpoint == shapes.IMAGES:
         return spec, {"model": spec.name, "inputs": items(request.prompt, request.seed, request.n),
-                      "params": image_params(request)}, None, request.n
-    prompt = request.prompt if endpoint == shapes.COMPLETIONS else chat_prompt(spec, request)
+                      "params": image_params(request)}, None, total
+    if endpoint == shapes.CHAT_COMPLETIONS:
+        prompts = [chat_prompt(spec, request)]
+    elif not listed:
+        prompts = [prompts]
     stop = [request.stop] if isinstance(request.stop, str) else request.stop
-    return spec, {"model": spec.name, "inputs": items(prompt, request.seed, request.n),
-                  "params": text_params(request)}, {"stop": stop}, request.n
+    shaping = {"stop": stop, **({"per_prompt": request.n} if listed else {})}
+    seed = random.SystemRandom().randrange(0, 2**31) if request.seed is None else request.seed
+    return spec, {"model": spec.name, "inputs": [item for prompt in prompts for item in items(prompt, seed, request.n)],
+                  "params": text_params(request)}, shaping, total
+
+
+def _union_branch(part) -> bool:
+    """A location part that names which type of a union pydantic tried (`str`,
+    `list[str]`), not a field: it is no parameter of the request."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "none") or "[" in part)
 
 
 def chat_prompt(spec: ModelSpec, request: ChatBody) -> str:

@@ -11,14 +11,15 @@ import re
 from datetime import datetime
 from typing import Any, Callable
 
-from flask import Blueprint, jsonify
+from flask import jsonify
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, or_, select
 
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import NotFound
 from shared.keys import Principal
 from web.auth import require_api_key
 from web.errors import register_error_handlers
+from web.operations import TOO_MANY, UNAUTHORIZED, DocumentedBlueprint, Param, Reply
 from web.request_models import _PageQuery
 
 ERROR_TYPES = {401: "invalid_request_error", 403: "invalid_request_error", 404: "invalid_request_error",
@@ -33,12 +34,40 @@ def openai_error(status: int, code: str, message: str, param: str | None = None,
     return response
 
 
-def openai_blueprint(name: str, import_name: str) -> Blueprint:
+class OpenAIErrorBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    message: str
+    type: str = Field(description="`invalid_request_error`, `rate_limit_error` or `server_error`.")
+    param: str | None = Field(description="The parameter the error concerns (`body.max_tokens`, `file`), if one.")
+    code: str | None = Field(description="genq's error code (`not_found`, `batch_not_cancellable`, ...).")
+
+
+class OpenAIErrorResponse(BaseModel):
+    """An error on the OpenAI-compatible routes, in OpenAI's envelope."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    error: OpenAIErrorBody
+
+
+class OpenAIBlueprint(DocumentedBlueprint):
+    """Documented like the rest of /v1, its 401 and 429 in OpenAI's envelope."""
+
+    unauthorized = Reply("No API key, or an unknown or revoked one (`unauthorized`).", OpenAIErrorResponse,
+                         headers=UNAUTHORIZED.headers)
+    too_many = Reply("Too many requests for this API key (GENQ_RATE_LIMIT).", OpenAIErrorResponse,
+                     headers=TOO_MANY.headers)
+
+
+def openai_blueprint(name: str, import_name: str) -> OpenAIBlueprint:
     """A /v1 blueprint whose views need an API key and answer errors in OpenAI's envelope."""
-    blueprint = Blueprint(name, import_name, url_prefix="/v1")
+    blueprint = OpenAIBlueprint(name, import_name, url_prefix="/v1", secured=True)
     blueprint.before_request(require_api_key)
     register_error_handlers(blueprint, render=openai_error)
     return blueprint
+
+
+def error_reply(description: str) -> Reply:
+    return Reply(description, OpenAIErrorResponse)
 
 
 def timestamp(moment: datetime | None) -> int | None:
@@ -61,6 +90,14 @@ class CursorQuery(_PageQuery):
 
     after: str | None = Field(None, max_length=64)
     order: str = Field("desc", pattern="^(asc|desc)$")
+
+
+CURSOR_PARAMS = (
+    Param("after", "query", {"type": "string", "maxLength": 64}, "The id of the last object of the previous page."),
+    Param("limit", "query", {"type": "integer", "minimum": 1},
+          "Page size: 1 to GENQ_MAX_PAGE_SIZE; GENQ_DEFAULT_PAGE_SIZE when left out."),
+    Param("order", "query", {"type": "string", "enum": ["asc", "desc"]}, "By creation time (default `desc`)."),
+)
 
 
 def tenant_scope(table, principal: Principal, *conditions) -> Callable[[Any], Any]:
@@ -96,8 +133,8 @@ def cursor_page(session, table, visible: Callable[[Any], Any], query: CursorQuer
     statement = visible(select(table)).where(*extra)
     if query.after is not None:
         anchor = session.scalars(visible(select(table)).where(table.id == query.after)).first()
-        if anchor is None:
-            raise InvalidRequest(f"after: no object {query.after!r} to continue after", field="after")
+        if anchor is None:  # a well-formed id that names nothing here: not found, as a wrong id in a path is
+            raise NotFound(f"after: no object {query.after!r} to continue after", field="after")
         later = query.order == "asc"
         ahead = [column > getattr(anchor, column.key) if later else column < getattr(anchor, column.key)
                  for column in columns]

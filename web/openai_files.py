@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
 from flask import Response, request
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy import or_
 
 from shared.errors import InvalidRequest
@@ -25,15 +26,18 @@ from shared.orm import utcnow
 from web.auth import current_principal
 from web.context import db, genq
 from web.openai_common import (
+    CURSOR_PARAMS,
     CursorQuery,
     Strict,
     cursor_page,
+    error_reply,
     find_visible,
     openai_blueprint,
     page_ids,
     tenant_scope,
     timestamp,
 )
+from web.operations import Param, Reply
 from web.request_models import validate_query
 
 files = openai_blueprint("openai_files", __name__)
@@ -79,6 +83,33 @@ class FileListQuery(CursorQuery):
     purpose: str | None = Field(None, max_length=32)
 
 
+def _no_default(schema: dict) -> None:
+    schema.pop("default", None)
+
+
+class FileUpload(BaseModel):
+    """POST /v1/files as multipart/form-data, the fields the `openai` package sends."""
+
+    model_config = ConfigDict(json_schema_extra={"dependentRequired": {
+        "expires_after[anchor]": ["expires_after[seconds]"], "expires_after[seconds]": ["expires_after[anchor]"]}})
+    file: bytes = Field(description="The JSONL file: one request a line (up to GENQ_FILE_MAX_BYTES).")
+    purpose: Literal["batch"] = Field(description="genq keeps files for batches.")
+    # A form field is there or not (never null): None is no part of the documented schema.
+    expires_anchor: Literal["created_at"] | SkipJsonSchema[None] = Field(
+        None, alias="expires_after[anchor]", json_schema_extra=_no_default)
+    expires_seconds: Annotated[int, Field(ge=EXPIRES_AFTER_SECONDS[0], le=EXPIRES_AFTER_SECONDS[1])] | \
+        SkipJsonSchema[None] = Field(None, alias="expires_after[seconds]", json_schema_extra=_no_default,
+                                     description="The file expires this long after its upload (default "
+                                     "GENQ_FILE_EXPIRY_SECONDS).")
+
+
+FILE_ID_PARAM = Param("file_id", "path", {"type": "string"}, "The file's id (`file-...`).")
+FILE_LINKS = {name: {"operationId": operation_id, "parameters": {"file_id": "$response.body#/id"}}
+              for name, operation_id in (("GetFile", "get_file"), ("GetFileContent", "get_file_content"),
+                                         ("DeleteFile", "delete_file"))}
+NO_FILE = error_reply("No such file of this tenant, or it expired (`not_found`).")
+
+
 def visible_files(principal: Principal):
     """The tenant's files that have not expired."""
     return tenant_scope(OpenAIFile, principal, or_(OpenAIFile.expires_at.is_(None), OpenAIFile.expires_at > utcnow()))
@@ -102,7 +133,11 @@ def expiry_seconds(form, default: int) -> int:
     return int(seconds)
 
 
-@files.route("/files", methods=["POST"])
+@files.operation("POST", "/files", "Upload a file (for a batch)", tag="files",
+                 request=FileUpload, request_media_type="multipart/form-data",
+                 responses={200: Reply("The file.", FileObject, links=FILE_LINKS),
+                            400: error_reply("A field is missing or wrong."),
+                            413: error_reply("The file is larger than GENQ_FILE_MAX_BYTES.")})
 def upload_file():
     ctx = genq()
     request.max_content_length = ctx.settings.file_max_bytes  # before the body is read: 413 beyond
@@ -128,7 +163,11 @@ def upload_file():
     return FileObject.of(row).reply()
 
 
-@files.route("/files", methods=["GET"])
+@files.operation("GET", "/files", "List files, newest first", tag="files",
+                 params=(*CURSOR_PARAMS, Param("purpose", "query", {"type": "string", "maxLength": 32},
+                                               "Only files with this purpose (`batch`, `batch_output`).")),
+                 responses={200: Reply("A page of files.", FileList), 400: error_reply("A parameter is wrong."),
+                            404: error_reply("`after` names no file of this tenant.")})
 def list_files():
     query = validate_query(FileListQuery, request.args, genq().settings)
     extra = (OpenAIFile.purpose == query.purpose,) if query.purpose else ()
@@ -136,12 +175,15 @@ def list_files():
     return FileList(data=[FileObject.of(row) for row in rows], **page_ids(rows, has_more)).reply()
 
 
-@files.route("/files/<file_id>", methods=["GET"])
+@files.operation("GET", "/files/<file_id>", "Read a file's description", tag="files", params=(FILE_ID_PARAM,),
+                 responses={200: Reply("The file.", FileObject), 404: NO_FILE})
 def get_file(file_id: str):
     return FileObject.of(find_file(db(), current_principal(), file_id)).reply()
 
 
-@files.route("/files/<file_id>/content", methods=["GET"])
+@files.operation("GET", "/files/<file_id>/content", "Download a file", tag="files", params=(FILE_ID_PARAM,),
+                 responses={200: Reply("The file's bytes.", media_types={
+                     "application/octet-stream": {"type": "string", "format": "binary"}}), 404: NO_FILE})
 def get_file_content(file_id: str):
     row = find_file(db(), current_principal(), file_id)
     snapshot = OpenAIFile(id=row.id, parts=row.parts)  # the stream outlives the request's session
@@ -150,7 +192,8 @@ def get_file_content(file_id: str):
                              "Content-Disposition": f'attachment; filename="{row.id}.jsonl"'})
 
 
-@files.route("/files/<file_id>", methods=["DELETE"])
+@files.operation("DELETE", "/files/<file_id>", "Delete a file", tag="files", params=(FILE_ID_PARAM,),
+                 responses={200: Reply("The file is gone.", FileDeleted), 404: NO_FILE})
 def delete_file(file_id: str):
     session = db()
     row = find_file(session, current_principal(), file_id)

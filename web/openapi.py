@@ -18,9 +18,14 @@ from shared.registry import ModelSpec, Registry
 from shared.settings import Settings
 from web.api import api
 from web.archive import get_job_archive  # noqa: F401 (adds GET /v1/jobs/<id>/archive to `api`)
+from web.events import events
 from web.health import health
+from web.job_removal import removal
+from web.openai_batches import batches
+from web.openai_files import files
 from web.operations import Operation, Param, Reply
 from web.request_models import ALIASES, ONE_OF, PARAMS_BY_TASK, JobRequest
+from web.response_models import EVENT_MODELS
 from web.webhook_views import webhooks
 from web.workers import list_workers  # noqa: F401 (adds GET /v1/workers to `api`)
 
@@ -28,8 +33,7 @@ OPENAPI_VERSION = "3.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
 JSON = "application/json"
 SECURITY_SCHEME = "bearerAuth"
-DOCUMENTED_BLUEPRINTS = (api, webhooks, health)  # web.events streams: documented in the README (an endless
-# body that the WSGI-level contract tests would read forever)
+DOCUMENTED_BLUEPRINTS = (api, removal, events, webhooks, files, batches, health)
 ALIAS_OF = {name: alias for name, alias in ONE_OF if alias in ALIASES}  # a parameter's other name
 PARAMS_MODELS: tuple[type[BaseModel], ...] = tuple(dict.fromkeys(PARAMS_BY_TASK.values()))  # one per model class
 
@@ -52,7 +56,7 @@ def referenced_models() -> list[type[BaseModel]]:
         for reply in route.responses.values():
             if reply.model is not None:
                 seen[reply.model] = None
-    for model in PARAMS_MODELS:
+    for model in (*PARAMS_MODELS, *EVENT_MODELS):  # named by JobRequest's params and by event streams
         seen[model] = None
     return list(seen)
 
@@ -129,7 +133,7 @@ def operation(route: Operation) -> dict[str, Any]:
         media: dict[str, Any] = {"schema": ref(route.request)}
         if route.request_examples:
             media["examples"] = {name: {"value": value} for name, value in route.request_examples.items()}
-        op["requestBody"] = {"required": True, "content": {JSON: media}}
+        op["requestBody"] = {"required": True, "content": {route.request_media_type: media}}
     op["responses"] = {str(status): response(reply) for status, reply in sorted(route.responses.items())}
     op["security"] = [{SECURITY_SCHEME: []}] if route.secured else []
     return op
@@ -155,7 +159,10 @@ def _document() -> dict[str, Any]:
         },
         "tags": [
             {"name": "jobs", "description": "Submit, follow, cancel and retry jobs; read their items."},
+            {"name": "events", "description": "Live events of jobs, as Server-Sent Events."},
             {"name": "models", "description": "The models this service runs."},
+            {"name": "files", "description": "OpenAI-compatible files: the input and output of batches."},
+            {"name": "batches", "description": "OpenAI-compatible batches (the Batch API): each is genq jobs."},
             {"name": "health", "description": "Liveness and readiness probes (no API key)."},
         ],
         "paths": paths(),

@@ -53,6 +53,7 @@ class Operation:
     params: tuple[Param, ...] = ()
     request: type[BaseModel] | None = None
     request_examples: dict[str, Any] = field(default_factory=dict)
+    request_media_type: str = "application/json"  # or "multipart/form-data" (an upload)
     secured: bool = True
 
     @property
@@ -77,6 +78,8 @@ class DocumentedBlueprint(Blueprint):
     """A blueprint whose routes are declared with `operation`. On a `secured` one every
     operation needs an API key and is rate limited, so each may answer 401 and 429."""
 
+    unauthorized, too_many = UNAUTHORIZED, TOO_MANY  # in the blueprint's own error envelope
+
     def __init__(self, *args: Any, secured: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.secured = secured
@@ -87,7 +90,7 @@ class DocumentedBlueprint(Blueprint):
         """Route `method rule` to the view below, documented as `summary` with `responses`
         (and optionally description, params, request, request_examples)."""
         if self.secured:
-            responses = {401: UNAUTHORIZED, 429: TOO_MANY, **responses}
+            responses = {401: self.unauthorized, 429: self.too_many, **responses}
 
         def register(view: Callable) -> Callable:
             self.add_url_rule(rule, view_func=view, methods=[method])

@@ -21,8 +21,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from shared.errors import InvalidRequest, LimitExceeded, UnknownModel
+from shared.errors import InvalidRequest, LimitExceeded, ModelUnavailable, UnknownModel
 from shared.items import samples_per_prompt
+from shared.model_files import weights_of
 from shared.registry import ModelSpec, Registry, Task
 from shared.states import JobState
 from web.webhook_urls import WEBHOOK_URL_PATTERN
@@ -229,6 +230,7 @@ def validate_job_request(body: Any, registry: Registry, settings) -> ValidatedJo
     spec = registry.get(request.model)
     if spec is None:
         raise UnknownModel(f"unknown model {request.model!r}; see GET /v1/models", field="model")
+    refuse_unavailable(spec)
     items = request.inputs if request.inputs is not None else [InputItem(prompt=p) for p in request.prompts]
     field = "inputs" if request.inputs is not None else "prompts"
     _check_items(items, field, settings)
@@ -241,6 +243,15 @@ def validate_job_request(body: Any, registry: Registry, settings) -> ValidatedJo
                             request.webhook)
     return ValidatedJob(spec, params, assign_seeds(items, params.get("seed"), per_prompt), request.priority, field,
                         per_prompt, request.webhook)
+
+
+def refuse_unavailable(spec: ModelSpec) -> None:
+    """A model whose weights this deployment lacks cannot run a job: refuse it now rather
+    than accept items that could only fail."""
+    weights = weights_of(spec)
+    if not weights.available:
+        raise ModelUnavailable(f"model {spec.name!r} is not available: {weights.reason}; see GET /v1/models",
+                               field="model")
 
 
 def _check_items(items: list[InputItem], field: str, settings) -> None:

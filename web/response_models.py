@@ -15,8 +15,11 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_serializ
 
 from shared.items import sample_position
 from shared.ledger import Counts
+from shared.model_files import weights_of
 from shared.orm import ItemState, Job, JobItem, JobState
 from shared.registry import ModelSpec, Task
+from shared.retention import expires_at
+from web.context import genq
 
 Timestamp = AwareDatetime | None
 
@@ -75,6 +78,9 @@ class JobResponse(_Response):
     created_at: AwareDatetime
     started_at: Timestamp
     finished_at: Timestamp
+    expires_at: Timestamp = Field(
+        description="When the job, its items and outputs are removed: GENQ_RESULT_TTL (or the tenant's own) after it "
+        "finished. Null while it is open, or when finished jobs are kept for ever.")
     error: str | None = Field(description="Why the job failed (for example how many items failed).")
     params: dict[str, Any] = Field(
         description="The effective parameters: the model's registry defaults overridden by the request "
@@ -88,7 +94,7 @@ class JobResponse(_Response):
             id=job.id, model=job.model, task=Task(job.task), state=job.state, priority=job.priority,
             counts=ItemCounts(**counts.as_dict()), progress=round(counts.progress, 6),
             created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-            error=job.error, params=job.params, links=JobLinks.of(job.id),
+            expires_at=expires_at(genq().settings, job), error=job.error, params=job.params, links=JobLinks.of(job.id),
         )
 
 
@@ -227,12 +233,17 @@ class ModelInfo(_Response):
     micro_batch_size: int = Field(ge=1)
     defaults: dict[str, Any] = Field(description="Parameters used when a request leaves them out.")
     limits: dict[str, Bounds] = Field(description="Bounds on parameters, beyond the parameter schema's own.")
+    available: bool = Field(description="Whether this deployment has the model's weights. A job for a model "
+                            "without them is refused (`model_unavailable`) until an operator installs them.")
+    unavailable_reason: str | None = Field(description="Why the model is not available; null when it is.")
 
     @classmethod
     def of(cls, spec: ModelSpec) -> ModelInfo:
+        weights = weights_of(spec)
         return cls(name=spec.name, task=spec.task, output="image/png" if spec.task.is_image else "text/plain",
                    micro_batch_size=spec.micro_batch_size, defaults=spec.defaults,
-                   limits={name: Bounds(min=b.min, max=b.max) for name, b in spec.limits.items()})
+                   limits={name: Bounds(min=b.min, max=b.max) for name, b in spec.limits.items()},
+                   available=weights.available, unavailable_reason=weights.reason)
 
 
 class ModelListResponse(_Response):
@@ -258,8 +269,8 @@ class ReadinessResponse(_Response):
 
 class ErrorBody(_Response):
     code: str = Field(
-        description="A stable machine-readable code: unknown_model, invalid_request, limit_exceeded, "
-        "not_found, conflict, unauthorized, request_entity_too_large, ...",
+        description="A stable machine-readable code: unknown_model, model_unavailable, invalid_request, "
+        "limit_exceeded, not_found, conflict, unauthorized, request_entity_too_large, ...",
         examples=["invalid_request"],
     )
     message: str = Field(description="For people.")
@@ -272,3 +283,48 @@ class ErrorResponse(_Response):
     @classmethod
     def of(cls, code: str, message: str, field: str | None = None) -> ErrorResponse:
         return cls(error=ErrorBody(code=code, message=message, field=field))
+
+
+class ProgressEvent(_Response):
+    """The data of an event stream's `progress` event, and of a job's final `completed`,
+    `failed` or `cancelled`: the job's progress as GET /v1/jobs/<id> gives it."""
+
+    job_id: str
+    state: JobState
+    counts: ItemCounts
+    progress: float = Field(ge=0, le=1)
+    queue: QueuePlace | None = None
+    eta_seconds: float | None = Field(None, ge=0)
+    eta_reason: EtaReason | None = None
+    started_at: Timestamp
+    finished_at: Timestamp
+
+
+class ItemEvent(_Response):
+    """The data of an `item` event: an item of the job finished."""
+
+    job_id: str
+    index: int = Field(ge=0)
+    state: Literal["succeeded", "failed", "cancelled"]
+    output_url: str | None = Field(description="Where its output downloads from (null when it has none).")
+    error: str | None
+    finished_at: AwareDatetime
+
+
+EVENT_MODELS = (ProgressEvent, ItemEvent)
+
+
+def _sse_event(names: list[str], model: type[BaseModel]) -> dict[str, Any]:
+    return {"type": "object", "required": ["event", "data", "id"], "properties": {
+        "event": {"enum": names},
+        "id": {"type": "string", "description": "Send it back as Last-Event-ID to resume after this event."},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": {"$ref": f"#/components/schemas/{model.__name__}"}},
+        "retry": {"type": "integer", "minimum": 0},
+    }}
+
+
+# Each event of a stream (OpenAPI 3.1 describes a text/event-stream by one event); comment
+# lines (keep-alives) and the opening `retry:` are not events.
+EVENT_STREAM_SCHEMA = {"oneOf": [_sse_event(["progress", "completed", "failed", "cancelled"], ProgressEvent),
+                                 _sse_event(["item"], ItemEvent)]}

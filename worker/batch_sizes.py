@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from shared import watch
 from shared.registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class BatchSizes:
     def ran_out_of_memory(self, spec: ModelSpec, params: dict[str, Any], batch_size: int) -> int:
         """A micro-batch of `batch_size` did not fit: the range's size becomes at most half
         of it (at least 1). Returns the new size."""
+        watch.out_of_memory_halved(spec.name)  # for /metrics
         key = (spec.name, memory_range(params))
         learned = self._learned.setdefault(key, _Learned(size=spec.micro_batch_size, probe_after=self.probe_after))
         half = max(1, batch_size // 2)

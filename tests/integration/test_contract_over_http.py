@@ -25,6 +25,7 @@ from tests.helpers.up import UpProcess
 pytestmark = pytest.mark.integration
 SEED = 20261130
 MAX_EXAMPLES = int(os.environ.get("GENQ_SCHEMATHESIS_EXAMPLES", "25"))
+REQUEST_TIMEOUT = 3  # seconds: also how long an event stream is read
 
 
 @pytest.fixture
@@ -41,15 +42,17 @@ def contract_registry(tmp_path, tiny_model_dirs):
 
 
 def test_schemathesis_from_outside_finds_nothing(tmp_path, contract_registry):
+    # Event streams may never end: schemathesis reads each for --request-timeout seconds, and
+    # a keep-alive every half second keeps one from waiting longer for its next chunk.
     up = UpProcess(tmp_path / "var", contract_registry, free_port(), GENQ_MAX_PROMPT_CHARS="24",
-                   GENQ_RATE_LIMIT="1000000/minute", GENQ_MAX_ITEMS_PER_JOB="50")
+                   GENQ_RATE_LIMIT="1000000/minute", GENQ_MAX_ITEMS_PER_JOB="50", GENQ_EVENTS_HEARTBEAT_SECONDS="0.5")
     try:
         up.wait_up()
         key = (up.data_dir / "api-key").read_text().strip()
         run = subprocess.run(
             [str(Path(sys.executable).parent / "schemathesis"), "run", f"{up.url}/openapi.json",
              "-H", f"Authorization: Bearer {key}", "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
-             "--seed", str(SEED)],
+             "--seed", str(SEED), "--request-timeout", str(REQUEST_TIMEOUT)],
             capture_output=True, text=True, timeout=900, cwd=tmp_path, env=dict(os.environ, NO_COLOR="1"))
     finally:
         assert up.stop() == 0

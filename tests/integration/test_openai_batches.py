@@ -105,6 +105,24 @@ def test_a_completions_batch_runs_to_output_and_error_files(client, stack):
     assert refused.value.code == "batch_not_cancellable"
 
 
+def test_a_completion_prompt_may_be_a_list(client):
+    """Each prompt of the list gets its n choices, numbered as OpenAI numbers them (choice
+    i * n + j is sample j of prompt i), each the text that prompt gives alone."""
+    prompts = ["The worker claims", "Open the file"]
+    lines = [completion_line("list", prompts, n=2, seed=11, temperature=0),
+             completion_line("first", prompts[0], n=2, seed=11, temperature=0),
+             completion_line("second", prompts[1], n=2, seed=11, temperature=0)]
+    done = wait_until_terminal(client, run_batch(client, lines).id)
+    assert done.status == "completed" and done.request_counts.model_dump() == {"total": 3, "completed": 3, "failed": 0}
+    output = {custom_id: Completion.model_validate(line["response"]["body"], strict=True)
+              for custom_id, line in lines_of(client, done.output_file_id).items()}
+    listed, first, second = output["list"], output["first"], output["second"]
+    assert [choice.index for choice in listed.choices] == [0, 1, 2, 3]
+    assert [choice.text for choice in listed.choices] == [c.text for c in first.choices + second.choices]
+    assert listed.usage.prompt_tokens == first.usage.prompt_tokens + second.usage.prompt_tokens
+    assert listed.usage.completion_tokens == first.usage.completion_tokens + second.usage.completion_tokens
+
+
 def test_a_chat_batch_and_an_image_batch(client):
     chat = run_batch(client, [chat_line("c1", "hello there", seed=1), chat_line("c2", "and you", n=2)],
                      "/v1/chat/completions")

@@ -111,6 +111,36 @@ def test_a_batch_is_genq_jobs_with_n_consecutive_seeds(client, openai_settings):
     assert next(j for j in jobs if j["id"] == sampled)["params"]["temperature"] == 0.7
 
 
+def test_a_list_of_prompts_is_n_items_per_prompt_in_one_request(client, openai_settings):
+    batch = create(client, [completion_line("l", ["The quick", "Open the", "Rain in"], n=2, seed=5),
+                            completion_line("s", "Sun in", n=6, seed=1)])
+    assert batch["request_counts"]["total"] == 2
+    assert len(client.get("/v1/jobs").get_json()["jobs"]) == 1  # 6 items per request, one parameter set: one job
+    with session_scope(openai_settings.database_url) as session:
+        request = session.query(OpenAIBatchRequest).filter_by(custom_id="l").one()
+        items = [(item.prompt, item.seed) for item in session.query(JobItem).filter_by(job_id=request.job_id)
+                 .order_by(JobItem.index).limit(6)]
+    assert request.n == 6 and request.first_index == 0 and request.shaping["per_prompt"] == 2
+    assert items == [("The quick", 5), ("The quick", 6), ("Open the", 5), ("Open the", 6), ("Rain in", 5),
+                     ("Rain in", 6)]
+
+
+@pytest.mark.parametrize("prompt,n,code,param", [
+    ([], 1, "invalid_request", "body.prompt"),
+    ([1, 2], 1, "invalid_request", "body.prompt"),  # token arrays: not supported
+    (["a", 3], 1, "invalid_request", "body.prompt"),
+    (["a"] * 30, 2, "limit_exceeded", "body.prompt"),
+    (["a", "y" * 5000], 1, "limit_exceeded", "body.prompt"),
+])
+def test_a_refused_list_of_prompts_names_the_field(client, openai_settings, prompt, n, code, param):
+    limited = openai_settings.model_copy(update={"max_items_per_job": 50})
+    client = create_app(limited).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {make_key(limited, 'tests')}"
+    batch = create(client, [completion_line("l", prompt, n=n)])
+    error = batch["errors"]["data"][0]
+    assert batch["status"] == "failed" and (error["code"], error["param"]) == (code, param), error
+
+
 def test_a_bad_file_fails_the_batch_naming_each_line(client, openai_settings):
     batch = create(client, [
         completion_line("a", "The quick"),

@@ -4,11 +4,14 @@ such as finished items with outputs) conform both to the response models and to 
 document."""
 from __future__ import annotations
 
+import io
 import json
 import re
 
 import jsonschema
 import pytest
+from openai.types import Batch as SdkBatch
+from openai.types import FileObject as SdkFile
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from pydantic import BaseModel, ValidationError
 from referencing import Registry
@@ -20,6 +23,9 @@ from shared.storage import output_key, storage_from_settings
 from tests.helpers.ledger import work_by_hand
 from web.app import create_app
 from web.docs import SECURITY_HEADERS
+from web.openai_batches import BatchList, BatchObject
+from web.openai_common import OpenAIErrorResponse
+from web.openai_files import FileDeleted, FileList, FileObject
 from web.openapi import build_document, operations
 from web.operations import openapi_path
 from web.request_models import JobRequest
@@ -35,7 +41,7 @@ from web.response_models import (
     ReadinessResponse,
 )
 
-DOCUMENTED_BLUEPRINTS = ("api", "webhooks", "health")
+DOCUMENTED_BLUEPRINTS = ("api", "removal", "events", "webhooks", "openai_files", "openai_batches", "health")
 TEXT_JOB = {"model": "tiny-text", "prompts": ["a", "b", "c"], "params": {"seed": 3}}
 
 
@@ -288,3 +294,63 @@ def test_the_docs_page_loads_nothing_from_elsewhere(client):
     for url in assets:
         response = client.get(url)
         assert response.status_code == 200 and response.headers["X-Content-Type-Options"] == "nosniff", url
+
+
+def test_openai_responses_conform(client, conform):
+    """The OpenAI routes' bodies conform to the document, and to the SDK's own models."""
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"model": "tiny-text", "prompt": "x"}}
+    uploaded = client.post("/v1/files", content_type="multipart/form-data", data={
+        "purpose": "batch", "expires_after[anchor]": "created_at", "expires_after[seconds]": "3600",
+        "file": (io.BytesIO(json.dumps(line).encode() + b"\n"), "in.jsonl")})
+    file = conform.check(uploaded, FileObject, "POST", "/v1/files")
+    SdkFile.model_validate(file, strict=True)
+    conform.check(client.get("/v1/files?limit=1&order=asc"), FileList, "GET", "/v1/files")
+    conform.check(client.get(f"/v1/files/{file['id']}"), FileObject, "GET", "/v1/files/{file_id}")
+    content = client.get(f"/v1/files/{file['id']}/content")
+    assert content.mimetype in conform.document["paths"]["/v1/files/{file_id}/content"]["get"]["responses"]["200"][
+        "content"]
+    body = {"input_file_id": file["id"], "endpoint": "/v1/completions", "completion_window": "24h"}
+    batch = conform.check(client.post("/v1/batches", json=body), BatchObject, "POST", "/v1/batches")
+    SdkBatch.model_validate(batch, strict=True)
+    conform.check(client.get("/v1/batches"), BatchList, "GET", "/v1/batches")
+    conform.check(client.get(f"/v1/batches/{batch['id']}"), BatchObject, "GET", "/v1/batches/{batch_id}")
+    conform.check(client.post(f"/v1/batches/{batch['id']}/cancel"), BatchObject, "POST", "/v1/batches/{batch_id}/cancel")
+    for method, template, url, status in [
+        ("GET", "/v1/files/{file_id}", "/v1/files/file-nope", 404),
+        ("GET", "/v1/batches", "/v1/batches?after=batch_nope", 404),
+        ("GET", "/v1/batches", "/v1/batches?limit=0", 400),
+        ("POST", "/v1/files", "/v1/files", 400),
+        ("POST", "/v1/batches/{batch_id}/cancel", "/v1/batches/batch_nope/cancel", 404),
+    ]:
+        response = client.open(url, method=method)
+        assert response.status_code == status, (url, response.get_json())
+        conform.check(response, OpenAIErrorResponse, method, template)
+    conform.check(client.delete(f"/v1/files/{file['id']}"), FileDeleted, "DELETE", "/v1/files/{file_id}")
+
+
+def sse_events(text: str) -> list[dict]:
+    events = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":"))
+        if "data" in fields:
+            events.append(fields)
+    return events
+
+
+def test_an_event_stream_conforms(client, settings, document):
+    """Each event of a finished job's stream is one the document describes: its `data`
+    conforms to the component the event's branch names."""
+    job_id = client.post("/v1/jobs", json=TEXT_JOB).get_json()["id"]
+    finish_some_items(settings, job_id)
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    response = client.get(f"/v1/jobs/{job_id}/events")
+    assert response.status_code == 200 and response.mimetype == "text/event-stream"
+    events = sse_events(response.get_data(as_text=True))
+    assert [event["event"] for event in events] == ["item"] * 3 + ["progress", "cancelled"]  # succeeded, failed, cancelled
+    schema = document["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]
+    assert schema == document["paths"]["/v1/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]
+    for event in events:
+        branch = next(b for b in schema["schema"]["oneOf"] if event["event"] in b["properties"]["event"]["enum"])
+        jsonschema.Draft202012Validator(branch).validate(event)
+        name = branch["properties"]["data"]["contentSchema"]["$ref"].rsplit("/", 1)[1]
+        component_validator(document, name).validate(json.loads(event["data"]))

@@ -93,9 +93,11 @@ def test_the_item_limit_counts_prompts_times_n(client, settings):
 
 @pytest.fixture
 def gan_client(settings, models_file, tmp_path, api_key, redis_server):
-    """The tiny registry plus a GAN entry (the web process never loads its weights)."""
+    """The tiny registry plus a GAN entry (the web process never loads its weights: its
+    directory only has to exist, or the model is unavailable)."""
     entries = yaml.safe_load(models_file.read_text())
-    entries["models"]["tiny-gan"] = {"task": "gan-image", "source": str(tmp_path / "absent-gan"),
+    (tmp_path / "gan").mkdir()
+    entries["models"]["tiny-gan"] = {"task": "gan-image", "source": str(tmp_path / "gan"),
                                      "defaults": {"width": 32, "height": 32}}
     path = tmp_path / "models.yaml"
     path.write_text(yaml.safe_dump(entries))

@@ -15,6 +15,7 @@ are exercised too.
 from __future__ import annotations
 
 import base64
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,6 +51,8 @@ MAX_EXAMPLES = 60  # per operation in the fuzzing phase; the examples and covera
 PHASES = ["examples", "coverage", "fuzzing"]
 MODELS = ["tiny-text", "tiny-sd", "tiny-uncond"]  # the registry of tests/tiny_models.py
 REAL_JOBS: list[str] = []  # the current test's real jobs, for the hook below
+REAL_IDS: dict[str, list[str]] = {"file_id": [], "batch_id": []}  # and its real OpenAI files and batches
+STREAM_SECONDS = 1.0  # an event stream is read this long (it may never end), then cut
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,11 @@ schema = load_schema()
 
 @schema.hook
 def flatmap_path_parameters(context, path_parameters):
-    """Half the time, a real job (and an index it may hold) instead of a generated id."""
+    """Half the time, a real job (and an index it may hold), file or batch instead of a generated id."""
+    for name, real_ids in REAL_IDS.items():
+        if real_ids and isinstance((path_parameters or {}).get(name), str):
+            return st.one_of(st.just(path_parameters),
+                             st.sampled_from(list(real_ids)).map(lambda id_: {**path_parameters, name: id_}))
     if not REAL_JOBS or not isinstance((path_parameters or {}).get("job_id"), str):
         return st.just(path_parameters)
     real = st.sampled_from(list(REAL_JOBS)).map(lambda job_id: {**path_parameters, "job_id": job_id})
@@ -110,6 +117,26 @@ def flatmap_body(context, body):
 @schema.hook
 def filter_failure(context, failure, case, response):
     return not any(known.covers(case, response) for known in KNOWN_FAILURES)
+
+
+@pytest.fixture
+def app_settings(settings):
+    """Event streams send a keep-alive (and re-read the ledger) often, so a stream that
+    is cut after STREAM_SECONDS is not left waiting for its next chunk."""
+    return settings.model_copy(update={"events_heartbeat_seconds": 0.2})
+
+
+@pytest.fixture
+def real_openai_ids(client):
+    """A file and a batch made from it (in progress: its job waits for a worker)."""
+    line = b'{"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"model": "tiny-text", "prompt": "x"}}'
+    file_id = client.post("/v1/files", content_type="multipart/form-data",
+                          data={"purpose": "batch", "file": (io.BytesIO(line + b"\n"), "in.jsonl")}).get_json()["id"]
+    batch = client.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/completions",
+                                             "completion_window": "24h"}).get_json()
+    REAL_IDS.update(file_id=[file_id], batch_id=[batch["id"]])
+    yield REAL_IDS
+    REAL_IDS.update(file_id=[], batch_id=[])
 
 
 @pytest.fixture
@@ -134,8 +161,9 @@ def real_jobs(client, settings):
 
 @schema.parametrize()
 @settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-def test_the_api_keeps_its_contract(case, app, api_key, real_jobs):
-    case.call_and_validate(app=app, headers={"Authorization": f"Bearer {api_key}"}, checks=CHECKS)
+def test_the_api_keeps_its_contract(case, app, api_key, real_jobs, real_openai_ids):
+    case.call_and_validate(app=app, headers={"Authorization": f"Bearer {api_key}"}, checks=CHECKS,
+                           timeout=STREAM_SECONDS)
 
 
 # Findings schemathesis made, each pinned as the behaviour the document promises.

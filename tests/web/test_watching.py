@@ -8,12 +8,17 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared import watch as watch_module
 from shared.ledger import Ledger
+from shared.queue import make_celery
+from shared.storage import storage_from_settings
 from shared.watch import Watch
 from tests.web.conftest import make_key
 from tests.web.test_openapi import Conformance
 from web.app import create_app
 from web.response_models import JobStatusResponse
+from worker.batch_sizes import BatchSizes
+from worker.reconciler import reconcile_once
 
 MODEL = "tiny-text"
 
@@ -132,3 +137,46 @@ def test_metrics_read_the_open_work_the_counters_and_the_throughput(client, sett
                  status="200") == 1
     assert value(families, "genq_http_request_duration_seconds_count", method="POST", route="/v1/jobs",
                  status="202") == 2
+
+
+@pytest.fixture
+def installed(settings):
+    """A watch installed in this process, as a worker or the reconciler installs theirs."""
+    watch_module.install(Watch.from_settings(settings))
+    yield watch_module
+    watch_module.install(None)
+
+
+def test_metrics_read_what_workers_and_the_reconciler_count(client, settings, registry, installed):
+    """A real claim's queue wait, a lease that expires under the real reconciler, an
+    out-of-memory halving in the real `BatchSizes`, through the hooks workers call."""
+    submit(client, 3)
+    time.sleep(0.3)
+    book = Ledger(settings.database_url)
+    claimed = book.claim(MODEL, owner="w1", max_items=2, lease_seconds=0.2, max_attempts=3)
+    assert all(0.3 <= seconds < 30 for seconds in claimed.waited.values()), claimed.waited
+    installed.claimed(MODEL, claimed.items, claimed.waited)
+    installed.model_loaded(MODEL, 1.5)
+    BatchSizes().ran_out_of_memory(registry.get(MODEL), {}, 4)
+    time.sleep(0.3)  # the lease runs out: the reconciler gives both items back (the submit's wake-up still waits)
+    report = reconcile_once(settings, make_celery(settings), storage_from_settings(settings), book)
+    assert report.leases_released == 2 and report.wakeups_sent == 0
+    installed.slice_started()
+    installed.committed(MODEL, 2, 0)
+
+    families = scrape(client, headers={"Authorization": f"Bearer {make_key(settings, 'ops', admin=True)}"})
+    assert value(families, "genq_item_queue_wait_seconds_count", model=MODEL) == 2
+    assert 0.6 <= value(families, "genq_item_queue_wait_seconds_sum", model=MODEL) < 60
+    assert value(families, "genq_item_queue_wait_seconds_bucket", model=MODEL, le="0.1") == 0
+    assert value(families, "genq_item_queue_wait_seconds_bucket", model=MODEL, le="+Inf") == 2
+    assert value(families, "genq_model_load_seconds_count", model=MODEL) == 1
+    assert value(families, "genq_model_load_seconds_sum", model=MODEL) == 1.5
+    assert value(families, "genq_model_load_seconds_bucket", model=MODEL, le="1.0") == 0
+    assert value(families, "genq_model_load_seconds_bucket", model=MODEL, le="2.5") == 1
+    assert value(families, "genq_oom_halvings_total", model=MODEL) == 1
+    assert value(families, "genq_leases_expired_total") == 2
+    assert value(families, "genq_reconciler_repairs_total", repair="lease_released") == 2
+    assert [sample.labels for sample in families["genq_reconciler_repairs"]] == [{"repair": "lease_released"}]
+    assert value(families, "genq_item_run_seconds_count", model=MODEL) == 2
+    assert value(families, "genq_item_run_seconds_sum", model=MODEL) >= 0
+    assert families["genq_leases_expired"][0].labels == {}
