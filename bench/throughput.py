@@ -3,7 +3,7 @@
 1. One job of N text prompts through the service: HTTP -> Redis -> a Celery worker
    process -> SQLite -> polled until done.
 2. The same prompts through the same model and runner in this process, in one batched
-   loop of the same micro-batch size.
+   loop of the same micro-batch size (micro-batches formed as a slice forms them).
 3. The design a tutorial would write: one Celery task per prompt (bench/tutorial_celery_app.py),
    the model kept warm in one prefork worker with concurrency 1, the same prompts, params
    and seeds sent as N tasks from one loop of `.delay()`.
@@ -83,7 +83,10 @@ def seeds(params: dict, n: int) -> list[int]:
 
 
 def run_in_process(models_file: Path, params: dict, items: list[str], micro_batch: int) -> tuple[float, list[str]]:
+    """Seconds and texts (in item order) of the runner over micro-batches formed as a
+    slice forms them (in the runner's batch order: by prompt length)."""
     from shared.registry import load_registry
+    from worker.batches import in_batch_order
     from worker.runners import build_runner
     from worker.runners.base import ItemInput
 
@@ -91,11 +94,13 @@ def run_in_process(models_file: Path, params: dict, items: list[str], micro_batc
     runner.setup()
     inputs = [ItemInput(i, prompt, seed) for i, (prompt, seed) in enumerate(zip(items, seeds(params, len(items))))]
     runner.predict(inputs[:1], params)
-    texts = []
+    texts: dict[int, str] = {}
     started = time.perf_counter()
-    for start in range(0, len(inputs), micro_batch):
-        texts += [output.text for output in runner.predict(inputs[start : start + micro_batch], params)]
-    return time.perf_counter() - started, texts
+    ordered = in_batch_order(runner, inputs, params)
+    for start in range(0, len(ordered), micro_batch):
+        batch = ordered[start : start + micro_batch]
+        texts.update((item.index, output.text) for item, output in zip(batch, runner.predict(batch, params)))
+    return time.perf_counter() - started, [texts[i] for i in range(len(inputs))]
 
 
 def run_tutorial(root: Path, models_file: Path, params: dict, items: list[str]) -> tuple[float, list[str]]:

@@ -52,7 +52,7 @@ class ModelSpec(BaseModel):
     name: str
     task: Task
     source: str
-    dtype: str = "float32"
+    dtype: str = Field("auto", description="A torch dtype name, or 'auto': bfloat16 on a CUDA GPU (float16 before Ampere), float32 on the CPU.")
     variant: str | None = Field(None, description="Weights variant to load, e.g. 'fp16' (files like model.fp16.safetensors).")
     micro_batch_size: int = Field(8, ge=1)
     defaults: dict[str, Any] = Field(default_factory=dict)

@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 Outcome = ItemOutput | Exception
 
 
+def in_batch_order(runner: Runner, items: list[ClaimedItem], params: dict) -> list[ClaimedItem]:
+    """A slice's items in the order its micro-batches take them: the runner's own
+    `batch_order` where it has one (the text runner: by prompt length, to cut padding),
+    else as claimed. Seeds travel with the items and results are matched by item."""
+    order = getattr(runner, "batch_order", None)
+    return list(items) if order is None else list(order(items, params))
+
+
 def run_micro_batch(
     runner: Runner, spec: ModelSpec, batch: list[ClaimedItem], params: dict, should_stop: Callable[[], bool],
     sizes: BatchSizes,

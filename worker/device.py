@@ -12,6 +12,10 @@ an ECC error, a launch failure) is sticky: every later call in the same CUDA con
 fails too. The micro-batch raises `DeviceBroken`; the slice is given back (its items
 keep the attempt they spent and go back to pending) and the pool process exits with
 `EXIT_DEVICE_BROKEN`, so Celery replaces it with a fresh process and a fresh context.
+
+Before a model loads, `configure_torch` sets the process's torch threads (by default
+the launcher gives each worker an equal share of the host's cores, `thread_share`) and,
+on a GPU, TensorFloat-32 matmuls.
 """
 from __future__ import annotations
 
@@ -69,6 +73,41 @@ def exit_if_device_broken(sender=None, exception=None, **_kwargs) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_DEVICE_BROKEN)
+
+
+def host_cores() -> int:
+    """The CPU cores this process may run on (its affinity: a cgroup or Slurm allocation)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def thread_share(workers: int, cores: int | None = None) -> int:
+    """Torch threads for one of `workers` worker processes on this host: an equal share
+    of the cores, at least 1. Each process taking all of them (torch's default) has
+    eight GPU workers' host-side work fight over the same cores."""
+    return max(1, (host_cores() if cores is None else cores) // max(1, workers))
+
+
+def configure_torch(device: str, threads: int = 0) -> None:
+    """Set up torch in a worker process before a model loads: `threads` CPU threads (0:
+    torch's own choice), and on CUDA TensorFloat-32 for float32 matrix multiplications
+    and convolutions (tensor cores; about 10 bits of mantissa, float32 range), which
+    torch leaves off for matmuls by default. Only the new API (torch >= 2.9) or only
+    the old one is used: torch refuses to report a precision set through both."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    if not str(device).startswith("cuda"):
+        return
+    if hasattr(torch.backends, "fp32_precision"):
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def pinned_device_problem(timeout: float = 300) -> str | None:

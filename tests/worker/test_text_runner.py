@@ -151,25 +151,23 @@ def _draw(sampler, logits: torch.Tensor, draws: int) -> torch.Tensor:
 
 
 def test_seeded_sampler_follows_the_distribution():
-    from worker.runners.common import make_generator
-    from worker.runners.text import SeededSampler
+    from worker.runners.sampling import SeededSampler
 
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    plain = _draw(SeededSampler([make_generator(1)], 1.0, 0, 1.0), logits, 2000)
+    plain = _draw(SeededSampler([1], 1.0, 0, 1.0), logits, 2000)
     assert torch.allclose(plain, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.04)
-    top_k = _draw(SeededSampler([make_generator(2)], 1.0, 2, 1.0), logits, 1000)
+    top_k = _draw(SeededSampler([2], 1.0, 2, 1.0), logits, 1000)
     assert top_k[2:].sum() == 0 and torch.allclose(top_k[:2], torch.tensor([0.625, 0.375]), atol=0.05)
-    top_p = _draw(SeededSampler([make_generator(3)], 1.0, 0, 0.75), logits, 1000)
+    top_p = _draw(SeededSampler([3], 1.0, 0, 0.75), logits, 1000)
     assert top_p[2:].sum() == 0, "0.5 + 0.3 covers top_p 0.75; the rest is cut"
-    greedy = _draw(SeededSampler([make_generator(4)], 1.0, 0, 0.0), logits, 50)
+    greedy = _draw(SeededSampler([4], 1.0, 0, 0.0), logits, 50)
     assert greedy[0] == 1.0
 
 
 def _sampler(seeds: list[int], temperature=1.0, top_k=0, top_p=1.0):
-    from worker.runners.common import make_generator
-    from worker.runners.text import SeededSampler
+    from worker.runners.sampling import SeededSampler
 
-    return SeededSampler([make_generator(seed) for seed in seeds], temperature, top_k, top_p)
+    return SeededSampler(seeds, temperature, top_k, top_p)
 
 
 def _run(sampler, logits: torch.Tensor, steps: int) -> torch.Tensor:
@@ -189,7 +187,7 @@ SAMPLER_SETTINGS = [
 @pytest.mark.parametrize("settings", SAMPLER_SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "plain")
 def test_seeded_sampler_rows_are_independent(settings):
     """Each row picks the same tokens alone as in any batch, over more steps than one chunk."""
-    from worker.runners.text import SeededSampler
+    from worker.runners.sampling import SeededSampler
 
     torch.manual_seed(0)
     logits = torch.randn(5, 60)
@@ -204,7 +202,7 @@ def test_seeded_sampler_rows_are_independent(settings):
 
 
 def test_seeded_sampler_shorter_run_is_a_prefix():
-    """The uniforms come in fixed chunks, so stopping early never changes earlier tokens."""
+    """Step t's uniform depends on (seed, t) only, so stopping early never changes earlier tokens."""
     logits = torch.randn(3, 50)
     long = _run(_sampler([1, 2, 3], top_p=0.9), logits, 70)
     assert torch.equal(_run(_sampler([1, 2, 3], top_p=0.9), logits, 12), long[:, :12])

@@ -38,7 +38,9 @@ class Runner(Protocol):
         params: dict[str, Any],
         should_stop: Callable[[], bool] | None = None,
     ) -> list[ItemOutput]:
-        """One output per input, in order. `should_stop` is polled during generation."""
+        """One output per input, in order. `should_stop` is polled during generation.
+        An item the model refuses to produce (a safety checker flagged its image) may
+        have an exception in its place: that item fails with it, the others succeed."""
 
 
 class BaseRunner:

@@ -25,23 +25,32 @@ def resolve_source(spec: ModelSpec) -> str:
     return str(local) if local is not None else spec.source
 
 
-def torch_dtype(name: str) -> torch.dtype | str:
-    """`"float16"` -> `torch.float16`, `"auto"` stays; an unknown name raises `ValueError`."""
+def torch_dtype(name: str, device: str = "cpu") -> torch.dtype:
+    """`"float16"` -> `torch.float16`; an unknown name raises `ValueError`. `"auto"` (the
+    registry's default) is the fast one for `device`: bfloat16 on a CUDA GPU (float16
+    on one without bfloat16, before Ampere), float32 elsewhere (half precision on a
+    CPU is slow and inexact)."""
     if name == "auto":
-        return name
+        return _auto_dtype(device)
     dtype = getattr(torch, str(name).removeprefix("torch."), None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"unknown torch dtype {name!r}")
     return dtype
 
 
+def _auto_dtype(device: str) -> torch.dtype:
+    if not str(device).startswith("cuda"):
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def load_options(spec: ModelSpec, device: str = "cpu") -> dict[str, Any]:
     """Keyword arguments for `from_pretrained` (transformers models and diffusers pipelines):
-    local files only, the registry's dtype and weights `variant` (e.g. `fp16`: load
+    local files only, the registry's dtype (`auto`: by device) and weights `variant` (e.g. `fp16`: load
     `model.fp16.safetensors`, half the bytes to read), and on a GPU `device_map` so the
     weights are loaded straight onto the device instead of into host memory first
     (eight workers starting at once would otherwise hold eight host copies)."""
-    options: dict[str, Any] = {"dtype": torch_dtype(spec.dtype), "local_files_only": True}
+    options: dict[str, Any] = {"dtype": torch_dtype(spec.dtype, device), "local_files_only": True}
     if spec.variant:
         options["variant"] = spec.variant
     if device != "cpu":

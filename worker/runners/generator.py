@@ -43,7 +43,7 @@ class GeneratorImageRunner(BaseRunner):
         self.classes = ClassNames([])
 
     def setup(self) -> None:
-        module, config = load_generator(resolve_source(self.spec), self.device, torch_dtype(self.spec.dtype))
+        module, config = load_generator(resolve_source(self.spec), self.device, torch_dtype(self.spec.dtype, self.device))
         classes = ClassNames(self.spec.options.get("labels") or config.labels or [])
         if config.num_classes and len(classes) != config.num_classes:
             raise ConfigError(f"model {self.spec.name!r}: {len(classes)} labels for a module of "

@@ -3,22 +3,23 @@
 Batch independence: an item's text depends only on its prompt, the parameters and
 its seed. Greedy decoding with left padding has that property by itself. Sampling
 through `generate(do_sample=True)` does not (one global random stream is shared by
-the rows), so sampling is done here by `SeededSampler`: a logits processor that
-draws each row's token from that row's own `torch.Generator` and hands `generate`
-a one-hot score row, which its greedy step then picks. It is vectorised over the rows
-(the only per-row Python work is one generator call every `SeededSampler.CHUNK`
-steps), so it costs about what `generate(do_sample=True)` does on the same batch.
+the rows), so sampling is done here by `SeededSampler` (worker.runners.sampling): a
+logits processor that draws each row's token from that row's own counter-based stream,
+on the device, and hands `generate` a one-hot score row, which its greedy step then
+picks; it costs about what `generate(do_sample=True)` does on the same batch.
+
+A slice's items are put in prompt-length order before they are cut into micro-batches
+(`batch_order`), so prompts of like length share a batch and little of it is padding.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
-    LogitsProcessor,
     LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
@@ -26,77 +27,11 @@ from transformers import (
 
 from shared.registry import ModelSpec, max_positions
 from worker.runners.base import BaseRunner, Cancelled, ItemInput, ItemOutput
-from worker.runners.common import load_options, make_generator, param, resolve_source
+from worker.runners.common import load_options, param, resolve_source
 from worker.runners.decoding import RowBudgets, RowPenalties, StopStrings, cut_at_stop
+from worker.runners.sampling import SeededSampler
 
 DEFAULT_MAX_NEW_TOKENS = 32
-
-
-class SeededSampler(LogitsProcessor):
-    """Samples each row's next token from its own generator; returns one-hot scores.
-
-    Row i's t-th token uses the t-th uniform number of item i's stream, whether or not
-    the row has already finished, so no row's draws depend on the batch. The numbers
-    are drawn `CHUNK` per row at a time (one generator call per row per `CHUNK` steps,
-    not one per step); the chunk size is fixed, so the stream is the same whatever the
-    batch or `max_new_tokens`, and a shorter generation is a prefix of a longer one.
-
-    The choice is an inverse-CDF lookup (`_choose`); every operation there works along
-    the vocabulary of one row only, so rows never mix.
-    """
-
-    CHUNK = 32
-
-    def __init__(self, generators: list[torch.Generator], temperature: float, top_k: int | None, top_p: float):
-        self.generators = generators
-        self.temperature = float(temperature)
-        self.top_k = int(top_k or 0)
-        self.top_p = min(float(top_p), 1.0)
-        self._uniforms: torch.Tensor | None = None
-        self._step = 0
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        chosen = self._choose(scores.float(), self._next_uniforms(scores.device))
-        out = torch.full_like(scores, float("-inf"))
-        out.scatter_(1, chosen, 0.0)
-        return out
-
-    def _next_uniforms(self, device: torch.device) -> torch.Tensor:
-        """This step's (rows, 1) uniforms in [0, 1), float32, on `device`."""
-        column = self._step % self.CHUNK
-        if column == 0:
-            draws = [torch.rand(self.CHUNK, generator=g, dtype=torch.float32) for g in self.generators]
-            self._uniforms = torch.stack(draws).to(device)
-        self._step += 1
-        return self._uniforms[:, column : column + 1]
-
-    def _choose(self, logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-        """Per row, the token whose cumulative-probability interval holds the row's uniform.
-
-        `logits` is (rows, vocab), `uniforms` (rows, 1); returns (rows, 1). Only the
-        candidates are ordered by probability (top-k: `topk`; top-p: a sort), because
-        top-p's nucleus must be a prefix; with neither, vocabulary order serves as well.
-        `last` is the last candidate kept: the first whose cumulative mass reaches
-        top_p of the candidates' mass (with top_p 1, the last with any mass at all).
-        """
-        if self.temperature <= 0:
-            return torch.argmax(logits, dim=-1, keepdim=True)
-        if self.temperature != 1.0:
-            logits = logits / self.temperature
-        values, ids = self._candidates(logits)
-        cdf = torch.cumsum(torch.softmax(values, dim=-1), dim=-1)
-        last = torch.searchsorted(cdf, cdf[:, -1:] * self.top_p)
-        positions = torch.searchsorted(cdf, uniforms * cdf.gather(-1, last), right=True)
-        positions = torch.minimum(positions, last)  # a uniform that rounds up to the total
-        return positions if ids is None else torch.gather(ids, -1, positions)
-
-    def _candidates(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(candidate logits, their token ids or None for the whole vocabulary in order)."""
-        if 0 < self.top_k < logits.shape[-1]:
-            return torch.topk(logits, self.top_k, dim=-1, sorted=True)
-        if self.top_p < 1.0:
-            return torch.sort(logits, dim=-1, descending=True, stable=True)
-        return logits, None
 
 
 class ShouldStop(StoppingCriteria):
@@ -174,6 +109,16 @@ class TextRunner(BaseRunner):
     def loaded(self) -> bool:
         return self.model is not None
 
+    def batch_order(self, items: Sequence[ItemInput], params: dict[str, Any]) -> list[ItemInput]:
+        """`items` by prompt length in tokens, shortest first (stable), for a slice to cut
+        into micro-batches: prompts of like length then share one and little of it is
+        left padding. An item's output does not depend on its batch, so only speed changes."""
+        items = list(items)
+        if len(items) < 2 or not self.loaded():
+            return items
+        lengths = self._token_lengths([item.prompt for item in items], self._lengths(params)[1])
+        return [items[i] for i in sorted(range(len(items)), key=lengths.__getitem__)]
+
     def generate(
         self, inputs: list[ItemInput], params: dict[str, Any], should_stop: Callable[[], bool] | None
     ) -> list[ItemOutput]:
@@ -192,8 +137,7 @@ class TextRunner(BaseRunner):
             return [list(range(len(inputs)))]
         _, room = self._lengths(params)
         total = min(int(params["max_length"]), limit)
-        lengths = [len(ids) or 1 for ids in self.tokenizer([item.prompt for item in inputs], truncation=True,
-                                                              max_length=room)["input_ids"]]
+        lengths = self._token_lengths([item.prompt for item in inputs], room)
         groups: list[list[int]] = []
         for index in sorted(range(len(inputs)), key=lambda i: lengths[i]):
             shortest = lengths[groups[-1][0]] if groups else None
@@ -247,10 +191,11 @@ class TextRunner(BaseRunner):
         if params.get("do_sample"):
             processors.append(
                 SeededSampler(
-                    [make_generator(item.seed) for item in inputs],
+                    [item.seed for item in inputs],
                     temperature=param(params, "temperature", 1.0),
                     top_k=param(params, "top_k", 0),
                     top_p=param(params, "top_p", 1.0),
+                    fallback_token=self._fallback_token(),
                 )
             )
         return processors
@@ -305,6 +250,16 @@ class TextRunner(BaseRunner):
         mask = [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded]
         as_tensor = lambda rows: torch.tensor(rows, dtype=torch.long, device=self.device)  # noqa: E731
         return as_tensor(input_ids), as_tensor(mask)
+
+    def _token_lengths(self, prompts: list[str], prompt_room: int | None) -> list[int]:
+        """Each prompt's length in tokens as `_encode` makes it (truncated; empty: one token)."""
+        kwargs = {"truncation": True, "max_length": prompt_room} if prompt_room else {}
+        return [len(ids) or 1 for ids in self.tokenizer(prompts, **kwargs)["input_ids"]]
+
+    def _fallback_token(self) -> int | None:
+        """The token a row with nothing left to sample takes: end of sequence, so it ends."""
+        eos_ids = self._eos_ids(self.tokenizer, self.model)
+        return eos_ids[0] if eos_ids else self.tokenizer.pad_token_id
 
     def _decode(self, tokens: list[int], eos_ids: set[int]) -> str:
         text = self.tokenizer.decode(trim_at_eos(tokens, eos_ids), skip_special_tokens=True)
