@@ -30,10 +30,15 @@ class Notices:
     def __init__(self, redis_url: str):
         self.redis = redis_client(redis_url)
 
-    def publish(self, job_ids: Iterable[str]) -> None:
-        """Say that the ledger of `job_ids` changed (call after the commit)."""
+    def publish(self, job_ids: Iterable[str], pipe=None) -> None:
+        """Say that the ledger of `job_ids` changed (call after the commit). With `pipe`
+        (a Redis pipeline on the same server), the notice is queued there: the caller
+        executes it, with whatever else it sends."""
         message = encode(job_ids)
         if not message:
+            return
+        if pipe is not None:
+            pipe.publish(CHANNEL, message)
             return
         try:
             self.redis.publish(CHANNEL, message)

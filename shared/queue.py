@@ -7,9 +7,11 @@ The worker claims the actual work from the database.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import redis
 from celery import Celery
+from redis.client import Pipeline
 
 WAKE_TASK = "genq.wake"
 QUEUE_PREFIX = "model."
@@ -96,12 +98,17 @@ class Wakeups:
         self.redis = redis_client(redis_url)
         self._mark_seconds = max(1, round(mark_seconds))
 
-    def send(self, model: str, *, force: bool = False) -> bool:
+    def send(self, model: str, *, force: bool = False, also: Callable[[Pipeline], None] | None = None) -> bool:
         """True when a wake-up is waiting (this one or an earlier one); False when the
-        broker is unreachable (the work is committed; the reconciler sends it later)."""
+        broker is unreachable (the work is committed; the reconciler sends it later).
+        `also(pipe)` queues more commands (a submit's counters) on the mark's round trip."""
         mark = WAITING_MARK.format(model=model)
         try:
-            if not self.redis.set(mark, 1, nx=not force, ex=self._mark_seconds):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(mark, 1, nx=not force, ex=self._mark_seconds)
+            if also is not None:
+                also(pipe)
+            if not pipe.execute()[0]:
                 return True
         except redis.RedisError as exc:
             log.warning("could not mark a wake-up for model %s as waiting: %s", model, exc)

@@ -27,16 +27,27 @@ SEP = "\t"
 # Request latency buckets (seconds): a poll takes milliseconds, a large submit ~1 s.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # items per committed micro-batch
+# An item's run time: a tiny model's micro-batch takes milliseconds, a large image one minutes.
+RUN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# Queue wait: from a job's submission to its item's claim, a moment to a day in a long batch.
+WAIT_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0)
+LOAD_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)  # a model's load
 
 COUNTERS = {
     "items_finished": ("model", "state"),
     "jobs_submitted": ("model",),
     "items_submitted": ("model",),
+    "oom_halvings": ("model",),  # a micro-batch that ran out of device memory, split and run again
+    "leases_expired": (),  # running items whose lease expired, given back or failed at the attempt cap
+    "reconciler_repairs": ("repair",),  # what a reconciler pass fixed (see worker.reconciler)
 }
 # name: (labels, buckets); each a hash of "<labels>\t<bucket index>" and "<labels>\tsum".
 HISTOGRAMS = {
     "http_request_duration_seconds": (("method", "route", "status"), LATENCY_BUCKETS),
     "micro_batch_items": (("model",), BATCH_BUCKETS),
+    "item_run_seconds": (("model",), RUN_BUCKETS),
+    "item_queue_wait_seconds": (("model",), WAIT_BUCKETS),
+    "model_load_seconds": (("model",), LOAD_BUCKETS),
 }
 
 
@@ -68,11 +79,14 @@ class Tallies:
         target = pipe if pipe is not None else self.redis
         target.hincrby(PREFIX + name, SEP.join(labels), amount)
 
-    def job_submitted(self, model: str, items: int) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        self.add("jobs_submitted", (model,), 1, pipe)
-        self.add("items_submitted", (model,), items, pipe)
-        pipe.execute()
+    def job_submitted(self, model: str, items: int, pipe=None) -> None:
+        """A job of `items` items was accepted (queued on `pipe` when given: the caller
+        executes it)."""
+        target = pipe if pipe is not None else self.redis.pipeline(transaction=False)
+        self.add("jobs_submitted", (model,), 1, target)
+        self.add("items_submitted", (model,), items, target)
+        if pipe is None:
+            target.execute()
 
     def items_finished(self, model: str, counts: dict[str, int], pipe=None) -> None:
         """A micro-batch's results are committed: its items by state, and its size
@@ -85,8 +99,19 @@ class Tallies:
         if pipe is None:
             target.execute()
 
-    def observe(self, name: str, labels: tuple[str, ...], value: float, pipe) -> None:
-        self.add_histogram(name, labels, {bucket_of(name, value): 1}, value, pipe)
+    def observe(self, name: str, labels: tuple[str, ...], value: float, pipe, count: int = 1) -> None:
+        """`count` observations of `value` (the items of one micro-batch share its run time)."""
+        if count > 0:
+            self.add_histogram(name, labels, {bucket_of(name, value): count}, value * count, pipe)
+
+    def observe_each(self, name: str, labels: tuple[str, ...], values: list[float], pipe) -> None:
+        """Observations of several values, sorted into buckets here: one HINCRBY per bucket."""
+        buckets: dict[int, int] = {}
+        for value in values:
+            bucket = bucket_of(name, value)
+            buckets[bucket] = buckets.get(bucket, 0) + 1
+        if buckets:
+            self.add_histogram(name, labels, buckets, sum(values), pipe)
 
     def add_histogram(self, name: str, labels: tuple[str, ...], buckets: dict[int, int], total: float, pipe) -> None:
         """Add observations already sorted into buckets (index -> count) and their sum."""
@@ -104,12 +129,16 @@ class Tallies:
         for name, raw in zip(COUNTERS, replies):
             width = len(COUNTERS[name])
             counts.counters[name] = {
-                tuple(key.decode().split(SEP)): int(value) for key, value in raw.items()
-                if len(key.decode().split(SEP)) == width
+                _labels(key): int(value) for key, value in raw.items() if len(_labels(key)) == width
             }
         for name, raw in zip(HISTOGRAMS, replies[len(COUNTERS):]):
             counts.histograms[name] = _histograms(raw, *HISTOGRAMS[name])
         return counts
+
+
+def _labels(key: bytes) -> tuple[str, ...]:
+    text = key.decode()
+    return tuple(text.split(SEP)) if text else ()  # a counter without labels is kept under ""
 
 
 def bucket_of(name: str, value: float) -> int:

@@ -2,8 +2,9 @@
 (`shared.progress`), the timing of each committed micro-batch (`shared.throughput`) and
 counters for /metrics (`shared.tallies`), all in Redis. A worker process installs one
 `Watch` at start (`install`); a runner reaches it through `watching`, the slice loop
-through `slice_started` and `committed`. Each does nothing where none is installed (a
-runner or a slice run alone, in a test or a notebook)."""
+through `slice_started`, `claimed` and `committed`; the model cache, out-of-memory
+halving, lease expiry and the reconciler through their own counters. Each does nothing
+where none is installed (a runner or a slice run alone, in a test or a notebook)."""
 from __future__ import annotations
 
 import logging
@@ -98,6 +99,54 @@ def committed(model: str, succeeded: int, failed: int) -> None:
         pipe = watch.tallies.redis.pipeline(transaction=False)
         watch.throughput.record(model, worker_name(), succeeded + failed, now - since, now=now, pipe=pipe)
         watch.tallies.items_finished(model, {"succeeded": succeeded, "failed": failed}, pipe)
+        watch.tallies.observe("item_run_seconds", (model,), now - since, pipe, count=succeeded + failed)
         pipe.execute()
     except redis.RedisError as exc:
         log.warning("could not record the results of %s for watchers: %s", model, exc)
+
+
+def claimed(model: str, items: Sequence, waited: dict[str, float]) -> None:
+    """A slice was claimed: each item waited `waited[item.job_id]` seconds since its job's
+    submission (clocks of two hosts: never below zero)."""
+    seconds = [max(0.0, waited[item.job_id]) for item in items if item.job_id in waited]
+    _count(lambda tallies, pipe: tallies.observe_each("item_queue_wait_seconds", (model,), seconds, pipe))
+
+
+def model_loaded(model: str, seconds: float) -> None:
+    _count(lambda tallies, pipe: tallies.observe("model_load_seconds", (model,), seconds, pipe))
+
+
+def out_of_memory_halved(model: str) -> None:
+    """A micro-batch of `model` ran out of device memory and is split in halves."""
+    _count(lambda tallies, pipe: tallies.add("oom_halvings", (model,), 1, pipe))
+
+
+def leases_expired(items: int) -> None:
+    """`items` running items were found with an expired lease and given back (or failed)."""
+    if items:
+        _count(lambda tallies, pipe: tallies.add("leases_expired", (), items, pipe))
+
+
+def repaired(repairs: dict[str, int]) -> None:
+    """What a reconciler pass fixed, by kind of repair."""
+    done = {kind: amount for kind, amount in repairs.items() if amount}
+
+    def add(tallies, pipe):
+        for kind, amount in done.items():
+            tallies.add("reconciler_repairs", (kind,), amount, pipe)
+    if done:
+        _count(add)
+
+
+def _count(add) -> None:
+    """Queue `add(tallies, pipe)` on one pipeline and send it, where a watch is installed;
+    a Redis error costs the figure, never the work."""
+    watch = _installed
+    if watch is None:
+        return
+    try:
+        pipe = watch.tallies.redis.pipeline(transaction=False)
+        add(watch.tallies, pipe)
+        pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("could not count for /metrics: %s", exc)

@@ -99,25 +99,29 @@ def create_job():
     ctx.token_limits.check(job_request)
     check_pending_quota(session, tenant, len(job_request.inputs))
     webhook = check_webhook(session, tenant, job_request.webhook, ctx.settings)
-    job = ledger.create_job(
-        session,
-        tenant=tenant,
-        model=job_request.spec.name,
-        task=job_request.spec.task.value,
-        params=job_request.params,
-        inputs=job_request.inputs,
-        priority=job_request.priority,
-        idempotency_key=key,
-        request_hash=fingerprint if key is not None else None,
-    )
-    job.webhook = webhook
     try:
+        job = ledger.submit_job(
+            session,
+            tenant=tenant,
+            model=job_request.spec.name,
+            task=job_request.spec.task.value,
+            params=job_request.params,
+            inputs=job_request.inputs,
+            priority=job_request.priority,
+            idempotency_key=key,
+            request_hash=fingerprint if key is not None else None,
+            webhook=webhook,
+        )
         session.commit()
-    except IntegrityError:  # the same key, committed by a concurrent request
+    except IntegrityError:  # the same key, committed by a concurrent request (PostgreSQL: at the INSERT)
         session.rollback()
-        return _accepted(idempotency.replay(session, tenant, key, fingerprint), replayed=True)
-    ctx.wakeups.send(job.model)
-    metrics.job_submitted(job.model, job.total_items)
+        replay = idempotency.replay(session, tenant, key, fingerprint) if key is not None else None
+        if replay is None:
+            raise
+        return _accepted(replay, replayed=True)
+    # One round trip to Redis: the wake-up's mark and the submit's counters for /metrics.
+    tallies = metrics.watch().tallies
+    ctx.wakeups.send(job.model, also=lambda pipe: tallies.job_submitted(job.model, job.total_items, pipe))
     return _accepted(job)
 
 
@@ -147,7 +151,7 @@ def check_pending_quota(session, tenant: str, new_items: int) -> None:
             "Retry when some have run.", field="prompts", retry_after=QUOTA_RETRY_AFTER_SECONDS)
 
 
-def _accepted(job: Job, replayed: bool = False):
+def _accepted(job: Job | ledger.Submitted, replayed: bool = False):
     headers = {"Location": JobLinks.of(job.id).self}
     if replayed:
         headers["Idempotent-Replayed"] = "true"

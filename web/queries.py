@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import and_, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidRequest, NotFound
@@ -16,7 +18,8 @@ from shared.ledger.queue_position import QueuePlace, outlook, pending_items
 from shared.orm import ItemState, Job, JobItem, JobState
 from shared.progress import ItemProgress
 from shared.states import OPEN_JOB_STATES, UNFINISHED_JOB_STATES
-from shared.throughput import estimate
+from shared.throughput import KEY as THROUGHPUT_KEY
+from shared.throughput import Throughput, ThroughputLog, estimate
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}\Z")  # what ledger.new_id makes
 
@@ -49,11 +52,19 @@ def find_job_with_counts(session: Session, principal: Principal, job_id: str) ->
     snapshot on every backend."""
     row = None
     if JOB_ID.match(job_id):
-        row = session.execute(visible_jobs(principal, job_id).add_columns(*COUNT_COLUMNS)).first()
+        params = {"job_id": job_id} if principal.admin else {"job_id": job_id, "tenant": principal.tenant}
+        row = session.execute(_job_with_counts_statement(principal.admin), params).first()
     if row is None:
         raise NotFound(f"no job {job_id!r}", field="id")
     job, *numbers = row
     return job, counts_of_row(job.total_items, *numbers)
+
+
+@lru_cache(maxsize=2)
+def _job_with_counts_statement(admin: bool):
+    """`find_job_with_counts`' statement, built once per process (every poll runs it)."""
+    principal = Principal(bindparam("tenant"), admin)
+    return visible_jobs(principal, bindparam("job_id")).add_columns(*COUNT_COLUMNS)
 
 
 def find_item(session: Session, job: Job, index: int) -> JobItem:
@@ -116,11 +127,18 @@ def pending_items_of_tenant(session: Session, tenant: str) -> int:
     join over every pending item turned quadratic on PostgreSQL while the table grew).
     A count per open job, as a correlated subquery: neither planner can turn it into a
     join that reads every pending item of the ledger (an IN-subquery may become one)."""
-    pending = (select(func.count()).select_from(JobItem)
-               .where(JobItem.job_id == Job.id, JobItem.state == ItemState.PENDING).scalar_subquery())
-    return int(session.scalar(
-        select(func.sum(pending)).select_from(Job).where(Job.tenant == tenant, Job.state.in_(OPEN_JOB_STATES))
-    ) or 0)
+    return int(session.connection().scalar(_pending_of_tenant_statement(), {"tenant": tenant}) or 0)
+
+
+@lru_cache(maxsize=1)
+def _pending_of_tenant_statement():
+    """Built once per process, on the tables (no ORM entity to set up): every submit
+    runs it, and building and keying it cost more than running it."""
+    jobs, items = Job.__table__, JobItem.__table__
+    pending = (select(func.count()).select_from(items)
+               .where(items.c.job_id == jobs.c.id, items.c.state == ItemState.PENDING.value).scalar_subquery())
+    return (select(func.sum(pending)).select_from(jobs)
+            .where(jobs.c.tenant == bindparam("tenant"), jobs.c.state.in_([state.value for state in OPEN_JOB_STATES])))
 
 
 @dataclass(frozen=True)
@@ -144,8 +162,45 @@ def job_outlook(session: Session, job: Job, counts: Counts, settings, watch) -> 
                    scan_limit=settings.queue_scan_jobs)
     if view is None:
         return JobOutlook(None, None, "not_open", running=running)
-    eta, reason = estimate(watch.throughput, job.model, view.items_to_wait_for, exact=view.exact)
+    eta, reason = estimate(fresh_throughput(watch.throughput), job.model, view.items_to_wait_for, exact=view.exact)
     return JobOutlook(view.place, eta, reason, view.exact, running)
+
+
+class FreshThroughput:
+    """A model's throughput as `ThroughputLog.measure` reads it, kept while the log is
+    unchanged (its newest sample and its size), for at most `max_age` seconds. A running
+    model's log holds thousands of samples (one per micro-batch in the window), and
+    reading and summing them on every poll of every job cost more than the rest of the
+    poll; one cheap read says whether anything was written since."""
+
+    def __init__(self, log: ThroughputLog, max_age: float = 1.0):
+        self.log, self.max_age = log, max_age
+        self._known: dict[str, tuple[tuple, float, Throughput]] = {}
+
+    def measure(self, model: str) -> Throughput:
+        pipe = self.log.redis.pipeline(transaction=False)
+        key = THROUGHPUT_KEY.format(model=model)
+        pipe.zrevrange(key, 0, 0)
+        pipe.zcard(key)
+        newest, size = pipe.execute()
+        version, now = (tuple(newest), size), time.monotonic()
+        known = self._known.get(model)
+        if known is not None and known[0] == version and now - known[1] < self.max_age:
+            return known[2]
+        throughput = self.log.measure(model)
+        self._known[model] = (version, now, throughput)
+        return throughput
+
+
+_fresh: dict[int, FreshThroughput] = {}
+
+
+def fresh_throughput(log: ThroughputLog) -> FreshThroughput:
+    """The process's `FreshThroughput` of `log` (the web app's, built once)."""
+    fresh = _fresh.get(id(log))
+    if fresh is None or fresh.log is not log:
+        fresh = _fresh[id(log)] = FreshThroughput(log)
+    return fresh
 
 
 def open_work_by_model(session: Session) -> list[tuple[str, str, int, int, int]]:

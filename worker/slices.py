@@ -26,7 +26,7 @@ from shared.ledger import ResultRow, Slice
 from shared.ledger.transactions import Ended
 from shared.notices import notices_for
 from shared.storage import output_key
-from worker.batches import run_micro_batch
+from worker.batches import in_batch_order, run_micro_batch
 from worker.context import WorkerContext
 from worker.runners.base import Cancelled
 
@@ -64,7 +64,7 @@ def handle_wakeup(ctx: WorkerContext, model: str) -> SliceReport | None:
 
 
 def run_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
-    notices_for(ctx.settings.redis_url).publish(slice_.job_ids)  # the claim is committed: its jobs are running
+    watch.claimed(slice_.model, slice_.items, slice_.waited)  # queue wait, for /metrics
     wake_another_worker(ctx, slice_)
     try:
         with ctx.heartbeat.keeping(slice_.lease_id):
@@ -86,9 +86,13 @@ def claim_next_slice(ctx: WorkerContext, model: str) -> Slice | None:
 
 
 def wake_another_worker(ctx: WorkerContext, slice_: Slice) -> None:
-    """While this worker runs its slice, let an idle one take the next (multi-GPU)."""
+    """While this worker runs its slice, let an idle one take the next (multi-GPU); and
+    say that the claim's jobs are running (on the wake-up's round trip, when there is one)."""
+    notices = notices_for(ctx.settings.redis_url)
     if slice_.more_waiting:
-        ctx.wakeups.send(slice_.model)
+        ctx.wakeups.send(slice_.model, also=lambda pipe: notices.publish(slice_.job_ids, pipe))
+    else:
+        notices.publish(slice_.job_ids)
 
 
 def perform_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
@@ -102,7 +106,7 @@ def perform_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
     watch.slice_started()  # the busy clock of ETAs starts once the model is loaded (unless the worker was busy)
     cancels = CancelWatch(ctx, slice_.job_ids)
     deadline = time.monotonic() + ctx.settings.slice_max_seconds
-    remaining = list(slice_.items)
+    remaining = in_batch_order(runner, slice_.items, slice_.params)  # like lengths share a micro-batch
     while remaining:
         cancelling = cancels()
         remaining = [item for item in remaining if item.job_id not in cancelling]  # the release cancels them
@@ -119,15 +123,17 @@ def perform_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
         except Cancelled:
             report.stopped = "cancelled"
             break
-        commit_results(ctx, slice_, results, report)
+        commit_results(ctx, slice_, results, report, notify=bool(remaining))  # the release notifies the last
     return report
 
 
-def commit_results(ctx: WorkerContext, slice_: Slice, results, report: SliceReport) -> None:
+def commit_results(ctx: WorkerContext, slice_: Slice, results, report: SliceReport, notify: bool = True) -> None:
     """Write image files first (atomic, named by job and item only), then commit every
     row of the micro-batch in one transaction, conditional on the lease. A dropped
     database connection is retried: the writes are conditional, so a retry after a
-    commit that did land changes nothing."""
+    commit that did land changes nothing. Watchers are notified after the commit unless
+    `notify` is false (the slice's last micro-batch: its release, a moment later,
+    notifies for every job of the slice)."""
     rows = []
     for item, outcome in results:
         if isinstance(outcome, Exception):
@@ -151,12 +157,14 @@ def commit_results(ctx: WorkerContext, slice_: Slice, results, report: SliceRepo
     report.failed += stored.failed
     report.lost += stored.lost
     watch.committed(slice_.model, stored.succeeded, stored.failed)  # throughput and /metrics counts
-    notices_for(ctx.settings.redis_url).publish(item.job_id for item, _ in results)  # after the commit
+    if notify:
+        notices_for(ctx.settings.redis_url).publish(item.job_id for item, _ in results)  # after the commit
 
 
 def _error_text(exc: Exception) -> str:
     text = str(exc)
-    return text if text.startswith(("out_of_memory:", "timeout:")) else f"{type(exc).__name__}: {text}"
+    coded = text.startswith(("out_of_memory:", "timeout:", "nsfw_content_detected:"))  # already says what
+    return text if coded else f"{type(exc).__name__}: {text}"
 
 
 def finish_slice(ctx: WorkerContext, slice_: Slice, report: SliceReport) -> None:

@@ -30,6 +30,7 @@ from shared.ledger.jobs import (
     OPEN_JOB_STATES,
     UNFINISHED_JOB_STATES,
     Counts,
+    Submitted,
     batch_key,
     cancel_job,
     cancel_jobs,
@@ -38,6 +39,7 @@ from shared.ledger.jobs import (
     new_id,
     retry_job,
     settle_job,
+    submit_job,
     unsettled_job_ids,
 )
 from shared.ledger.results import (
@@ -53,8 +55,8 @@ from shared.ledger.transactions import Ledger, ResultRow
 
 __all__ = [
     "OPEN_JOB_STATES", "UNFINISHED_JOB_STATES", "ClaimedItem", "Counts", "batch_key", "Ledger", "ResultRow", "Slice",
-    "abandon_slice", "cancel_job", "cancel_jobs", "cancelling_jobs", "claim_slice", "create_job", "extend_lease", "fail_held_items",
+    "Submitted", "abandon_slice", "cancel_job", "cancel_jobs", "cancelling_jobs", "claim_slice", "create_job", "extend_lease", "fail_held_items",
     "has_claimable_work", "indices_without_output", "item_counts", "models_with_claimable_work",
     "new_id", "next_job_for", "record_item_failure", "record_item_success", "release_expired_leases",
-    "release_slice", "retry_job", "settle_job", "unsettled_job_ids",
+    "release_slice", "retry_job", "settle_job", "submit_job", "unsettled_job_ids",
 ]

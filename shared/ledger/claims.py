@@ -2,11 +2,12 @@
 what an expired lease gives back."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, Sequence
 
-from sqlalchemy import and_, case, select, true, union_all, update
+from sqlalchemy import Integer, and_, bindparam, case, select, true, union_all, update
 from sqlalchemy.orm import Session
 
 from shared.items import ItemInput
@@ -38,6 +39,7 @@ class Slice:
     params: dict[str, Any]
     items: list[ClaimedItem]
     more_waiting: bool = False  # whether claimable work of the model was left after this claim
+    waited: dict[str, float] = field(default_factory=dict)  # seconds from each job's submission to this claim
 
     @property
     def job_ids(self) -> list[str]:
@@ -106,49 +108,65 @@ def claim_slice(
     The candidates are locked (PostgreSQL skips rows another claim holds; SQLite has one
     writer at a time) and the UPDATE re-checks `state = pending` (row by row: it reads by
     primary key), so two workers never hold the same item.
+
+    Its statements are built once per process (`_statements`): a burst of small jobs
+    makes a claim per few items, and building and keying a statement cost more than
+    running it.
     """
     now = now or utcnow()
-    first = next_job_for(session, model)
+    first = _first_job(session, model)
     if first is None:
         return None
     lease_id = new_id()
     candidate_ids = _suspect_item(session, first.id) or _candidates(session, first, max_items)
     if not candidate_ids:
         return None
-    rows = session.execute(
-        update(JobItem)
-        .where(JobItem.id.in_(candidate_ids), row_check(JobItem.state) == ItemState.PENDING)
-        .values(
-            state=ItemState.RUNNING,
-            lease_id=lease_id,
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            attempts=JobItem.attempts + 1,
-            started_at=now,
-        )
-        .returning(JobItem.index, JobItem.prompt, JobItem.seed, JobItem.id, JobItem.job_id)
-        .execution_options(synchronize_session=False)
-    ).all()
+    rows = session.connection().execute(_statements().take_items, {
+        "ids": candidate_ids, "lease_id": lease_id, "owner": owner,
+        "expires": now + timedelta(seconds=lease_seconds), "now": now,
+    }).all()
     if not rows:
         return None
     order = {item_id: position for position, item_id in enumerate(candidate_ids)}
     items = sorted((ClaimedItem(*row) for row in rows), key=lambda item: order[item.id])
-    _start_jobs(session, {item.job_id for item in items}, now)
+    waited = _start_jobs(session, {item.job_id for item in items}, now)
     turns.take_turn(session, model, first.tenant, now)
-    return Slice(lease_id, model, dict(first.params or {}), items, more_waiting=has_claimable_work(session, model))
+    return Slice(lease_id, model, dict(first.params or {}), items, more_waiting=has_claimable_work(session, model),
+                 waited=waited)
 
 
-def _candidates(session: Session, first: Job, max_items: int) -> list[int]:
+@dataclass(frozen=True)
+class _First:
+    """The job a claim starts from: what the rest of the claim needs of it."""
+
+    id: str
+    model: str
+    tenant: str
+    batch_key: str
+    params: dict[str, Any] | None
+
+
+def _first_job(session: Session, model: str) -> _First | None:
+    """`next_job_for`, reading the few columns a claim needs with the job's id."""
+    tenant = turns.next_tenant(session, model)
+    if tenant is None:
+        return None
+    row = session.execute(_statements().first_job, {"model": model, "tenant": tenant}).first()
+    return None if row is None else _First(row.id, model, tenant, row.batch_key, row.params)
+
+
+def _candidates(session: Session, first: _First, max_items: int) -> list[int]:
     """Pending items that spent no attempt yet (see `_suspect_item`): `first`'s by index,
     then, while the slice has room, those of its tenant's next jobs with the same batch
     key, job by job in claim order."""
-    taken = list(session.scalars(_unspent_items([first.id], JobItem.state == ItemState.PENDING).limit(max_items)))
+    statements = _statements()
+    taken = list(session.scalars(statements.unspent_items_of_job, {"job_id": first.id, "limit": max_items}))
     room = max_items - len(taken)
     if room <= 0:
         return taken
-    job_ids = list(session.scalars(
-        jobs_in_claim_order(first.model, first.tenant, room, Job.batch_key == first.batch_key, Job.id != first.id)
-    ))
+    job_ids = list(session.scalars(statements.next_jobs_of_batch, {
+        "model": first.model, "tenant": first.tenant, "limit": room, "batch_key": first.batch_key, "first": first.id,
+    }))
     if not job_ids:
         return taken
     # Reads every item of these jobs and keeps the pending ones: by job, never through the
@@ -160,7 +178,7 @@ def _candidates(session: Session, first: Job, max_items: int) -> list[int]:
     ))
 
 
-def _unspent_items(job_ids: list[str], pending, rank: dict[str, int] | None = None):
+def _unspent_items(job_ids, pending, rank: dict[str, int] | None = None):
     """Locked ids of pending items of `job_ids` that spent no attempt, job by job (in
     `rank` order), then by index; rows another claim holds are skipped."""
     order = (case(rank, value=JobItem.job_id),) if rank else ()
@@ -172,28 +190,57 @@ def _unspent_items(job_ids: list[str], pending, rank: dict[str, int] | None = No
     )
 
 
-def _start_jobs(session: Session, job_ids: set[str], now: datetime) -> None:
-    queued = Job.state == JobState.QUEUED
-    session.execute(
-        update(Job).where(Job.id.in_(job_ids)).values(
-            state=case((queued, JobState.RUNNING.value), else_=Job.state),
-            started_at=case((queued, now), else_=Job.started_at),
-        ).execution_options(synchronize_session=False)
-    )
+def _start_jobs(session: Session, job_ids: set[str], now: datetime) -> dict[str, float]:
+    """Mark the jobs running; returns the seconds each waited since its submission (for /metrics)."""
+    rows = session.connection().execute(_statements().start_jobs, {"ids": list(job_ids), "now": now}).all()
+    return {job_id: (now - created).total_seconds() for job_id, created in rows}
 
 
 def _suspect_item(session: Session, job_id: str) -> list[int]:
     """A pending item that already spent an attempt was in a slice that died. It runs
     alone, so an item that crashes its process every time fails by itself at the cap
     instead of taking its neighbours' attempts with it."""
-    return list(
-        session.scalars(
-            select(JobItem.id)
-            .where(JobItem.job_id == job_id, JobItem.state == ItemState.PENDING, JobItem.attempts > 0)
-            .order_by(JobItem.index)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
+    return list(session.scalars(_statements().suspect_item, {"job_id": job_id}))
+
+
+@dataclass(frozen=True)
+class _Statements:
+    first_job: Any
+    suspect_item: Any
+    unspent_items_of_job: Any
+    next_jobs_of_batch: Any
+    take_items: Any
+    start_jobs: Any
+
+
+@lru_cache(maxsize=1)
+def _statements() -> _Statements:
+    """The claim's statements, built once per process; their values are parameters."""
+    items, jobs = JobItem.__table__, Job.__table__
+    limit = bindparam("limit", type_=Integer)
+    now = bindparam("now", type_=items.c.started_at.type)
+    queued = jobs.c.state == JobState.QUEUED.value
+    return _Statements(
+        first_job=jobs_in_claim_order(bindparam("model"), bindparam("tenant"), 1, columns=(Job.batch_key, Job.params)),
+        suspect_item=(select(JobItem.id)
+                      .where(JobItem.job_id == bindparam("job_id"), JobItem.state == ItemState.PENDING,
+                             JobItem.attempts > 0)
+                      .order_by(JobItem.index).limit(1).with_for_update(skip_locked=True)),
+        unspent_items_of_job=_unspent_items([bindparam("job_id")], JobItem.state == ItemState.PENDING).limit(limit),
+        next_jobs_of_batch=jobs_in_claim_order(bindparam("model"), bindparam("tenant"), limit,
+                                               Job.batch_key == bindparam("batch_key"), Job.id != bindparam("first")),
+        take_items=(update(items)
+                    .where(items.c.id.in_(bindparam("ids", expanding=True)),
+                           row_check(items.c.state) == ItemState.PENDING.value)
+                    .values(state=ItemState.RUNNING.value, lease_id=bindparam("lease_id"), lease_owner=bindparam("owner"),
+                            lease_expires_at=bindparam("expires", type_=items.c.lease_expires_at.type),
+                            attempts=items.c.attempts + 1, started_at=now)
+                    .returning(items.c.idx, items.c.prompt, items.c.seed, items.c.id, items.c.job_id)),
+        start_jobs=(update(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True)))
+                    .values(state=case((queued, JobState.RUNNING.value), else_=jobs.c.state),
+                            started_at=case((queued, bindparam("now", type_=jobs.c.started_at.type)),
+                                            else_=jobs.c.started_at))
+                    .returning(jobs.c.id, jobs.c.created_at)),
     )
 
 

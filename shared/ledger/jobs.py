@@ -5,16 +5,19 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from shared import webhooks
 from shared.errors import Conflict
 from shared.ledger import turns
 from shared.ledger.plans import not_found, row_check
-from shared.orm import DEFAULT_TENANT, ItemState, Job, JobItem, JobState, utcnow
+from shared.orm import DEFAULT_TENANT, ItemState, Job, JobItem, JobState, TenantTurn, utcnow
 from shared.states import OPEN_JOB_STATES, UNFINISHED_JOB_STATES  # noqa: F401  (OPEN_JOB_STATES re-exported)
 
 
@@ -50,7 +53,23 @@ def batch_key(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(shared, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def create_job(
+def create_job(session: Session, **fields: Any) -> Job:
+    """`submit_job` (same arguments), answered with the job's ORM row for callers that go
+    on to use it (batches, tests)."""
+    return session.get(Job, submit_job(session, **fields).id)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A job `submit_job` inserted, as the submit's reply names it."""
+
+    id: str
+    model: str
+    state: JobState
+    total_items: int
+
+
+def submit_job(
     session: Session,
     *,
     model: str,
@@ -61,33 +80,57 @@ def create_job(
     tenant: str = DEFAULT_TENANT,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
-) -> Job:
-    """Insert a queued job and all its pending items (one bulk insert)."""
-    job = Job(
-        id=new_id(),
-        tenant=tenant,
-        model=model,
-        task=task,
-        state=JobState.QUEUED,
-        priority=priority,
-        params=params,
-        batch_key=batch_key(params),
-        total_items=len(inputs),
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        created_at=utcnow(),
-    )
-    session.add(job)
-    session.flush()
-    turns.join_the_queue(session, model, tenant)
-    session.execute(
-        JobItem.__table__.insert(),
-        [
-            {"job_id": job.id, "idx": i, "prompt": prompt, "seed": seed, "state": ItemState.PENDING.value, "attempts": 0}
-            for i, (prompt, seed) in enumerate(inputs)
-        ],
-    )
-    return job
+    webhook: dict[str, Any] | None = None,
+) -> Submitted:
+    """`create_job` for the submit view, the hottest write there is: three INSERTs
+    (job, tenant turn, items) built once per process, no ORM object and no flush. Every
+    value is made before the first statement, which on SQLite takes the write lock: the
+    lock is held for the statements only."""
+    job_id = new_id()
+    job = {
+        "id": job_id, "tenant": tenant, "model": model, "task": task, "state": JobState.QUEUED, "priority": priority,
+        "params": params, "batch_key": batch_key(params), "total_items": len(inputs), "attempts": 0,
+        "idempotency_key": idempotency_key, "request_hash": request_hash, "created_at": utcnow(),
+    }
+    if webhook is not None:  # left out, the column is NULL (as the ORM leaves it), not JSON null
+        job["webhook"] = webhook
+    items = item_rows(job_id, inputs)
+    connection = session.connection()  # Core statements: nothing for the ORM to track
+    if connection.dialect.name == "postgresql" and len(items) == 1:  # one round trip, not three
+        statement = _one_item_statement(tuple(job))
+        connection.execute(statement, {**{f"job_{k}": v for k, v in job.items()},
+                                       **{f"item_{k}": v for k, v in items[0].items()}})
+    else:
+        connection.execute(_INSERT_JOB, job)
+        turns.join_the_queue(connection, model, tenant)
+        connection.execute(_INSERT_ITEMS, items)
+    return Submitted(job_id, model, JobState.QUEUED, len(inputs))
+
+
+_INSERT_JOB = Job.__table__.insert()
+_INSERT_ITEMS = JobItem.__table__.insert()
+
+
+@lru_cache(maxsize=4)
+def _one_item_statement(job_columns: tuple[str, ...]):
+    """A one-item job on PostgreSQL as one statement: the job and the tenant's turn are
+    inserted by data-modifying CTEs of the item's INSERT (its foreign key is checked at
+    the statement's end, where the job's row is there)."""
+    jobs, items, turns_table = Job.__table__, JobItem.__table__, TenantTurn.__table__
+    job_values = {name: bindparam(f"job_{name}", type_=jobs.c[name].type) for name in job_columns}
+    new_job = insert(jobs).values(job_values).cte("new_job")
+    turn = (postgresql.insert(turns_table).values(model=job_values["model"], tenant=job_values["tenant"])
+            .on_conflict_do_nothing().cte("new_turn"))
+    item_values = {name: bindparam(f"item_{name}", type_=items.c[name].type)
+                   for name in ("job_id", "idx", "prompt", "seed", "state", "attempts")}
+    return insert(items).values(item_values).add_cte(new_job).add_cte(turn)
+
+
+def item_rows(job_id: str, inputs: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
+    """The rows of a new job's items: pending, by index."""
+    pending = ItemState.PENDING.value
+    return [{"job_id": job_id, "idx": i, "prompt": prompt, "seed": seed, "state": pending, "attempts": 0}
+            for i, (prompt, seed) in enumerate(inputs)]
 
 
 # The states a job's items are counted in; `succeeded` is the rest of `jobs.total_items`
@@ -118,7 +161,7 @@ def item_counts(session: Session, job_ids: Iterable[str]) -> dict[str, Counts]:
     if not job_ids:
         return {}
     counts = {job_id: Counts() for job_id in job_ids}
-    rows = session.execute(select(Job.id, Job.total_items, *COUNT_COLUMNS).where(Job.id.in_(job_ids)))
+    rows = session.execute(_settle_statements().counts, {"ids": job_ids})
     counts.update((job_id, counts_of_row(*numbers)) for job_id, *numbers in rows)
     return counts
 
@@ -136,8 +179,8 @@ def settle_jobs(session: Session, job_ids: Iterable[str]) -> dict[str, JobState]
     """`settle_job` for many jobs in a few statements (a slice may hold 64 one-item
     jobs): one read of the jobs, one count of their items, one UPDATE per outcome.
     Returns the jobs it settled and their final states."""
-    open_jobs = {job.id: job for job in session.scalars(
-        select(Job).where(Job.id.in_(list(job_ids)), row_check(Job.state).in_(UNFINISHED_JOB_STATES)))}
+    statements = _settle_statements()
+    open_jobs = {job.id: job for job in session.scalars(statements.open_jobs, {"ids": list(job_ids)})}
     outcomes: dict[tuple[JobState, str | None], list[str]] = {}
     counts_of = item_counts(session, open_jobs)
     for job_id, counts in counts_of.items():
@@ -148,17 +191,39 @@ def settle_jobs(session: Session, job_ids: Iterable[str]) -> dict[str, JobState]
     events = {}
     now = utcnow()
     for (final, error), ids in outcomes.items():
-        changed = session.scalars(
-            update(Job)
-            .where(Job.id.in_(ids), row_check(Job.state).in_(UNFINISHED_JOB_STATES))
-            .values(state=final, error=error, finished_at=now)
-            .returning(Job.id)
-        ).all()
+        changed = session.connection().execute(statements.finish, {
+            "ids": ids, "final": final, "error": error, "now": now}).scalars().all()
+        for job_id in changed:  # what the row now holds, without a flush writing it again
+            for name, value in (("state", final), ("error", error), ("finished_at", now)):
+                set_committed_value(open_jobs[job_id], name, value)
         settled.update((job_id, final) for job_id in changed)
         events.update((open_jobs[job_id], (final, counts_of[job_id].as_dict(), error)) for job_id in changed)
     if events:  # the webhook outbox, in this same transaction (shared.webhooks)
         webhooks.record_job_events(session, events)
     return settled
+
+
+@dataclass(frozen=True)
+class _SettleStatements:
+    open_jobs: Any
+    counts: Any
+    finish: Any
+
+
+@lru_cache(maxsize=1)
+def _settle_statements() -> _SettleStatements:
+    """Built once per process (every slice settles its jobs); their values are parameters."""
+    ids = bindparam("ids", expanding=True)
+    jobs = Job.__table__
+    unfinished = [state.value for state in UNFINISHED_JOB_STATES]
+    return _SettleStatements(
+        open_jobs=select(Job).where(Job.id.in_(ids), row_check(Job.state).in_(UNFINISHED_JOB_STATES)),
+        counts=select(Job.id, Job.total_items, *COUNT_COLUMNS).where(Job.id.in_(ids)),
+        finish=(update(jobs).where(jobs.c.id.in_(ids), row_check(jobs.c.state).in_(unfinished))
+                .values(state=bindparam("final", type_=jobs.c.state.type), error=bindparam("error"),
+                        finished_at=bindparam("now", type_=jobs.c.finished_at.type))
+                .returning(jobs.c.id)),
+    )
 
 
 def _final_state(job: Job, counts: Counts) -> tuple[JobState, str | None] | None:

@@ -75,7 +75,7 @@ def outlook(session: Session, job: Job, *, pending: int, slice_items: int, scan_
     first_turn, last_turn = _turns_of(own, job.batch_key, pending, slice_items)
     position, items_ahead = 1 + len(own), sum(waiting.pending for waiting in own)
     items_before_end = items_ahead + pending
-    tenants = list(session.scalars(turns.tenants_in_turn_order(job.model)))
+    tenants = turns.tenants_waiting(session, job.model)
     mine = tenants.index(job.tenant) if job.tenant in tenants else len(tenants)
     for place, tenant in enumerate(tenants):
         if tenant == job.tenant:
@@ -187,10 +187,17 @@ def _running_items(session: Session, model: str, job_id: str | None = None) -> i
     jobs through the state index (the model is only checked), then each one's running
     items through the items' (job, state) index; both are bounded by the work in flight,
     never by the ledger."""
-    jobs = select(Job.id).where(Job.state == JobState.RUNNING, row_check(Job.model) == model)
     if job_id is not None:
-        jobs = select(Job.id).where(Job.id == job_id)
-    return int(session.scalar(
-        select(func.count()).select_from(JobItem)
-        .where(JobItem.job_id.in_(jobs), JobItem.state == ItemState.RUNNING)
-    ) or 0)
+        return int(session.scalar(_running_items_statement(True), {"job_id": job_id}) or 0)
+    return int(session.scalar(_running_items_statement(False), {"model": model}) or 0)
+
+
+@lru_cache(maxsize=2)
+def _running_items_statement(of_job: bool):
+    """`_running_items`' statement, built once per process (a poll runs it)."""
+    if of_job:
+        jobs = select(Job.id).where(Job.id == bindparam("job_id"))
+    else:
+        jobs = select(Job.id).where(Job.state == JobState.RUNNING, row_check(Job.model) == bindparam("model"))
+    return (select(func.count()).select_from(JobItem)
+            .where(JobItem.job_id.in_(jobs), JobItem.state == ItemState.RUNNING))

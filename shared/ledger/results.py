@@ -3,6 +3,7 @@ and what it gives back when its slice ends early."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm import Session
@@ -25,20 +26,30 @@ def record_results(session: Session, lease_id: str, rows: list[ResultRow]) -> tu
     """Store a micro-batch's outcomes, each conditional on the lease, as two executemany
     UPDATEs (successes, failures). Returns how many of each were stored; a row whose
     lease was lost is dropped."""
-    items, now = JobItem.__table__, utcnow()
-    held = and_(items.c.id == bindparam("item"), items.c.lease_id == lease_id, row_check(items.c.state) == ItemState.RUNNING)
-    done = {"lease_id": None, "lease_expires_at": None, "finished_at": now}
-    successes = [{"item": row.item_id, "text": row.text, "key": row.key} for row in rows if row.error is None]
-    failures = [{"item": row.item_id, "message": row.error} for row in rows if row.error is not None]
+    held = {"lease": lease_id, "now": utcnow()}
+    successes = [{"item": row.item_id, "text": row.text, "key": row.key, **held} for row in rows if row.error is None]
+    failures = [{"item": row.item_id, "message": row.error, **held} for row in rows if row.error is not None]
     stored_successes = stored_failures = 0
+    connection = session.connection()  # Core statements, built once (_result_statements)
+    store_success, store_failure = _result_statements()
     if successes:
-        stored_successes = session.execute(update(items).where(held).values(
-            state=ItemState.SUCCEEDED, output_text=bindparam("text"), output_key=bindparam("key"), error=None, **done,
-        ), successes).rowcount
+        stored_successes = connection.execute(store_success, successes).rowcount
     if failures:
-        stored_failures = session.execute(update(items).where(held).values(
-            state=ItemState.FAILED, error=bindparam("message"), **done), failures).rowcount
+        stored_failures = connection.execute(store_failure, failures).rowcount
     return stored_successes, stored_failures
+
+
+@lru_cache(maxsize=1)
+def _result_statements():
+    """(store a success, store a failure): UPDATEs by item id, each conditional on the lease."""
+    items = JobItem.__table__
+    held = and_(items.c.id == bindparam("item"), items.c.lease_id == bindparam("lease"),
+                row_check(items.c.state) == ItemState.RUNNING.value)
+    done = {"lease_id": None, "lease_expires_at": None, "finished_at": bindparam("now", type_=items.c.finished_at.type)}
+    success = update(items).where(held).values(state=ItemState.SUCCEEDED.value, output_text=bindparam("text"),
+                                               output_key=bindparam("key"), error=None, **done)
+    failure = update(items).where(held).values(state=ItemState.FAILED.value, error=bindparam("message"), **done)
+    return success, failure
 
 
 def record_item_success(session: Session, lease_id: str, item_id: int, *, text: str | None = None,

@@ -9,6 +9,7 @@ from typing import ContextManager
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import watch
 from shared.db import session_factory, transaction
 from shared.ledger import claims, jobs, results
 from shared.ledger.claims import Slice
@@ -38,12 +39,15 @@ class Ledger:
         """Return expired leases (at most every `lease_check_seconds`: the reconciler
         does it too, and a burst of claims need not each look), then take the next slice
         of `model`, in one transaction."""
+        expired = 0
         with self.transaction() as session:
             if time.monotonic() - self._leases_checked_at >= self.lease_check_seconds:
-                claims.release_expired_leases(session, max_attempts=max_attempts)
+                expired = claims.release_expired_leases(session, max_attempts=max_attempts)
                 self._leases_checked_at = time.monotonic()
-            return claims.claim_slice(session, model=model, owner=owner, max_items=max_items,
-                                      lease_seconds=lease_seconds)
+            slice_ = claims.claim_slice(session, model=model, owner=owner, max_items=max_items,
+                                        lease_seconds=lease_seconds)
+        watch.leases_expired(expired)  # committed: counted for /metrics
+        return slice_
 
     def models_with_claimable_work(self) -> list[str]:
         with self.transaction() as session:
@@ -55,7 +59,9 @@ class Ledger:
 
     def release_expired_leases(self, max_attempts: int) -> int:
         with self.transaction() as session:
-            return claims.release_expired_leases(session, max_attempts=max_attempts)
+            released = claims.release_expired_leases(session, max_attempts=max_attempts)
+        watch.leases_expired(released)
+        return released
 
     # --- results --------------------------------------------------------------------
     def record_results(self, lease_id: str, rows: list[ResultRow]) -> Stored:

@@ -5,9 +5,11 @@ with 5,000 — and choosing reads these few rows, never the jobs table's history
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from shared.ledger.plans import found
@@ -17,18 +19,33 @@ from shared.states import OPEN_JOB_STATES
 _INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
-def _insert(session: Session):
-    return _INSERTS[session.get_bind().dialect.name](TenantTurn)
+def _dialect(session: Session | Connection) -> str:
+    return session.get_bind().dialect.name if isinstance(session, Session) else session.dialect.name
 
 
-def join_the_queue(session: Session, model: str, tenant: str) -> None:
+def join_the_queue(session: Session | Connection, model: str, tenant: str) -> None:
     """At submit: make sure the tenant has a turn for the model (kept if it has one)."""
-    session.execute(_insert(session).values(model=model, tenant=tenant).on_conflict_do_nothing())
+    session.execute(_join_statement(_dialect(session)), {"model": model, "tenant": tenant})
 
 
-def take_turn(session: Session, model: str, tenant: str, now: datetime) -> None:
-    insert = _insert(session).values(model=model, tenant=tenant, last_claimed_at=now)
-    session.execute(insert.on_conflict_do_update(index_elements=["model", "tenant"], set_={"last_claimed_at": now}))
+def take_turn(session: Session | Connection, model: str, tenant: str, now: datetime) -> None:
+    session.execute(_take_statement(_dialect(session)), {"model": model, "tenant": tenant, "now": now})
+
+
+# Built once per process and dialect (their values are parameters): a submit and a claim
+# each run one, and building and keying a statement cost more than running it.
+@lru_cache(maxsize=None)
+def _join_statement(dialect: str):
+    insert = _INSERTS[dialect](TenantTurn.__table__).values(model=bindparam("model"), tenant=bindparam("tenant"))
+    return insert.on_conflict_do_nothing()
+
+
+@lru_cache(maxsize=None)
+def _take_statement(dialect: str):
+    now = bindparam("now", type_=TenantTurn.last_claimed_at.type)
+    table = TenantTurn.__table__
+    insert = _INSERTS[dialect](table).values(model=bindparam("model"), tenant=bindparam("tenant"), last_claimed_at=now)
+    return insert.on_conflict_do_update(index_elements=["model", "tenant"], set_={"last_claimed_at": now})
 
 
 def has_pending_items(job_id_column):
@@ -59,6 +76,22 @@ def tenants_in_turn_order(model: str):
     return select(TenantTurn.tenant).where(TenantTurn.model == model, has_open_work()).order_by(*TURN_ORDER)
 
 
+def tenants_waiting(session: Session, model: str) -> list[str]:
+    """`tenants_in_turn_order` of `model`, read (a status poll does)."""
+    return list(session.scalars(_tenants_statement(), {"model": model}))
+
+
+@lru_cache(maxsize=1)
+def _tenants_statement():
+    return tenants_in_turn_order(bindparam("model"))
+
+
 def next_tenant(session: Session, model: str) -> str | None:
     """The tenant with claimable work of `model` that was served least recently."""
-    return session.scalar(tenants_in_turn_order(model).limit(1))
+    return session.scalar(_next_tenant_statement(), {"model": model})
+
+
+@lru_cache(maxsize=1)
+def _next_tenant_statement():
+    """Run twice by every claim (the next slice's tenant, then whether work is left)."""
+    return tenants_in_turn_order(bindparam("model")).limit(1)

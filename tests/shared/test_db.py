@@ -1,11 +1,26 @@
-"""Engines: what every PostgreSQL connection genq opens is told about a server that vanishes."""
+"""Engines: what every PostgreSQL connection genq opens is told about a server that vanishes, how
+a pooled one is checked, and how SQLite writers queue for the write lock."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
-from shared.db import POSTGRES_DEAD_SERVER_PARAMETERS, make_engine
+from shared import db
+from shared.db import (
+    POSTGRES_DEAD_SERVER_PARAMETERS,
+    dispose_engines,
+    make_engine,
+    session_factory,
+    session_scope,
+    transaction,
+)
 from tests.helpers.database import POSTGRES_URL_VARIABLE
 
 
@@ -37,3 +52,112 @@ def test_the_database_url_overrides_a_dead_server_parameter(postgres_url):
     parameters = connection_parameters(f"{postgres_url}{separator}keepalives_idle=42")
     assert parameters["keepalives_idle"] == "42"
     assert parameters["tcp_user_timeout"] == str(POSTGRES_DEAD_SERVER_PARAMETERS["tcp_user_timeout"])
+
+
+# --- SQLite writers queue for the write lock (shared.db.WriterQueue) ----------------------
+HOLD_SECONDS = 0.44  # SQLite's busy handler, polling, would let the waiter in at 0.528 s
+
+
+def hold_write_lock(url: str, seconds: float, taken: threading.Event | None = None) -> float:
+    """A write transaction held open `seconds`; returns when it committed (monotonic)."""
+    with session_scope(url) as session:
+        session.execute(text("CREATE TABLE IF NOT EXISTS t (x INTEGER)"))
+        if taken is not None:
+            taken.set()
+        time.sleep(seconds)
+    return time.monotonic()
+
+
+def begin_write(url: str) -> float:
+    """When (monotonic) a write transaction of this thread got the lock."""
+    with session_scope(url) as session:
+        session.execute(text("INSERT INTO t VALUES (1)"))
+        return time.monotonic()
+
+
+def test_a_sqlite_writer_waiting_on_another_thread_gets_in_when_it_commits(tmp_path):
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    taken, committed = threading.Event(), []
+    holder = threading.Thread(target=lambda: committed.append(hold_write_lock(url, HOLD_SECONDS, taken)))
+    holder.start()
+    assert taken.wait(10)
+    got_in = begin_write(url)
+    holder.join()
+    dispose_engines()
+    assert got_in - committed[0] < 0.04, f"the waiter got in {1000 * (got_in - committed[0]):.0f} ms after the commit"
+
+
+HOLDER = """
+import sys, time
+from sqlalchemy import text
+from shared.db import session_scope
+with session_scope(sys.argv[1]) as session:
+    session.execute(text("CREATE TABLE IF NOT EXISTS t (x INTEGER)"))
+    print("taken", flush=True)
+    time.sleep(float(sys.argv[2]))
+print(time.monotonic(), flush=True)
+"""
+
+
+def test_a_sqlite_writer_waiting_on_another_process_gets_in_when_it_commits(tmp_path):
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, url, str(HOLD_SECONDS)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[2])
+    assert holder.stdout.readline().strip() == "taken"
+    got_in = begin_write(url)
+    committed = float(holder.stdout.readline())
+    assert holder.wait(10) == 0
+    dispose_engines()
+    assert got_in - committed < 0.04, f"the waiter got in {1000 * (got_in - committed):.0f} ms after the commit"
+
+
+def test_a_sqlite_reader_does_not_queue_behind_a_writer(tmp_path):
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    hold_write_lock(url, 0)  # creates the table
+    taken = threading.Event()
+    holder = threading.Thread(target=hold_write_lock, args=(url, 1.0, taken))
+    holder.start()
+    assert taken.wait(10)
+    started = time.monotonic()
+    with transaction(session_factory(url, read_only=True)) as session:
+        assert session.scalar(text("SELECT count(*) FROM t")) >= 0
+    assert time.monotonic() - started < 0.5
+    holder.join()
+    dispose_engines()
+
+
+# --- PostgreSQL: a pooled connection idle for a while is pinged, a busy one is not -----------
+def test_a_postgres_connection_dropped_while_idle_is_replaced(postgres_url, monkeypatch):
+    engine = make_engine(postgres_url)
+    try:
+        with engine.connect() as connection:
+            pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        admin = make_engine(postgres_url)
+        with admin.connect() as other:
+            other.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+        admin.dispose()
+        monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.05)
+        time.sleep(0.1)
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
+    finally:
+        engine.dispose()
+
+
+def test_a_postgres_connection_back_from_use_a_moment_ago_is_not_pinged(postgres_url, monkeypatch):
+    engine = make_engine(postgres_url)
+    pings = []
+    real_ping = engine.dialect.do_ping
+    monkeypatch.setattr(engine.dialect, "do_ping", lambda connection: pings.append(1) or real_ping(connection))
+    try:
+        for _ in range(3):
+            with engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+        assert pings == []
+        monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.05)
+        time.sleep(0.1)
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+        assert pings == [1]
+    finally:
+        engine.dispose()

@@ -5,6 +5,7 @@ from shared.db import session_scope
 from shared.orm import Job
 from shared.queue import WAITING_MARK
 from tests.helpers.ledger import work_by_hand
+from web import idempotency
 
 BODY = {"model": "tiny-text", "prompts": ["a", "b"]}
 
@@ -26,6 +27,23 @@ def test_the_same_key_with_another_body_is_a_conflict(client, settings):
     client.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "k2"})
     response = client.post("/v1/jobs", json={**BODY, "prompts": ["c"]}, headers={"Idempotency-Key": "k2"})
     assert response.status_code == 409 and response.get_json()["error"]["field"] == "Idempotency-Key"
+    assert count_jobs(settings) == 1
+
+
+def test_a_key_committed_by_a_concurrent_request_returns_its_job(client, settings, monkeypatch):
+    """The other request committed between this one's look-up of the key and its INSERT
+    (PostgreSQL raises the unique violation at the INSERT, SQLite would at the commit)."""
+    first = client.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "k3"}).get_json()["id"]
+    looked_up = []
+    real_replay = idempotency.replay
+
+    def replay_not_seen_at_first(session, tenant, key, fingerprint):
+        looked_up.append(key)
+        return None if len(looked_up) == 1 else real_replay(session, tenant, key, fingerprint)
+
+    monkeypatch.setattr(idempotency, "replay", replay_not_seen_at_first)
+    again = client.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "k3"})
+    assert again.status_code == 202 and again.get_json()["id"] == first and again.headers["Idempotent-Replayed"] == "true"
     assert count_jobs(settings) == 1
 
 

@@ -10,6 +10,7 @@ import yaml
 from shared import ledger
 from shared.db import session_scope
 from shared.ledger import Ledger
+from shared.notices import CHANNEL
 from shared.orm import ItemState, Job, JobItem, JobState
 from shared.registry import load_registry
 from shared.settings import Settings
@@ -26,13 +27,26 @@ class RecordingWakeups:
     def __init__(self):
         self.sent: list[str] = []
         self.taken_by_worker: list[str] = []
+        self.alongside: list[tuple] = []  # commands queued on a wake-up's round trip (`also`)
 
-    def send(self, model: str, *, force: bool = False) -> bool:
+    def send(self, model: str, *, force: bool = False, also=None) -> bool:
         self.sent.append(model)
+        if also is not None:
+            also(RecordingPipe(self.alongside))
         return True
 
     def taken(self, model: str) -> None:
         self.taken_by_worker.append(model)
+
+
+class RecordingPipe:
+    """Stands in for a Redis pipeline: records each command queued on it."""
+
+    def __init__(self, commands: list[tuple]):
+        self._commands = commands
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self._commands.append((name, *args))
 
 
 @pytest.fixture
@@ -64,6 +78,8 @@ def test_a_wake_up_keeps_claiming_while_work_waits_within_its_time_budget(ctx):
     last = handle_wakeup(ctx, "fault")
     assert (last.claimed, last.succeeded) == (4, 4)  # slices of 8, 8 and 4, all in one wake-up
     assert ctx.wakeups.sent == ["fault", "fault"]  # each claim that left work behind woke another worker
+    # ... and said that the claim's job runs on that wake-up's round trip to Redis
+    assert ctx.wakeups.alongside == [("publish", CHANNEL, job_id)] * 2
     job, items = job_and_items(ctx, job_id)
     assert job.state == JobState.SUCCEEDED and all(item.attempts == 1 for item in items)
 
