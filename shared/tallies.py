@@ -40,6 +40,7 @@ COUNTERS = {
     "oom_halvings": ("model",),  # a micro-batch that ran out of device memory, split and run again
     "leases_expired": (),  # running items whose lease expired, given back or failed at the attempt cap
     "reconciler_repairs": ("repair",),  # what a reconciler pass fixed (see worker.reconciler)
+    "webhook_attempts": ("event", "result"),  # each delivery attempt: delivered, retrying or failed (for good)
 }
 # name: (labels, buckets); each a hash of "<labels>\t<bucket index>" and "<labels>\tsum".
 HISTOGRAMS = {

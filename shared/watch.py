@@ -121,6 +121,11 @@ def out_of_memory_halved(model: str) -> None:
     _count(lambda tallies, pipe: tallies.add("oom_halvings", (model,), 1, pipe))
 
 
+def webhook_attempted(event: str, result: str) -> None:
+    """A webhook delivery attempt of `event` ended `delivered`, `retrying` or `failed` (for good)."""
+    _count(lambda tallies, pipe: tallies.add("webhook_attempts", (event, result), 1, pipe))
+
+
 def leases_expired(items: int) -> None:
     """`items` running items were found with an expired lease and given back (or failed)."""
     if items:

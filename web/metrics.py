@@ -47,6 +47,8 @@ COUNTER_HELP = {
                       "attempt cap.",
     "reconciler_repairs": "What reconciler passes repaired: lease_released (items), job_settled (jobs), "
                           "wakeup_sent (wake-ups for work nobody was woken for).",
+    "webhook_attempts": "Webhook delivery attempts by event and result: delivered, retrying (to be tried again) or "
+                        "failed (for good: retries spent, or the endpoint answered 410).",
 }
 HISTOGRAM_HELP = {
     "http_request_duration_seconds": "HTTP requests by method, route and status, and how long they took.",
@@ -72,14 +74,6 @@ def init_metrics(app: Flask, settings: Settings) -> None:
 
 def watch() -> Watch:
     return current_app.extensions[WATCH]
-
-
-def job_submitted(model: str, items: int) -> None:
-    """Count a committed submit (a replayed one is not a new job)."""
-    try:
-        watch().tallies.job_submitted(model, items)
-    except redis.RedisError as exc:
-        log.warning("could not count a submit: %s", exc)
 
 
 def _start_clock() -> None:

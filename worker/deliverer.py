@@ -25,12 +25,16 @@ import urllib3
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import watch
 from shared.db import session_factory, transaction
 from shared.orm import utcnow
 from shared.webhook_orm import DeliveryState, TenantWebhook, WebhookAttempt, WebhookDelivery
 from shared.webhooks import WebhookRefused, resolve_allowed, signed_headers, signing_secret
 
 log = logging.getLogger(__name__)
+# What an attempt's outcome is called in genq_webhook_attempts_total, by the delivery's new state.
+RESULTS = {DeliveryState.DELIVERED.value: "delivered", DeliveryState.PENDING.value: "retrying",
+           DeliveryState.FAILED.value: "failed"}
 
 BATCH = 20
 USER_AGENT = "genq-webhooks/1"
@@ -149,6 +153,7 @@ class Deliverer:
             delivery, secret = taken
             outcome = self.attempt(delivery, secret)
             state = self.record(delivery, outcome)
+            watch.webhook_attempted(delivery.event, RESULTS[state])  # for /metrics (the reconciler's watch)
             log.info("webhook %s %s to %s: %s -> %s", delivery.id, delivery.event, delivery.url,
                      outcome.status or outcome.error, state)
             attempted += 1

@@ -8,11 +8,13 @@ import time
 import pytest
 from sqlalchemy import select
 
-from shared import ledger, webhooks
+from shared import ledger, watch, webhooks
 from shared.db import session_scope
 from shared.errors import InvalidRequest
 from shared.orm import Job, JobState
 from shared.settings import Settings
+from shared.tallies import Tallies
+from shared.watch import Watch
 from shared.webhook_orm import TenantWebhook, WebhookAttempt, WebhookDelivery
 from tests.helpers.webhook_receiver import Receiver, payload_ids
 from worker.deliverer import Deliverer, post
@@ -91,6 +93,21 @@ def test_a_receiver_that_fails_twice_gets_it_on_the_third_attempt_signed(databas
     assert receiver.requests[0]["path"] == "/hooks/genq?x=1"
     assert receiver.requests[0]["headers"]["webhook-signature"].startswith("v1,")
     assert [a.status_code for a in attempts(database_url, delivery.id)] == [500, 503, 200]
+
+
+def test_each_attempt_is_counted_for_metrics_by_event_and_result(database_url, redis_server):
+    """The deliverer runs in the reconciler, whose watch counts each attempt in Redis."""
+    settings = make_settings(database_url, redis_url=redis_server.url)
+    redis_server.client().flushdb()
+    watch.install(Watch.from_settings(settings))
+    try:
+        with Receiver(secret_for(database_url), answers=[500]) as receiver:
+            job_id = finished_job(database_url, webhook=webhooks.job_webhook(receiver.url, None))
+            deliver_until_settled(Deliverer(settings), database_url, job_id)
+    finally:
+        watch.install(None)
+    counts = Tallies(redis_server.client()).read().counters["webhook_attempts"]
+    assert counts == {("job.completed", "retrying"): 1, ("job.completed", "delivered"): 1}
 
 
 def test_the_tenant_default_gets_cancelled_jobs_and_a_410_disables_it(database_url):
