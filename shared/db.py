@@ -158,6 +158,10 @@ class QueuedConnection(sqlite3.Connection):
             self.leave_write_queue()
 
 
+class NestedWriteTransaction(RuntimeError):
+    """A thread began a SQLite write transaction while its own earlier one was open."""
+
+
 class WriterQueue:
     """Writers of one SQLite file wait here for its one write lock, and are let in the
     moment it is free. SQLite's own busy handler polls instead, sleeping 1, 2, 5, 10,
@@ -172,12 +176,14 @@ class WriterQueue:
 
     _queues: dict[str, "WriterQueue"] = {}
     _queues_lock = threading.Lock()
+    _fork_lock = threading.Lock()
 
     def __init__(self, lock_path: str):
         self.lock_path = lock_path
-        self._pid: int | None = None
+        self._pid = os.getpid()
         self._mutex = threading.Lock()
         self._fd: int | None = None
+        self._owner: int | None = None  # the thread whose turn it is
 
     @classmethod
     def for_database(cls, database: str | None) -> "WriterQueue | None":
@@ -189,8 +195,14 @@ class WriterQueue:
             return cls._queues.setdefault(path, cls(path))
 
     def acquire(self, timeout: float) -> bool:
-        """Wait at most `timeout` seconds for the turn; False if it did not come."""
+        """Wait at most `timeout` seconds for the turn; False if it did not come.
+        Raises NestedWriteTransaction in a thread that holds the turn already: its
+        first transaction cannot commit while it waits (a wait of `timeout`, then
+        SQLite's busy timeout, then `database is locked`)."""
         self._after_fork()
+        if self._owner == threading.get_ident():
+            raise NestedWriteTransaction(f"a write transaction of this thread is open on {self.lock_path[:-12]}: "
+                                         "commit it before beginning another")
         deadline = time.monotonic() + timeout
         if not self._mutex.acquire(timeout=timeout):
             return False
@@ -198,15 +210,20 @@ class WriterQueue:
             if self._fd is None:
                 self._fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             if _flock_before(self._fd, deadline):
+                self._owner = threading.get_ident()
                 return True
         except OSError:  # an unwritable directory: SQLite's busy handler alone, as before
             pass
+        except BaseException:  # interrupted while waiting: the mutex must not stay taken
+            self._mutex.release()
+            raise
         self._mutex.release()
         return False
 
     def release(self) -> None:
         if self._pid != os.getpid():  # taken before a fork: the parent's to release
             return
+        self._owner = None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
@@ -214,11 +231,16 @@ class WriterQueue:
 
     def _after_fork(self) -> None:
         """A forked child shares the parent's open lock file (and so its flock) and a
-        copy of its mutex, perhaps taken: it starts afresh."""
-        if self._pid != os.getpid():
-            if self._fd is not None:
-                os.close(self._fd)  # closing a copy never releases the parent's flock
-            self._pid, self._mutex, self._fd = os.getpid(), threading.Lock(), None
+        copy of its mutex, perhaps taken: it starts afresh, once (two of its threads
+        resetting at once would each take a different mutex, or close the other's file)."""
+        if self._pid == os.getpid():
+            return
+        with self._fork_lock:
+            if self._pid != os.getpid():
+                if self._fd is not None:
+                    os.close(self._fd)  # closing a copy never releases the parent's flock
+                self._mutex, self._fd, self._owner = threading.Lock(), None, None
+                self._pid = os.getpid()  # last: a thread that sees it uses the new mutex
 
 
 def _flock_before(fd: int, deadline: float) -> bool:

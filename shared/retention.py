@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable
 
-from sqlalchemy import delete, exists, insert, select
+from sqlalchemy import delete, exists, insert, inspect, select
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session
 
 from shared.db import session_factory, transaction
-from shared.errors import Conflict
+from shared.errors import Conflict, NotFound
 from shared.openai_orm import OPEN_BATCH_STATUSES, BatchStatus, OpenAIBatch, OpenAIBatchJob
 from shared.orm import Job, JobItem, OutputRemoval, utcnow
 from shared.states import TERMINAL_JOB_STATES
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 UNFINISHED_BATCH_STATUSES = (BatchStatus.VALIDATING.value, *OPEN_BATCH_STATUSES)
 MIN_PAUSE_SECONDS = 0.01
+FAILURES_BEFORE_GIVING_UP = 3  # storage errors in a row that end a pass of output removals
 
 
 def result_ttl(settings, tenant: str) -> timedelta | None:
@@ -109,15 +111,20 @@ def remove_jobs(session: Session, job_ids: list[str]) -> list[str]:
 
 def remove_outputs(sessions, storage, job_ids: Iterable[str]) -> int:
     """Delete the objects of removed jobs, then their `output_removals` rows; returns the
-    objects deleted. At the first storage error it stops, leaving the rows of the jobs
-    not done for the next sweep."""
-    deleted = 0
+    objects deleted. A job whose objects cannot be deleted keeps its row for the next
+    sweep, and the others go on; after a few failures in a row (the storage is down) it
+    stops."""
+    deleted, failures = 0, 0
     for job_id in job_ids:
         try:
             deleted += storage.delete_prefix(job_outputs_prefix(job_id))
         except Exception as exc:
             log.warning("could not delete the outputs of removed job %s yet (%s); the next sweep will", job_id, exc)
-            break
+            failures += 1
+            if failures >= FAILURES_BEFORE_GIVING_UP:
+                break
+            continue
+        failures = 0
         with transaction(sessions) as session:
             session.execute(delete(OutputRemoval).where(OutputRemoval.job_id == job_id))
     return deleted
@@ -126,8 +133,12 @@ def remove_outputs(sessions, storage, job_ids: Iterable[str]) -> int:
 def delete_job(session: Session, job: Job) -> list[str]:
     """DELETE /v1/jobs/<id>: a finished job goes at once (a running one is refused). The
     row is locked first, so a retry committed meanwhile is seen. The caller commits, then
-    calls `remove_outputs` with what this returns."""
-    session.refresh(job, with_for_update=True)
+    calls `remove_outputs` with what this returns. A job another request deleted since
+    it was found is not found (404), as it would be a moment later."""
+    try:
+        session.refresh(job, with_for_update=True)
+    except InvalidRequestError:  # "Could not refresh instance": its row is gone
+        raise NotFound(f"no job {inspect(job).identity[0]!r}", field="id") from None
     if not job.state.is_terminal():
         raise Conflict(f"job {job.id} is {job.state.value}; cancel it first, then delete it once it has stopped",
                        field="id")

@@ -108,7 +108,9 @@ class S3Storage:
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under `prefix` (ending in "/"), a thousand per request."""
-        keys = [self._name(key) for key in self.keys(directory_prefix(prefix))]
+        keys = [entry["Key"] for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._name(directory_prefix(prefix).rstrip("/")) + "/")
+            for entry in page.get("Contents", [])]  # as stored: a foreign object's odd name goes too
         for start in range(0, len(keys), DELETE_BATCH):
             chunk = keys[start:start + DELETE_BATCH]
             reply = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk],

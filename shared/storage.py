@@ -116,12 +116,14 @@ class LocalStorage:
         self._path(key).unlink(missing_ok=True)
 
     def delete_prefix(self, prefix: str) -> int:
-        """Delete every file under the directory `prefix` (ending in "/"); returns how many."""
+        """Delete every file under the directory `prefix` (ending in "/"); returns how many.
+        A file that could not be deleted raises OSError (the caller tries again later);
+        one another remover took first does not."""
         directory = self._path(directory_prefix(prefix).rstrip("/"))
         if not directory.is_dir():
             return 0
         count = sum(1 for path in directory.rglob("*") if path.is_file())
-        shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(directory, onerror=_unless_gone)
         return count
 
     def keys(self, prefix: str = "") -> Iterator[str]:
@@ -137,6 +139,11 @@ class LocalStorage:
     def presigned_url(self, key: str, seconds: int) -> None:
         """A directory has no URL of its own: the API serves the bytes."""
         return None
+
+
+def _unless_gone(_function, _path, exc_info) -> None:
+    if not issubclass(exc_info[0], FileNotFoundError):
+        raise exc_info[1]
 
 
 def directory_prefix(prefix: str) -> str:

@@ -6,6 +6,7 @@ parameters and one (prompt, seed) per item) or raises a typed error naming the f
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -245,11 +246,22 @@ def validate_job_request(body: Any, registry: Registry, settings) -> ValidatedJo
                         per_prompt, request.webhook)
 
 
+AVAILABLE_FOR_SECONDS = 10.0  # how long a submit trusts a model's weights found present (a Hub id scans the cache)
+_available_since: dict[str, float] = {}
+
+
 def refuse_unavailable(spec: ModelSpec) -> None:
     """A model whose weights this deployment lacks cannot run a job: refuse it now rather
-    than accept items that could only fail."""
+    than accept items that could only fail. Weights found present are trusted for a few
+    seconds, so a burst of submits does not scan the Hugging Face cache each time."""
+    found = _available_since.get(spec.name)
+    if found is not None and time.monotonic() - found < AVAILABLE_FOR_SECONDS:
+        return
     weights = weights_of(spec)
-    if not weights.available:
+    if weights.available:
+        _available_since[spec.name] = time.monotonic()
+    else:
+        _available_since.pop(spec.name, None)
         raise ModelUnavailable(f"model {spec.name!r} is not available: {weights.reason}; see GET /v1/models",
                                field="model")
 

@@ -23,7 +23,6 @@ from shared.ledger.claims import (
     extend_lease,
     has_claimable_work,
     models_with_claimable_work,
-    next_job_for,
     release_expired_leases,
 )
 from shared.ledger.jobs import (
@@ -57,6 +56,6 @@ __all__ = [
     "OPEN_JOB_STATES", "UNFINISHED_JOB_STATES", "ClaimedItem", "Counts", "batch_key", "Ledger", "ResultRow", "Slice",
     "Submitted", "abandon_slice", "cancel_job", "cancel_jobs", "cancelling_jobs", "claim_slice", "create_job", "extend_lease", "fail_held_items",
     "has_claimable_work", "indices_without_output", "item_counts", "models_with_claimable_work",
-    "new_id", "next_job_for", "record_item_failure", "record_item_success", "release_expired_leases",
+    "new_id", "record_item_failure", "record_item_success", "release_expired_leases",
     "release_slice", "retry_job", "settle_job", "submit_job", "unsettled_job_ids",
 ]

@@ -76,14 +76,6 @@ def release_expired_leases(session: Session, *, max_attempts: int, now: datetime
     return failed + released
 
 
-def next_job_for(session: Session, model: str) -> Job | None:
-    """The open job of `model` with pending items that comes first: the tenant that waited
-    longest (see `turns`), then within the tenant priority, then age."""
-    tenant = turns.next_tenant(session, model)
-    job_id = None if tenant is None else session.scalar(jobs_in_claim_order(model, tenant, 1))
-    return None if job_id is None else session.get(Job, job_id)
-
-
 def jobs_in_claim_order(model, tenant, limit, *where, columns: Sequence = (), ranges: Sequence = (true(),)):
     """(id, *columns) of the first `limit` open jobs of `model` and `tenant` with pending
     items (and `where`), in claim order: priority, then age. Each open state is read on
@@ -147,7 +139,9 @@ class _First:
 
 
 def _first_job(session: Session, model: str) -> _First | None:
-    """`next_job_for`, reading the few columns a claim needs with the job's id."""
+    """The open job of `model` with pending items that comes first (the tenant that waited
+    longest, see `turns`; then within the tenant priority, then age): the few columns a
+    claim needs."""
     tenant = turns.next_tenant(session, model)
     if tenant is None:
         return None

@@ -15,6 +15,8 @@ from sqlalchemy import text
 from shared import db
 from shared.db import (
     POSTGRES_DEAD_SERVER_PARAMETERS,
+    NestedWriteTransaction,
+    WriterQueue,
     dispose_engines,
     make_engine,
     session_factory,
@@ -123,6 +125,35 @@ def test_a_sqlite_reader_does_not_queue_behind_a_writer(tmp_path):
         assert session.scalar(text("SELECT count(*) FROM t")) >= 0
     assert time.monotonic() - started < 0.5
     holder.join()
+    dispose_engines()
+
+
+def test_a_new_writer_queue_is_not_reset_by_its_first_writers(tmp_path):
+    """Only a forked child starts a queue afresh: threads of the process that made it,
+    taking it for the first time at once, each used to put in a mutex of their own (two
+    writers let in together, then `release unlocked lock` at a commit)."""
+    queue = WriterQueue(str(tmp_path / "q.db-writer.lock"))
+    mutex = queue._mutex
+    assert queue.acquire(1)
+    assert queue._mutex is mutex
+    queue.release()
+
+
+def test_a_second_sqlite_write_transaction_of_one_thread_fails_at_once(tmp_path):
+    """It could never get in (its thread holds the first one open): it used to wait for
+    the queue, then for SQLite's busy timeout, a minute in all, then fail."""
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    hold_write_lock(url, 0)  # creates the table
+    started = time.monotonic()
+    with session_scope(url) as outer:
+        outer.execute(text("INSERT INTO t VALUES (1)"))
+        with pytest.raises(NestedWriteTransaction, match="commit it before"):
+            with session_scope(url) as inner:
+                inner.execute(text("INSERT INTO t VALUES (2)"))
+    assert time.monotonic() - started < 5
+    begin_write(url)  # the queue is free again
+    with transaction(session_factory(url, read_only=True)) as session:
+        assert session.scalar(text("SELECT count(*) FROM t")) == 2
     dispose_engines()
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 
 from shared import ledger
 from shared.db import session_factory, session_scope, transaction
-from shared.errors import Conflict
+from shared.errors import Conflict, NotFound
 from shared.openai_orm import OpenAIBatch, OpenAIBatchJob
 from shared.orm import Job, JobItem, OutputRemoval, utcnow
 from shared.retention import delete_job, expires_at, remove_jobs, sweep
@@ -135,3 +135,41 @@ def test_an_open_job_cannot_be_deleted(retention_settings):
     with session_scope(retention_settings.database_url) as session:
         with pytest.raises(Conflict, match="cancel it first"):
             delete_job(session, session.get(Job, job.id))
+
+
+def test_a_job_deleted_meanwhile_by_another_request_is_not_found(retention_settings, tmp_path):
+    """Two DELETEs of one job: the second found the row before the first committed; when
+    it locks the row, it is gone (a 404, not a 500)."""
+    job_id = finished_job(retention_settings, LocalStorage(tmp_path / "results"))
+    with session_scope(retention_settings.database_url) as session:
+        job = session.get(Job, job_id)  # found, as the view's find_job does
+        session.commit()  # (SQLite: let the other writer in; PostgreSQL's lock waits for it instead)
+        with transaction(session_factory(retention_settings.database_url)) as other:
+            assert delete_job(other, other.get(Job, job_id)) == [job_id]
+        with pytest.raises(NotFound):
+            delete_job(session, job)
+
+
+class RefusingStorage(LocalStorage):
+    """Local storage that cannot delete one job's objects (a permission gone wrong)."""
+
+    def __init__(self, root, refused: str):
+        super().__init__(root)
+        self.refused = refused
+
+    def delete_prefix(self, prefix: str) -> int:
+        if prefix == f"jobs/{self.refused}/":
+            raise PermissionError(f"cannot delete {prefix}")
+        return super().delete_prefix(prefix)
+
+
+def test_a_job_whose_outputs_cannot_be_deleted_keeps_its_removal_and_does_not_block_the_others(
+        retention_settings, tmp_path):
+    local = LocalStorage(tmp_path / "results")
+    stuck, *others = [finished_job(retention_settings, local) for _ in range(3)]
+    report = sweep(retention_settings, RefusingStorage(tmp_path / "results", refused=stuck))
+    assert report.jobs_removed == 3 and report.objects_removed == 4
+    assert sorted(local.keys()) == [output_key(stuck, 0, "png"), output_key(stuck, 1, "png")]
+    with session_scope(retention_settings.database_url) as session:
+        assert list(session.scalars(select(OutputRemoval.job_id))) == [stuck]
+    assert sweep(retention_settings, local).objects_removed == 2 and list(local.keys()) == []

@@ -185,3 +185,22 @@ def test_delete_prefix_removes_one_jobs_outputs_and_nothing_else(storage):
         storage.delete_prefix("jobs/job-10")  # a prefix names a whole directory
     with pytest.raises(ValueError):
         storage.delete_prefix("")
+
+
+def test_a_local_file_delete_prefix_could_not_delete_is_an_error_and_stays(tmp_path, monkeypatch):
+    """Retention forgets a removed job's outputs once delete_prefix returns: a file left
+    behind silently would stay for ever."""
+    local = LocalStorage(tmp_path)
+    for index in range(2):
+        local.put(output_key("job-1", index, "png"), b"png")
+    unlink = os.unlink
+
+    def refuse_the_first(path, *args, **kwargs):
+        if str(path).endswith("0.png"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", refuse_the_first)
+    with pytest.raises(PermissionError):
+        local.delete_prefix("jobs/job-1/")
+    assert output_key("job-1", 0, "png") in set(local.keys())
