@@ -21,6 +21,7 @@ from shared.keys import Principal
 from shared.openai_files import read_lines
 from shared.openai_orm import FilePurpose, OpenAIBatch
 from shared.openai_shapes import ENDPOINTS
+from web import metrics
 from web.api import check_pending_quota
 from web.auth import current_principal
 from web.bodies import json_body
@@ -186,15 +187,18 @@ def create_batch():
         principal.tenant, body.endpoint, source.id, body.completion_window, body.metadata,
         body.output_expires_after.seconds if body.output_expires_after else None)
     plan = plan_batch(read_lines(ctx.storage, source), body.endpoint, ctx.registry, ctx.settings, ctx.token_limits)
+    jobs = []
     if plan.errors:
         openai_batches.fail_batch(batch, plan.errors, plan.requests)
         session.add(batch)
     else:
         check_pending_quota(session, principal.tenant, plan.items)
-        openai_batches.start_batch(session, batch, plan.jobs, ctx.settings.max_items_per_job)
+        jobs = openai_batches.start_batch(session, batch, plan.jobs, ctx.settings.max_items_per_job)
     session.commit()
-    for model in sorted(plan.models):
-        ctx.wakeups.send(model)
+    tallies = metrics.watch().tallies
+    for model in sorted({job.model for job in jobs}):  # the jobs' counters ride on the wake-up's round trip
+        made = [(job.model, job.total_items) for job in jobs if job.model == model]
+        ctx.wakeups.send(model, also=lambda pipe, made=made: [tallies.job_submitted(*job, pipe) for job in made])
     return batch_reply(session, batch)
 
 

@@ -55,7 +55,9 @@ def up(tmp_path_factory, chromium):
     root = tmp_path_factory.mktemp("console")
     build_demo_models(root / "models", quick=True, progress=lambda line: None)
     models_file = root / "models.yaml"
-    models_file.write_text(yaml.safe_dump(demo_registry_entries(root / "models")))
+    entries = demo_registry_entries(root / "models")
+    entries["models"]["absent-hub"] = {"task": "text-generation", "source": "example-org/absent-model"}  # no weights here
+    models_file.write_text(yaml.safe_dump(entries))
     process = UpProcess(root / "var", models_file, free_port())
     process.wait_up(timeout=300)
     yield process
@@ -130,6 +132,9 @@ def walk_through(up, page) -> None:
 
     # Ten digits to demo-image: the form shows the model's defaults and limits.
     page.goto(up.url + "/submit")
+    absent = page.locator('#model option[value="absent-hub"]')  # its weights are missing: it cannot be chosen
+    expect(absent).to_be_disabled()
+    expect(absent).to_contain_text("unavailable: its weights are not in this machine's Hugging Face cache")
     page.select_option("#model", "demo-image")
     expect(page.locator("#model-facts")).to_contain_text('"num_inference_steps":25')
     width = page.locator("#p-text-to-image-width")

@@ -23,6 +23,7 @@ from shared.storage import output_key, storage_from_settings
 from tests.helpers.ledger import work_by_hand
 from tests.helpers.openai_batches import chat_line, completion_line, jsonl, registry_with_chat_model
 from tests.web.conftest import make_key
+from tests.web.test_watching import scrape, value
 from web.app import create_app
 from web.openai_bodies import openai_param
 
@@ -109,6 +110,11 @@ def test_a_batch_is_genq_jobs_with_n_consecutive_seeds(client, openai_settings):
         sampled = session.query(OpenAIBatchRequest).filter_by(custom_id="c").one().job_id
     assert request.n == 2 and seeds == [5, 6]
     assert next(j for j in jobs if j["id"] == sampled)["params"]["temperature"] == 0.7
+
+    admin = {"Authorization": f"Bearer {make_key(openai_settings, 'ops', admin=True)}"}
+    families = scrape(client, headers=admin)  # the batch's jobs count as submitted, like POST /v1/jobs's
+    assert value(families, "genq_jobs_submitted_total", model="tiny-text") == 3
+    assert value(families, "genq_items_submitted_total", model="tiny-text") == 4
 
 
 def test_a_list_of_prompts_is_n_items_per_prompt_in_one_request(client, openai_settings):

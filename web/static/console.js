@@ -431,6 +431,7 @@ function initSubmit() {
 
   api.get("/v1/models").then((listing) => {
     for (const model of listing.models) state.models.set(model.name, model);
+    markUnavailable(select, state.models);
     choose();
   }).catch(report);
   select.addEventListener("change", choose);
@@ -471,6 +472,21 @@ function initSubmit() {
       button.disabled = false;
     }
   });
+}
+
+/* A model whose weights this deployment lacks cannot take a job: its option says why and
+   cannot be chosen (the API would refuse it with model_unavailable). */
+function markUnavailable(select, models) {
+  for (const option of select.options) {
+    const model = models.get(option.value);
+    if (!model || model.available !== false) continue;
+    option.disabled = true;
+    option.textContent = `${option.textContent} (unavailable: ${model.unavailable_reason})`;
+  }
+  if (select.selectedOptions[0] && select.selectedOptions[0].disabled) {
+    const usable = [...select.options].find((option) => !option.disabled);
+    if (usable) select.value = usable.value;
+  }
 }
 
 function applyModel(model, option) {
