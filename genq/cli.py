@@ -8,7 +8,19 @@ from pathlib import Path
 import click
 
 
-@click.group()
+class GenqCommands(click.Group):
+    """A configuration error of any command is its message and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from shared.errors import ConfigError
+
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=GenqCommands)
 def main() -> None:
     """genq: a self-hosted backend for long-running generation jobs."""
 

@@ -11,8 +11,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError
 
 
 def parse_duration(value: Any) -> timedelta | None:
@@ -148,5 +150,12 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process's settings, read from the environment on first use."""
-    return Settings()
+    """The process's settings, read from the environment on first use. A value that does
+    not parse is a `ConfigError` naming each variable, not a validation traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [f"GENQ_{'_'.join(map(str, error['loc'])).upper()}: "
+                    f"{error['msg'].removeprefix('Value error, ')} (got {error.get('input')!r})"
+                    for error in exc.errors()]
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None

@@ -48,3 +48,11 @@ def test_the_webhook_events_the_cli_offers_are_the_ledger_s():
 
     choice = next(p for p in webhooks_set.params if p.name == "events").type
     assert tuple(choice.choices) == tuple(EVENTS)
+
+
+@pytest.mark.parametrize("command", [("up",), ("keys", "list"), ("models", "list")])
+def test_a_bad_setting_is_named_in_one_line_not_a_traceback(command, tmp_path):
+    result = genq(*command, GENQ_RESULT_TTL="a month", GENQ_WEB_PORT="eighty", GENQ_DATA_DIR=str(tmp_path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "GENQ_RESULT_TTL: 'a month' is not a duration: use 30d" in result.stderr
+    assert "GENQ_WEB_PORT" in result.stderr
