@@ -154,18 +154,17 @@ class SweepReport:
     objects_removed: int = 0
 
 
-def sweep(settings, storage, now: datetime | None = None, max_batches: int | None = None) -> SweepReport:
+def sweep(settings, storage, now: datetime | None = None) -> SweepReport:
     """Remove every expired job (and finish removals a crash interrupted), a batch a
-    transaction. `max_batches` bounds one call (tests)."""
+    transaction."""
     sessions = session_factory(settings.database_url)
     read_sessions = session_factory(settings.database_url, read_only=True)
     report = SweepReport()
-    with transaction(sessions) as session:
+    with transaction(read_sessions) as session:  # a read: it never waits for SQLite's write lock
         interrupted = list(session.scalars(select(OutputRemoval.job_id).order_by(OutputRemoval.created_at)
                                           .limit(settings.retention_batch_jobs)))
     report.objects_removed += remove_outputs(sessions, storage, interrupted)
-    batches = 0
-    while max_batches is None or batches < max_batches:
+    while True:
         moment, began = now or utcnow(), time.monotonic()
         with transaction(read_sessions) as session:  # found without SQLite's write lock, then checked under it
             candidates = expired_job_ids(session, settings, moment, settings.retention_batch_jobs)
@@ -174,7 +173,6 @@ def sweep(settings, storage, now: datetime | None = None, max_batches: int | Non
             with_outputs = remove_jobs(session, job_ids)
         report.jobs_removed += len(job_ids)
         report.objects_removed += remove_outputs(sessions, storage, with_outputs)
-        batches += 1
         if len(candidates) < settings.retention_batch_jobs:
             break
         time.sleep(max(MIN_PAUSE_SECONDS, time.monotonic() - began))  # others write at least half the time

@@ -197,9 +197,15 @@ def create_batch():
     session.commit()
     tallies = metrics.watch().tallies
     for model in sorted({job.model for job in jobs}):  # the jobs' counters ride on the wake-up's round trip
-        made = [(job.model, job.total_items) for job in jobs if job.model == model]
-        ctx.wakeups.send(model, also=lambda pipe, made=made: [tallies.job_submitted(*job, pipe) for job in made])
+        items = [job.total_items for job in jobs if job.model == model]
+        ctx.wakeups.send(model, also=lambda pipe, model=model, items=items: count_jobs(tallies, model, items, pipe))
     return batch_reply(session, batch)
+
+
+def count_jobs(tallies, model: str, items: list[int], pipe) -> None:
+    """Count a batch's jobs of `model` as submitted (each with its items), on `pipe`."""
+    for total in items:
+        tallies.job_submitted(model, total, pipe)
 
 
 @batches.operation("GET", "/batches", "List batches, newest first", tag="batches", params=CURSOR_PARAMS,
