@@ -40,7 +40,16 @@ def backend_parser(doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres",
                         type=lambda text: [b.strip() for b in text.split(",") if b.strip()])
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL, help="a server to create a fresh database on")
+    parser.add_argument("--web-processes", type=int, default=None,
+                        help="gunicorn processes of the web (default: as deployed, GENQ_WEB_PROCESSES' default)")
     return parser
+
+
+def deployed_web_processes() -> int:
+    """The web's process count when nobody sets GENQ_WEB_PROCESSES: what `genq up` runs."""
+    from shared.settings import Settings
+
+    return Settings.model_fields["web_processes"].default
 
 
 def write_registry(path: Path, models: dict[str, dict]) -> Path:
@@ -93,22 +102,58 @@ def database(backend: str, root: Path, postgres_url: str = DEFAULT_POSTGRES_URL)
 
 @contextmanager
 def running_stack(root: Path, database_url: str, models_file: Path, *, worker: bool = True,
-                  **settings) -> Iterator[Stack]:
-    """Redis, web and (unless `worker` is False: jobs then stay queued) one worker;
-    PYTHONPATH is this checkout, so the subprocesses run the code next to this file (and
-    can import bench.noop_runner)."""
+                  web_processes: int | None = None, **settings) -> Iterator[Stack]:
+    """Redis, web (`web_processes` gunicorn processes, by default as deployed) and (unless
+    `worker` is False: jobs then stay queued) one worker; PYTHONPATH is this checkout, so
+    the subprocesses run the code next to this file (and can import bench.noop_runner)."""
     redis = RedisServer(root / "redis").start()
     settings.setdefault("rate_limit", "10000000/minute")  # the limiter must not shape the load
     stack = Stack(root / "stack", database_url, redis.url, models_file, env={"PYTHONPATH": str(ROOT)}, **settings)
+    stack.redis_pid = redis.process.pid
     try:
         stack.migrate()
-        stack.start_web()
+        stack.start_web(web_processes or deployed_web_processes())
         if worker:
             stack.start_worker()
         yield stack
     finally:
         stack.stop()
         redis.stop()
+
+
+def cpu_times(stack: Stack) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the web process tree, the worker's, the
+    stack's Redis, every `postgres` process on this machine (0 on SQLite, where the
+    database works inside web and worker) and this process (the client)."""
+    import psutil
+
+    def tree(pid: int | None) -> float:
+        try:
+            root = psutil.Process(pid)
+            return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+        except (psutil.NoSuchProcess, ValueError):
+            return 0.0
+
+    def postgres() -> float:
+        total = 0.0
+        for process in psutil.process_iter(["name"]):
+            if process.info["name"] in ("postgres", "postmaster"):
+                try:
+                    total += sum(process.cpu_times()[:2])
+                except psutil.NoSuchProcess:
+                    pass
+        return total
+
+    own = psutil.Process().cpu_times()
+    worker = stack.processes.get("worker")
+    return {"web": tree(stack.processes["web"].pid), "worker": tree(worker.pid if worker else None),
+            "redis": tree(getattr(stack, "redis_pid", None)), "postgres": postgres(),
+            "client": own.user + own.system}
+
+
+def cpu_ms_per(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """Milliseconds of CPU per unit of work by component, between two `cpu_times`."""
+    return {name: 1000 * (after[name] - before[name]) / n for name in after}
 
 
 def worker_code_origin(stack: Stack) -> str:

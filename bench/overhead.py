@@ -70,10 +70,12 @@ def run_genq(root: Path, backend: str, args: argparse.Namespace) -> dict:
     """jobs/s of N one-item jobs, submitted concurrently, through web + worker + ledger."""
     models_file = harness.write_registry(root / "models.yaml", {"noop": harness.noop_entry()})
     body = {"model": "noop", "prompts": ["p"]}
-    with harness.database(backend, root, args.postgres_url) as url, harness.running_stack(root, url, models_file) as stack:
+    with harness.database(backend, root, args.postgres_url) as url, harness.running_stack(root, url, models_file, web_processes=args.web_processes) as stack:
         stack.wait_terminal(stack.submit(body), timeout=120)  # warm-up: loads the runner
+        cpu_before = harness.cpu_times(stack)
         first, submitted, latencies = harness.submit_concurrently(stack, [body] * args.jobs, args.threads)
         done = harness.wait_all_terminal(url, args.timeout)
+        cpu = harness.cpu_ms_per(cpu_before, harness.cpu_times(stack), args.jobs)
         origin = harness.worker_code_origin(stack)
     assert done["states"] == {"succeeded": args.jobs + 1}, done["states"]
     return {
@@ -83,6 +85,7 @@ def run_genq(root: Path, backend: str, args: argparse.Namespace) -> dict:
         "submit_p50_ms": 1000 * harness.percentile(latencies, 50),
         "submit_p99_ms": 1000 * harness.percentile(latencies, 99),
         "code": origin,
+        "cpu_ms_per_job": cpu,
     }
 
 
@@ -93,6 +96,9 @@ def print_table(raw: dict, rows: list[dict]) -> None:
         print(f"{row['backend']:<10} {row['jobs_per_s']:8.1f} {raw['tasks_per_s']:19.1f} "
               f"{row['jobs_per_s'] / raw['tasks_per_s']:6.3f} {row['submit_p50_ms']:14.1f} "
               f"{row['submit_p99_ms']:14.1f} {row['submits_per_s']:12.1f}")
+    for row in rows:
+        spent = ", ".join(f"{name} {ms:.2f}" for name, ms in row["cpu_ms_per_job"].items())
+        print(f"{row['backend']:<10} CPU ms per job: {spent} (the client's includes waiting for the jobs)")
 
 
 def main() -> None:
@@ -100,7 +106,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="genq-overhead-") as tmp:
         raw = run_raw_celery(Path(tmp) / "raw", args.jobs, args.threads)
         rows = [run_genq(Path(tmp) / backend, backend, args) for backend in args.backends]
-    print(f"jobs={args.jobs} threads={args.threads} code={rows[0]['code'] if rows else '-'}")
+    print(f"jobs={args.jobs} threads={args.threads} web_processes={args.web_processes or harness.deployed_web_processes()} code={rows[0]['code'] if rows else '-'}")
     print_table(raw, rows)
     harness.emit_result("overhead", {"raw_tasks_per_s": raw["tasks_per_s"], "raw_delay_p50_ms": raw["delay_p50_ms"],
                                      "backends": {row["backend"]: row for row in rows}})

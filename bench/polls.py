@@ -96,12 +96,12 @@ def open_loop(stack: Stack, job_id: str, rate: float, seconds: float, threads: i
         connection.close()
 
     clients = [threading.Thread(target=client, daemon=True) for _ in range(threads)]
-    cpu_before = cpu_times(stack)
+    cpu_before = harness.cpu_times(stack)
     for thread in clients:
         thread.start()
     for thread in clients:
         thread.join()
-    cpu_after = cpu_times(stack)
+    cpu_after = harness.cpu_times(stack)
     done = [r for r in results if r is not None]
     ok = [r for r in done if r[3] == 200]
     latencies = [r[2] - r[1] for r in ok]
@@ -117,27 +117,8 @@ def open_loop(stack: Stack, job_id: str, rate: float, seconds: float, threads: i
         "max_ms": 1000 * max(latencies, default=float("nan")),
         "late_p99_ms": 1000 * harness.percentile(late, 99),
         "p99_from_due_ms": 1000 * harness.percentile([r[2] - r[0] for r in ok], 99),
-        **{f"{name}_cpu_ms_per_request": 1000 * (cpu_after[name] - cpu_before[name]) / n for name in cpu_after},
+        **{f"{name}_cpu_ms_per_request": ms for name, ms in harness.cpu_ms_per(cpu_before, cpu_after, n).items()},
     }
-
-
-def cpu_times(stack: Stack) -> dict[str, float]:
-    """CPU seconds (user + system) so far of the web process tree, the worker's, and this
-    process (the client)."""
-    def tree(pid: int) -> float:
-        total = 0.0
-        try:
-            root = psutil.Process(pid)
-            for process in [root, *root.children(recursive=True)]:
-                times = process.cpu_times()
-                total += times.user + times.system
-        except psutil.NoSuchProcess:
-            pass
-        return total
-
-    own = psutil.Process().cpu_times()
-    return {"web": tree(stack.processes["web"].pid), "worker": tree(stack.processes["worker"].pid),
-            "client": own.user + own.system}
 
 
 def job(stack: Stack, job_id: str) -> dict:
@@ -150,7 +131,7 @@ def run_backend(root: Path, backend: str, args: argparse.Namespace, phases: list
     models_file = harness.write_registry(root / "models.yaml",
                                          {MODEL: harness.noop_entry(args.micro_batch, args.sleep_ms)})
     row: dict = {"backend": backend}
-    with harness.database(backend, root, args.postgres_url) as url, harness.running_stack(root, url, models_file) as stack:
+    with harness.database(backend, root, args.postgres_url) as url, harness.running_stack(root, url, models_file, web_processes=args.web_processes) as stack:
         small = stack.submit({"model": MODEL, "prompts": ["p"]})
         assert stack.wait_terminal(small, timeout=120)["state"] == "succeeded"  # also loads the runner
         if "idle" in phases:
@@ -174,7 +155,7 @@ def run_backend(root: Path, backend: str, args: argparse.Namespace, phases: list
 
 def print_table(rows: list[dict], phases: list[str], seconds: float) -> None:
     print(f"{'backend':<9} {'phase':<9} {'sent/s':>7} {'ok/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
-          f"{'late p99':>8} {'due p99':>8} {'errors':>6} {'web cpu ms/req':>14} {'worker cpu':>10} {'client cpu':>10}  note")
+          f"{'late p99':>8} {'due p99':>8} {'errors':>6} {'web cpu ms/req':>14} {'worker cpu':>10} {'db cpu':>7} {'client cpu':>10}  note")
     for row in rows:
         for phase in phases:
             r = row.get(phase)
@@ -186,7 +167,7 @@ def print_table(rows: list[dict], phases: list[str], seconds: float) -> None:
                         f"progress {r['progress_start']:.2f} -> {r['progress_end']:.2f}, {r['items_per_s']:.0f} items/s")
             print(f"{row['backend']:<9} {phase:<9} {r['requests'] / seconds:7.1f} {r['achieved_per_s']:7.1f} "
                   f"{r['p50_ms']:7.1f} {r['p99_ms']:7.1f} {r['max_ms']:7.1f} {r['late_p99_ms']:8.1f} {r['p99_from_due_ms']:8.1f} {r['errors']:6d} "
-                  f"{r['web_cpu_ms_per_request']:14.2f} {r['worker_cpu_ms_per_request']:10.2f} "
+                  f"{r['web_cpu_ms_per_request']:14.2f} {r['worker_cpu_ms_per_request']:10.2f} {r['postgres_cpu_ms_per_request']:7.2f} "
                   f"{r['client_cpu_ms_per_request']:10.2f}  {note}")
 
 
@@ -199,7 +180,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="genq-polls-") as tmp:
         rows = [run_backend(Path(tmp) / backend, backend, args, phases) for backend in args.backends]
     print(f"rate={args.rate:g}/s seconds={args.seconds:g} items={args.items} sleep_ms={args.sleep_ms:g} "
-          f"micro_batch={args.micro_batch} threads={args.threads} cpus={psutil.cpu_count()}")
+          f"micro_batch={args.micro_batch} threads={args.threads} cpus={psutil.cpu_count()} "
+          f"web_processes={args.web_processes or harness.deployed_web_processes()}")
     print_table(rows, phases, args.seconds)
     harness.emit_result("polls", {"rate": args.rate, "seconds": args.seconds, "items": args.items,
                                   "backends": {row["backend"]: row for row in rows}})

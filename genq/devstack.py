@@ -191,8 +191,8 @@ class Stack:
         upgrade(self.database_url)
         self.api_key = self.new_key(tenant)
 
-    def start_web(self) -> ServiceProcess:
-        web = self.genq("web", "web", "--port", str(self.port), "--workers", "1")
+    def start_web(self, processes: int = 1) -> ServiceProcess:
+        web = self.genq("web", "web", "--port", str(self.port), "--workers", str(processes))
         wait_for(self._healthy, 30, what="the web server")
         return web
 
