@@ -7,7 +7,7 @@ from flask import Response, request
 from sqlalchemy.exc import IntegrityError
 
 from shared import ledger, webhooks
-from shared.errors import Conflict, QuotaExceeded
+from shared.errors import Conflict
 from shared.notices import notices_for
 from shared.orm import Job
 from web import idempotency, metrics, queries
@@ -31,7 +31,6 @@ from web.response_models import (
     ModelListResponse,
 )
 
-QUOTA_RETRY_AFTER_SECONDS = 30
 MAX_ITEM_INDEX = 2**31 - 1  # the column is an INTEGER: a larger index is a 404, never an overflow
 
 api = DocumentedBlueprint("api", __name__, url_prefix="/v1", secured=True)
@@ -143,12 +142,7 @@ def check_webhook(session, tenant: str, requested, settings) -> dict | None:
 
 
 def check_pending_quota(session, tenant: str, new_items: int) -> None:
-    cap = genq().settings.max_pending_items_per_tenant
-    pending = queries.pending_items_of_tenant(session, tenant)
-    if pending + new_items > cap:
-        raise QuotaExceeded(
-            f"tenant {tenant!r} has {pending} pending items; {new_items} more would pass the limit of {cap}. "
-            "Retry when some have run.", field="prompts", retry_after=QUOTA_RETRY_AFTER_SECONDS)
+    genq().quota.admit(tenant, new_items, lambda: queries.pending_items_of_tenant(session, tenant))
 
 
 def _accepted(job: Job | ledger.Submitted, replayed: bool = False):

@@ -13,6 +13,7 @@ from shared.queue import Wakeups
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
+from web.quota import PendingQuota
 from web.tokens import PromptTokenLimits
 
 SAFE_METHODS = ("GET", "HEAD")
@@ -29,6 +30,7 @@ class GenqContext:
     storage: Storage
     token_limits: PromptTokenLimits
     keys: KeyCache
+    quota: PendingQuota
 
 
 def genq() -> GenqContext:
