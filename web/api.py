@@ -23,7 +23,6 @@ from web.response_models import (
     ItemPageResponse,
     ItemResponse,
     JobAcceptedResponse,
-    JobLinks,
     JobListResponse,
     JobResponse,
     JobStatusResponse,
@@ -146,10 +145,11 @@ def check_pending_quota(session, tenant: str, new_items: int) -> None:
 
 
 def _accepted(job: Job | ledger.Submitted, replayed: bool = False):
-    headers = {"Location": JobLinks.of(job.id).self}
+    body = JobAcceptedResponse.of(job)
+    headers = {"Location": body.links.self}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return JobAcceptedResponse.of(job).reply(202, headers)
+    return body.reply(202, headers)
 
 
 @api.operation(

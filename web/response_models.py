@@ -42,8 +42,8 @@ class JobLinks(_Response):
 
     @classmethod
     def of(cls, job_id: str) -> JobLinks:
-        return cls(self=url_for("api.get_job", job_id=job_id), items=url_for("api.list_items", job_id=job_id),
-                   cancel=url_for("api.cancel_job", job_id=job_id))
+        job = url_for("api.get_job", job_id=job_id)  # one lookup: the others are paths under it
+        return cls(self=job, items=f"{job}/items", cancel=f"{job}/cancel")
 
 
 class JobAcceptedResponse(_Response):
