@@ -17,13 +17,14 @@ from web.context import GenqContext, close_db
 from web.docs import docs
 from web.errors import register_error_handlers
 from web.events import events
-from web.hardening import add_security_headers, init_cors, init_rate_limits
+from web.hardening import add_security_headers, init_cors
 from web.health import health
 from web.job_removal import removal
 from web.metrics import init_metrics
 from web.openai_batches import batches as openai_batches
 from web.openai_files import files as openai_files
 from web.quota import PendingQuota
+from web.rate_limits import init_rate_limits
 from web.tokens import PromptTokenLimits
 from web.webhook_views import webhooks
 
@@ -58,9 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(openai_files)  # the OpenAI-compatible Files and Batches API
     app.register_blueprint(openai_batches)
     init_metrics(app, settings)  # GET /metrics, request timing, the workers' progress and throughput (Redis)
-    limiter = init_rate_limits(app, settings)
-    limiter.limit(settings.rate_limit)(openai_files)
-    limiter.limit(settings.rate_limit)(openai_batches)
+    init_rate_limits(app, settings.redis_url, settings.rate_limit, {api.name, openai_files.name, openai_batches.name})
     app.after_request(add_security_headers)
     if settings.cors_origins:
         init_cors(app, settings.cors_origins)
