@@ -20,7 +20,7 @@ refused (503 with Retry-After), so streams can never take the threads polls are 
 by. A parked thread costs a small stack and no CPU. We chose this over gevent because
 gevent would put every request of the process on one OS thread: a SQLite call (the
 embedded default) blocks the whole hub while it waits for the write lock, and the
-Flask-Limiter, key cache and psycopg code would all have to be green-safe. We chose it
+rate limiter, key cache and psycopg code would all have to be green-safe. We chose it
 over a separate async server because it keeps one port, one app and one auth path.
 """
 from __future__ import annotations
