@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -27,7 +28,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import emit_result
+from bench.harness import emit_result, epoch
 from genq.devstack import (
     RedisServer,
     ServiceProcess,
@@ -57,7 +58,10 @@ def prompts(n: int) -> list[str]:
     return [f"benchmark prompt {i}: the quick brown fox" + " jumps" * (i % 5) for i in range(n)]
 
 
-def run_service(root: Path, models_file: Path, params: dict, items: list[str]) -> float:
+def run_service(root: Path, models_file: Path, params: dict, items: list[str]) -> tuple[float, float]:
+    """Seconds from the submit to the job's `finished_at` (the ledger's clock, this
+    machine's), and to the client's poll that saw it finished (every 0.2 s: the client's
+    choice, up to 0.2 s on top that is not the service's)."""
     redis = RedisServer(root / "redis").start()
     stack = Stack(root / "stack", f"sqlite:///{root / 'bench.db'}", redis.url, models_file, slice_max_items=len(items))
     try:
@@ -66,12 +70,12 @@ def run_service(root: Path, models_file: Path, params: dict, items: list[str]) -
         stack.start_worker()
         warm = stack.submit({"model": "bench-text", "prompts": items[:1], "params": params})
         stack.wait_terminal(warm, timeout=300)  # load the model before the clock starts
-        started = time.perf_counter()
+        started = time.time()
         job_id = stack.submit({"model": "bench-text", "prompts": items, "params": params})
         job = stack.wait_terminal(job_id, timeout=1800)
-        elapsed = time.perf_counter() - started
+        seen = time.time() - started
         assert job["state"] == "succeeded", job
-        return elapsed
+        return epoch(datetime.fromisoformat(job["finished_at"].replace("Z", "+00:00"))) - started, seen
     finally:
         stack.stop()
         redis.stop()
@@ -138,18 +142,20 @@ def main() -> None:
         root = Path(tmp)
         model_dir = args.model_dir or build_tiny_text_model(root / "model")
         models_file = write_registry(root / "models.yaml", model_dir, args.micro_batch)
-        service_s = run_service(root, models_file, params, items)
+        service_s, service_seen_s = run_service(root, models_file, params, items)
         direct_s, direct_texts = run_in_process(models_file, params, items, args.micro_batch)
         tutorial_s, tutorial_texts = run_tutorial(root, models_file, params, items)
     service_rate, direct_rate, tutorial_rate = args.items / service_s, args.items / direct_s, args.items / tutorial_s
     differing = sum(a != b for a, b in zip(direct_texts, tutorial_texts))
     print(f"items={args.items} max_new_tokens={args.max_new_tokens} micro_batch={args.micro_batch} model={model_dir}")
-    print(f"service:    {service_s:8.2f} s  {service_rate:8.1f} items/s  (submit -> succeeded, polled over HTTP)")
+    print(f"service:    {service_s:8.2f} s  {service_rate:8.1f} items/s  (submit -> the job's finished_at; "
+          f"{service_seen_s:.2f} s until a poll every 0.2 s saw it)")
     print(f"in-process: {direct_s:8.2f} s  {direct_rate:8.1f} items/s  (same runner, one batched loop)")
     print(f"tutorial:   {tutorial_s:8.2f} s  {tutorial_rate:8.1f} items/s  (one Celery task per prompt, model warm)")
     print(f"ratio service/in-process: {service_rate / direct_rate:.2f}  service/tutorial: "
           f"{service_rate / tutorial_rate:.2f}  (tutorial texts differing from in-process: {differing})")
     emit_result("throughput", {"items": args.items, "service_items_per_s": service_rate,
+                               "service_seen_items_per_s": args.items / service_seen_s,
                                "in_process_items_per_s": direct_rate, "ratio": service_rate / direct_rate,
                                "tutorial_items_per_s": tutorial_rate, "ratio_vs_tutorial": service_rate / tutorial_rate,
                                "tutorial_texts_differing": differing})
