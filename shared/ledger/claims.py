@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import Integer, and_, bindparam, case, select, true, union_all, update
 from sqlalchemy.orm import Session
@@ -76,18 +76,22 @@ def release_expired_leases(session: Session, *, max_attempts: int, now: datetime
     return failed + released
 
 
-def jobs_in_claim_order(model, tenant, limit, *where, columns: Sequence = (), ranges: Sequence = (true(),)):
-    """(id, *columns) of the first `limit` open jobs of `model` and `tenant` with pending
-    items (and `where`), in claim order: priority, then age. Each open state is read on
-    its own, in order, and the arms are merged (see `turns.claimable`); so is each of
-    `ranges`, conditions that are each a range of the claim-order index (their OR would
-    be a filter, see `queue_position`). The arguments may be values or bound parameters."""
+def jobs_in_claim_order(model, tenant, limit, *where, columns: Sequence = (), ranges: Sequence = (true(),),
+                        per_row: Callable[[Any], Sequence] = lambda _merged: ()):
+    """(id, *columns, *per_row) of the first `limit` open jobs of `model` and `tenant`
+    with pending items (and `where`), in claim order: priority, then age. Each open state
+    is read on its own, in order, and the arms are merged (see `turns.claimable`); so is
+    each of `ranges`, conditions that are each a range of the claim-order index (their OR
+    would be a filter, see `queue_position`). `per_row(merged)` are columns computed on
+    the merged rows, after the limit: a subquery there runs (and is planned) once, not
+    once per arm and for rows the merge then drops. The arguments may be values or bound
+    parameters."""
     arms = [select(Job.id, Job.priority, Job.created_at, *columns)
             .where(turns.claimable(model, tenant, state), range_, *where)
             .order_by(*CLAIM_ORDER).limit(limit).subquery()
             for state in OPEN_JOB_STATES for range_ in ranges]
     merged = union_all(*(select(arm) for arm in arms)).subquery()
-    return (select(merged.c.id, *(merged.c[column.key] for column in columns))
+    return (select(merged.c.id, *(merged.c[column.key] for column in columns), *per_row(merged))
             .order_by(merged.c.priority.desc(), merged.c.created_at, merged.c.id).limit(limit))
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from math import ceil
 
-from sqlalchemy import Integer, and_, bindparam, case, func, select
+from sqlalchemy import Integer, and_, bindparam, case, func, select, tuple_
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import operators
 
@@ -128,15 +128,30 @@ def _share(theirs: list[_Waiting], items: int) -> tuple[int, int]:
 
 def _ahead_ranges() -> list:
     """The rows before a job in CLAIM_ORDER (its values are the parameters `ahead_<column>`,
-    see `_ahead_params`), as one condition per ordering column (equal on the columns before
-    it, strictly before on it): each is a range of the claim-order index, where one OR of
-    them would be a filter over the tenant's every open job."""
+    see `_ahead_params`), as one condition per run of ordering columns of one direction
+    (equal on the runs before it, strictly before on it, a row comparison for a run of
+    several): each is a range of the claim-order index, where one OR of them would be a
+    filter over the tenant's every open job. CLAIM_ORDER's runs are (priority) descending,
+    then (created_at, id): two ranges, so two arms per open state where one per column
+    made three, and planning them cost more than running them."""
     ranges, equal = [], []
-    for column, descending in _order_columns():
-        value = bindparam(f"ahead_{column.key}", type_=column.type)
-        ranges.append(and_(*equal, column > value if descending else column < value))
-        equal.append(column == value)
+    for columns, descending in _order_runs():
+        values = [bindparam(f"ahead_{column.key}", type_=column.type) for column in columns]
+        left, right = (columns[0], values[0]) if len(columns) == 1 else (tuple_(*columns), tuple_(*values))
+        ranges.append(and_(*equal, left > right if descending else left < right))
+        equal.extend(column == value for column, value in zip(columns, values))
     return ranges
+
+
+def _order_runs() -> list[tuple[list, bool]]:
+    """CLAIM_ORDER's columns as runs of consecutive columns of one direction: ([column, ...], descending)."""
+    runs: list[tuple[list, bool]] = []
+    for column, descending in _order_columns():
+        if runs and runs[-1][1] == descending:
+            runs[-1][0].append(column)
+        else:
+            runs.append(([column], descending))
+    return runs
 
 
 def _ahead_params(job: Job) -> dict:
@@ -152,14 +167,16 @@ def _order_columns() -> list[tuple]:
     return terms
 
 
-def pending_items():
-    """A job's pending items, next to a row of `jobs`: its `total_items` while it is queued
-    and never ran (no item can be anything but pending then), else one count on the items'
-    (job, state) index."""
+def pending_items(jobs=None):
+    """A job's pending items, next to a row of `jobs` (the jobs table, or a subquery with
+    its id, state, attempts, started_at and total_items): its `total_items` while it is
+    queued and never ran (no item can be anything but pending then), else one count on
+    the items' (job, state) index."""
+    row = Job.__table__.c if jobs is None else jobs.c
     count = (select(func.count()).select_from(JobItem)
-             .where(JobItem.job_id == Job.id, JobItem.state == ItemState.PENDING).scalar_subquery())
-    never_ran = and_(Job.state == JobState.QUEUED, Job.attempts == 0, Job.started_at.is_(None))
-    return case((never_ran, Job.total_items), else_=count)
+             .where(JobItem.job_id == row.id, JobItem.state == ItemState.PENDING).scalar_subquery())
+    never_ran = and_(row.state == JobState.QUEUED, row.attempts == 0, row.started_at.is_(None))
+    return case((never_ran, row.total_items), else_=count)
 
 
 def _claimable(session: Session, model: str, tenant: str, limit: int, job: Job | None = None) -> list[_Waiting]:
@@ -169,17 +186,22 @@ def _claimable(session: Session, model: str, tenant: str, limit: int, job: Job |
         return []
     params = {"model": model, "tenant": tenant, "limit": limit, **(_ahead_params(job) if job is not None else {})}
     rows = session.execute(_claimable_statement(job is not None), params)
-    return [_Waiting(int(pending or 0), batch_key) for _id, batch_key, pending in rows]
+    return [_Waiting(int(row.pending or 0), row.batch_key) for row in rows]
 
 
 @lru_cache(maxsize=2)
 def _claimable_statement(ahead: bool):
     """`_claimable`'s statement, built once per process (its values are parameters): the
     claim's own read (`claims.jobs_in_claim_order`), with one arm per range of the jobs
-    ahead (`_ahead_ranges`) when it reads only those."""
+    ahead (`_ahead_ranges`) when it reads only those; the pending items are counted on
+    the merged rows (`pending_items`), once per job the statement returns."""
     return jobs_in_claim_order(bindparam("model"), bindparam("tenant"), bindparam("limit", type_=Integer),
-                               columns=(Job.batch_key, pending_items().label("pending")),
+                               columns=(Job.batch_key, *_PENDING_INPUTS),
+                               per_row=lambda merged: (pending_items(merged).label("pending"),),
                                **({"ranges": _ahead_ranges()} if ahead else {}))
+
+
+_PENDING_INPUTS = (Job.state, Job.attempts, Job.started_at, Job.total_items)  # what `pending_items` reads of a job
 
 
 def _running_items(session: Session, model: str, job_id: str | None = None) -> int:

@@ -107,3 +107,20 @@ def test_the_place_and_the_metrics_read_no_ledger_table_whole(database_url):
         plans = [flat_plans._explained(connection, "sqlite", sql, params) for sql, params in statements]
     assert len(plans) >= 5
     assert [(plan["sql"], plan["plan"]) for plan in plans if plan["full_scans"]] == []
+
+
+def test_jobs_submitted_at_the_same_instant_are_placed_by_the_claims_order_of_ids(database_url):
+    """The jobs ahead of one of the same priority and age are those with a lower id: the
+    row comparison (created_at, id) of its range, as the claim orders them."""
+    from sqlalchemy import update
+
+    jobs = [submit(database_url, tenant, n, priority=priority)
+            for tenant, n, priority in (("a", 2, 5), ("a", 3, 5), ("b", 1, 5), ("a", 1, 7), ("a", 2, 5), ("b", 2, 7))]
+    with session_scope(database_url) as session:
+        session.execute(update(Job).values(created_at=session.get(Job, jobs[0]).created_at))
+    predicted = {job_id: predict(database_url, job_id) for job_id in jobs}
+    order = claim_everything(database_url)
+    for job_id in jobs:
+        first = order.index(job_id)
+        assert predicted[job_id].place.items_ahead == first, job_id
+        assert predicted[job_id].place.position == 1 + len(set(order[:first])), job_id
