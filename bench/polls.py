@@ -17,6 +17,8 @@ clients, one HTTP connection each, take the next due request), so a slow reply d
 slow the rate down. Latency is measured from the moment a request is sent; `late`
 is how long after its due time it was sent (all clients busy: the server fell behind,
 or the client is short of CPU), and `p99 from due` counts that wait too.
+Before the first phase, one second of the same load warms the web up (its database
+connections are opened and its statements prepared on first use); it is not counted.
 Also measured per phase: the CPU time the web processes and the worker processes
 spent per request, and the client's own.
 
@@ -42,6 +44,7 @@ from bench import harness  # noqa: E402
 from genq.devstack import Stack, wait_for  # noqa: E402
 
 MODEL = "sleepy"
+WARM_UP_SECONDS = 1.0
 PHASES = ("idle", "running", "finished")
 
 
@@ -134,6 +137,7 @@ def run_backend(root: Path, backend: str, args: argparse.Namespace, phases: list
     with harness.database(backend, root, args.postgres_url) as url, harness.running_stack(root, url, models_file, web_processes=args.web_processes) as stack:
         small = stack.submit({"model": MODEL, "prompts": ["p"]})
         assert stack.wait_terminal(small, timeout=120)["state"] == "succeeded"  # also loads the runner
+        open_loop(stack, small, args.rate, WARM_UP_SECONDS, args.threads)  # not counted: see the docstring
         if "idle" in phases:
             row["idle"] = open_loop(stack, small, args.rate, args.seconds, args.threads)
         if "running" in phases or "finished" in phases:

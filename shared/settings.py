@@ -118,6 +118,7 @@ class Settings(BaseSettings):
     progress_interval_seconds: float = Field(0.5, ge=0, description="A running model writes its step or token count to Redis at most this often.")
     throughput_window_seconds: float = Field(300.0, gt=0, description="ETAs divide by the items per second of the micro-batches that ended in this window.")
     queue_scan_jobs: int = Field(1000, ge=1, description="Most queued jobs a status poll reads to place a job in its queue; beyond, position and ETA are lower bounds.")
+    outlook_cache_seconds: float = Field(1.0, ge=0, description="How long a web process reuses what a job's ETA rests on (its place in the queue, the items ahead of it, the model's throughput) between polls; the counts are read on every poll (0: read them all on every poll).")
     metrics_public: bool = Field(False, description="Serve GET /metrics without an API key (else an admin key is required).")
 
     # Live events (GET /v1/jobs/<id>/events, GET /v1/events) and webhooks.

@@ -180,7 +180,8 @@ def list_jobs():
 def get_job(job_id: str):
     session = db()
     job, counts = queries.find_job_with_counts(session, current_principal(), job_id)
-    outlook = queries.job_outlook(session, job, counts, genq().settings, metrics.watch())
+    ctx = genq()
+    outlook = queries.job_outlook(session, job, counts, ctx.settings, metrics.watch(), ctx.outlooks)
     return JobStatusResponse.of_status(job, counts, outlook).reply()
 
 

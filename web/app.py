@@ -23,6 +23,7 @@ from web.job_removal import removal
 from web.metrics import init_metrics
 from web.openai_batches import batches as openai_batches
 from web.openai_files import files as openai_files
+from web.queries import RecentOutlooks
 from web.quota import PendingQuota
 from web.rate_limits import init_rate_limits
 from web.tokens import PromptTokenLimits
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         token_limits=PromptTokenLimits(),
         keys=KeyCache(settings.auth_cache_seconds),
         quota=PendingQuota(settings.max_pending_items_per_tenant, settings.quota_count_cache_seconds),
+        outlooks=RecentOutlooks(settings.outlook_cache_seconds),
     )
     app.teardown_appcontext(close_db)
     register_error_handlers(app)

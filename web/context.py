@@ -13,6 +13,7 @@ from shared.queue import Wakeups
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.storage import Storage
+from web.queries import RecentOutlooks
 from web.quota import PendingQuota
 from web.tokens import PromptTokenLimits
 
@@ -31,6 +32,7 @@ class GenqContext:
     token_limits: PromptTokenLimits
     keys: KeyCache
     quota: PendingQuota
+    outlooks: RecentOutlooks
 
 
 def genq() -> GenqContext:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
+from typing import Callable
 
 from sqlalchemy import and_, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session
@@ -14,7 +16,7 @@ from shared.errors import InvalidRequest, NotFound
 from shared.keys import Principal
 from shared.ledger.jobs import COUNT_COLUMNS, Counts, counts_of_row
 from shared.ledger.plans import row_check
-from shared.ledger.queue_position import QueuePlace, outlook, pending_items
+from shared.ledger.queue_position import Outlook, QueuePlace, outlook, pending_items
 from shared.orm import ItemState, Job, JobItem, JobState
 from shared.progress import ItemProgress
 from shared.states import OPEN_JOB_STATES, UNFINISHED_JOB_STATES
@@ -153,39 +155,92 @@ class JobOutlook:
     running: list[ItemProgress] = field(default_factory=list)
 
 
-def job_outlook(session: Session, job: Job, counts: Counts, settings, watch) -> JobOutlook:
+def job_outlook(session: Session, job: Job, counts: Counts, settings, watch,
+                recent: RecentOutlooks | None = None) -> JobOutlook:
     """`watch` is the web's `shared.watch.Watch`. The queue is read from the ledger by the
-    claim's own rule (`ledger.queue_position`); the throughput and the running items'
-    progress come from Redis, where the workers write them."""
+    claim's own rule (`ledger.queue_position`), or taken from `recent`; the throughput and
+    the running items' progress come from Redis, where the workers write them."""
     running = watch.progress.read(job.id) if counts.running else []
-    view = outlook(session, job, pending=counts.pending, slice_items=settings.slice_max_items,
-                   scan_limit=settings.queue_scan_jobs)
+
+    def read() -> Outlook | None:
+        return outlook(session, job, pending=counts.pending, slice_items=settings.slice_max_items,
+                       scan_limit=settings.queue_scan_jobs)
+    view = recent.outlook(job, counts.pending, read) if recent is not None else read()
     if view is None:
         return JobOutlook(None, None, "not_open", running=running)
-    eta, reason = estimate(fresh_throughput(watch.throughput), job.model, view.items_to_wait_for, exact=view.exact)
+    throughput = recent.throughput(watch.throughput) if recent is not None else fresh_throughput(watch.throughput)
+    eta, reason = estimate(throughput, job.model, view.items_to_wait_for, exact=view.exact)
     return JobOutlook(view.place, eta, reason, view.exact, running)
 
 
+class RecentOutlooks:
+    """Each job's queue outlook (`ledger.queue_position.outlook`: its place, the items
+    claimed before its last one, the model's running items) and each model's throughput
+    (`FreshThroughput`), the ETA's inputs, kept by a web process for `max_age` seconds
+    (GENQ_OUTLOOK_CACHE_SECONDS). Reading it takes three to five
+    statements, more than the rest of a poll, for an estimate that moves slowly: a client
+    polling one job in a loop, or a console and a script watching the same job, paid it
+    on every request. The job's own pending items stay exact (the counts are read on
+    every poll): a kept outlook moves by their change since it was read."""
+
+    MAX_JOBS = 10_000
+
+    def __init__(self, max_age: float):
+        self.max_age = max_age
+        self._known: dict[tuple[str, str], tuple[float, int, Outlook | None]] = {}
+        self._lock = threading.Lock()
+        self._throughputs: dict[int, FreshThroughput] = {}
+
+    def throughput(self, log: ThroughputLog) -> FreshThroughput:
+        fresh = self._throughputs.get(id(log))
+        if fresh is None or fresh.log is not log:
+            fresh = self._throughputs[id(log)] = FreshThroughput(log, self.max_age)
+        return fresh
+
+    def outlook(self, job: Job, pending: int, read: Callable[[], Outlook | None]) -> Outlook | None:
+        key, now = (job.id, str(job.state)), time.monotonic()
+        known = self._known.get(key)
+        if known is not None and now - known[0] <= self.max_age:
+            _at, then_pending, view = known
+            if view is None or pending == then_pending:
+                return view
+            return replace(view, items_before_end=max(pending, view.items_before_end + pending - then_pending))
+        view = read()
+        if self.max_age > 0:
+            with self._lock:
+                if len(self._known) >= self.MAX_JOBS:
+                    self._known.clear()
+                self._known[key] = (now, pending, view)
+        return view
+
+
 class FreshThroughput:
-    """A model's throughput as `ThroughputLog.measure` reads it, kept while the log is
-    unchanged (its newest sample and its size), for at most `max_age` seconds. A running
-    model's log holds thousands of samples (one per micro-batch in the window), and
-    reading and summing them on every poll of every job cost more than the rest of the
-    poll; one cheap read says whether anything was written since."""
+    """A model's throughput as `ThroughputLog.measure` reads it, kept for at most
+    `max_age` seconds. A running model's log holds thousands of samples (one per
+    micro-batch in the window), and reading and summing them cost more than the rest of a
+    poll; a rate measured over minutes moves little in a second, so a measured one is kept
+    for `max_age` even while samples arrive (reading it again at every new sample, as this
+    did before, meant a full read per commit of the model: a poll's tail latency). Before
+    anything is measured, one cheap read per poll says whether a first sample came, so the
+    first ETA shows at once."""
 
     def __init__(self, log: ThroughputLog, max_age: float = 1.0):
         self.log, self.max_age = log, max_age
         self._known: dict[str, tuple[tuple, float, Throughput]] = {}
 
     def measure(self, model: str) -> Throughput:
+        now = time.monotonic()
+        known = self._known.get(model)
+        fresh = known is not None and now - known[1] < self.max_age
+        if fresh and known[2].rate_per_worker is not None:
+            return known[2]
         pipe = self.log.redis.pipeline(transaction=False)
         key = THROUGHPUT_KEY.format(model=model)
         pipe.zrevrange(key, 0, 0)
         pipe.zcard(key)
         newest, size = pipe.execute()
-        version, now = (tuple(newest), size), time.monotonic()
-        known = self._known.get(model)
-        if known is not None and known[0] == version and now - known[1] < self.max_age:
+        version = (tuple(newest), size)
+        if fresh and known[0] == version:
             return known[2]
         throughput = self.log.measure(model)
         self._known[model] = (version, now, throughput)

@@ -27,14 +27,23 @@ class CountingLog:
         return self._log.measure(model)
 
 
-def test_the_throughput_is_read_again_only_when_the_log_changed(log):
+def test_a_measured_throughput_is_kept_for_max_age_while_samples_arrive(log):
     counting = CountingLog(log)
     fresh = FreshThroughput(counting, max_age=60)
     log.record("m", "w1", 4, 2.0)
     first = fresh.measure("m")
-    assert fresh.measure("m") == first and counting.reads == 1  # nothing written since: kept
+    assert first.rate_per_worker == pytest.approx(2.0)
+    log.record("m", "w1", 4, 1.0)  # a commit of the model: not a reason to read thousands of samples again
+    assert fresh.measure("m") == first and counting.reads == 1
+
+
+def test_before_anything_is_measured_the_first_sample_is_seen_at_once(log):
+    counting = CountingLog(log)
+    fresh = FreshThroughput(counting, max_age=60)
+    assert fresh.measure("m").rate_per_worker is None
+    assert fresh.measure("m").rate_per_worker is None and counting.reads == 1  # the log did not change: kept
     log.record("m", "w1", 4, 1.0)
-    assert fresh.measure("m").rate_per_worker == pytest.approx(8 / 3.0) and counting.reads == 2
+    assert fresh.measure("m").rate_per_worker == pytest.approx(4.0) and counting.reads == 2
 
 
 def test_a_kept_throughput_is_read_again_after_max_age(log):

@@ -30,6 +30,13 @@ def submit(client, n: int, **extra) -> str:
 
 
 @pytest.fixture
+def app_settings(settings):
+    """These tests check the queue's rule from one poll to the next: each poll reads the
+    queue (the outlook a web process keeps between polls is tested on its own below)."""
+    return settings.model_copy(update={"outlook_cache_seconds": 0})
+
+
+@pytest.fixture
 def watch(settings):
     return Watch.from_settings(settings)
 
@@ -53,6 +60,40 @@ def test_a_queued_job_has_a_place_and_no_eta_before_anything_was_measured(client
     assert status(client, conform, urgent)["queue"]["position"] == 1
     assert status(client, conform, third)["queue"] == {"position": 4, "items_ahead": 6, "exact": True}
     assert status(client, conform, second)["queue"]["position"] == 3
+
+
+def test_a_web_process_keeps_a_jobs_place_for_a_second_and_its_own_pending_items_exact(settings, api_key, monkeypatch):
+    import web.queries
+
+    now = [1000.0]
+    monkeypatch.setattr(web.queries.time, "monotonic", lambda: now[0])
+    client = create_app(settings.model_copy(update={"outlook_cache_seconds": 1.0})).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_key}"
+    submit(client, 3)
+    third = submit(client, 4)
+    assert client.get(f"/v1/jobs/{third}").get_json()["queue"] == {"position": 2, "items_ahead": 3, "exact": True}
+    submit(client, 1, priority=9)
+    now[0] += 0.5
+    assert client.get(f"/v1/jobs/{third}").get_json()["queue"]["position"] == 2  # kept: read 0.5 s ago
+    now[0] += 0.6
+    assert client.get(f"/v1/jobs/{third}").get_json()["queue"] == {"position": 3, "items_ahead": 4, "exact": True}
+
+
+def test_a_kept_outlook_moves_with_the_jobs_own_pending_items():
+    from shared.ledger.queue_position import Outlook
+    from web.queries import RecentOutlooks
+
+    class Job:
+        id, state = "j1", "running"
+
+    reads = []
+    recent = RecentOutlooks(max_age=60)
+    read = lambda: reads.append(1) or Outlook(None, items_before_end=30, exact=True, items_running=8)  # noqa: E731
+    assert recent.outlook(Job, 10, read).items_before_end == 30
+    assert recent.outlook(Job, 4, read).items_before_end == 24  # six of its own were claimed since
+    assert recent.outlook(Job, 0, read).items_before_end == 20
+    assert len(reads) == 1
+    assert RecentOutlooks(max_age=0).outlook(Job, 10, read) is not None and len(reads) == 2
 
 
 def test_the_eta_divides_what_runs_first_by_the_measured_throughput(client, conform, watch):
