@@ -177,11 +177,11 @@ class RecentOutlooks:
     """Each job's queue outlook (`ledger.queue_position.outlook`: its place, the items
     claimed before its last one, the model's running items) and each model's throughput
     (`FreshThroughput`), the ETA's inputs, kept by a web process for `max_age` seconds
-    (GENQ_OUTLOOK_CACHE_SECONDS). Reading it takes three to five
-    statements, more than the rest of a poll, for an estimate that moves slowly: a client
-    polling one job in a loop, or a console and a script watching the same job, paid it
-    on every request. The job's own pending items stay exact (the counts are read on
-    every poll): a kept outlook moves by their change since it was read."""
+    (GENQ_OUTLOOK_CACHE_SECONDS). Reading the queue takes three to five statements, more
+    than the rest of a poll, for an estimate that moves slowly: a client polling one job
+    in a loop, or a console and a script watching the same job, paid it on every request.
+    The job's own pending items stay exact (the counts are read on every poll): a kept
+    outlook moves by their change since it was read."""
 
     MAX_JOBS = 10_000
 
