@@ -10,8 +10,9 @@
 
 Prints items/s for all three and the ratios service/in-process and service/tutorial;
 it also counts the tutorial's texts that differ from the in-process loop's (an item's
-text must not depend on its batch, so that count should be 0). Usage:
-    python bench/throughput.py [--items 256] [--max-new-tokens 32] [--micro-batch 32]
+text must not depend on its batch, so that count should be 0). 1 and 2 run in turn,
+`--rounds` times, and their medians are compared. Usage:
+    python bench/throughput.py [--items 256] [--max-new-tokens 32] [--micro-batch 32] [--rounds 5]
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from statistics import median
 
 import yaml
 
@@ -44,6 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--micro-batch", type=int, default=32)
     parser.add_argument("--model-dir", type=Path, help="a saved causal LM (default: build a tiny GPT-2)")
+    parser.add_argument("--rounds", type=int, default=5, help="service and in-process runs, in turn (medians are reported)")
     return parser.parse_args()
 
 
@@ -58,27 +61,38 @@ def prompts(n: int) -> list[str]:
     return [f"benchmark prompt {i}: the quick brown fox" + " jumps" * (i % 5) for i in range(n)]
 
 
-def run_service(root: Path, models_file: Path, params: dict, items: list[str]) -> tuple[float, float]:
-    """Seconds from the submit to the job's `finished_at` (the ledger's clock, this
-    machine's), and to the client's poll that saw it finished (every 0.2 s: the client's
-    choice, up to 0.2 s on top that is not the service's)."""
+def run_side_by_side(root: Path, models_file: Path, params: dict, items: list[str], micro_batch: int,
+                     rounds: int) -> tuple[list[float], list[float], list[float], list[str]]:
+    """`rounds` times in turn: one job of `items` through the service, then the same items
+    through the same runner in this process (this machine's speed swings from minute to
+    minute, so the two are measured alternately, never in two blocks). Returns the
+    service's seconds from the submit to the job's `finished_at` (the ledger's clock, this
+    machine's), the seconds until the client's poll saw it finished (every 0.2 s: the
+    client's choice, not the service's cost), the in-process seconds, and the in-process
+    texts."""
     redis = RedisServer(root / "redis").start()
     stack = Stack(root / "stack", f"sqlite:///{root / 'bench.db'}", redis.url, models_file, slice_max_items=len(items))
+    service, seen, direct, texts = [], [], [], []
     try:
         stack.migrate()
         stack.start_web()
         stack.start_worker()
         warm = stack.submit({"model": "bench-text", "prompts": items[:1], "params": params})
         stack.wait_terminal(warm, timeout=300)  # load the model before the clock starts
-        started = time.time()
-        job_id = stack.submit({"model": "bench-text", "prompts": items, "params": params})
-        job = stack.wait_terminal(job_id, timeout=1800)
-        seen = time.time() - started
-        assert job["state"] == "succeeded", job
-        return epoch(datetime.fromisoformat(job["finished_at"].replace("Z", "+00:00"))) - started, seen
+        runner = in_process_runner(models_file, params)
+        for _ in range(rounds):
+            started = time.time()
+            job = stack.wait_terminal(stack.submit({"model": "bench-text", "prompts": items, "params": params}),
+                                      timeout=1800)
+            seen.append(time.time() - started)
+            assert job["state"] == "succeeded", job
+            service.append(epoch(datetime.fromisoformat(job["finished_at"].replace("Z", "+00:00"))) - started)
+            seconds, texts = run_in_process(runner, params, items, micro_batch)
+            direct.append(seconds)
     finally:
         stack.stop()
         redis.stop()
+    return service, seen, direct, texts
 
 
 def seeds(params: dict, n: int) -> list[int]:
@@ -86,18 +100,25 @@ def seeds(params: dict, n: int) -> list[int]:
     return [params["seed"] + i for i in range(n)]
 
 
-def run_in_process(models_file: Path, params: dict, items: list[str], micro_batch: int) -> tuple[float, list[str]]:
-    """Seconds and texts (in item order) of the runner over micro-batches formed as a
-    slice forms them (in the runner's batch order: by prompt length)."""
+def in_process_runner(models_file: Path, params: dict):
+    """The worker's runner of the model, set up and warmed in this process."""
     from shared.registry import load_registry
-    from worker.batches import in_batch_order
     from worker.runners import build_runner
     from worker.runners.base import ItemInput
 
     runner = build_runner(load_registry(models_file).get("bench-text"), "cpu")
     runner.setup()
+    runner.predict([ItemInput(0, "warm up", params["seed"])], params)
+    return runner
+
+
+def run_in_process(runner, params: dict, items: list[str], micro_batch: int) -> tuple[float, list[str]]:
+    """Seconds and texts (in item order) of the runner over micro-batches formed as a
+    slice forms them (in the runner's batch order: by prompt length)."""
+    from worker.batches import in_batch_order
+    from worker.runners.base import ItemInput
+
     inputs = [ItemInput(i, prompt, seed) for i, (prompt, seed) in enumerate(zip(items, seeds(params, len(items))))]
-    runner.predict(inputs[:1], params)
     texts: dict[int, str] = {}
     started = time.perf_counter()
     ordered = in_batch_order(runner, inputs, params)
@@ -142,15 +163,17 @@ def main() -> None:
         root = Path(tmp)
         model_dir = args.model_dir or build_tiny_text_model(root / "model")
         models_file = write_registry(root / "models.yaml", model_dir, args.micro_batch)
-        service_s, service_seen_s = run_service(root, models_file, params, items)
-        direct_s, direct_texts = run_in_process(models_file, params, items, args.micro_batch)
+        service, seen, direct, direct_texts = run_side_by_side(root, models_file, params, items, args.micro_batch,
+                                                               args.rounds)
+        service_s, service_seen_s, direct_s = median(service), median(seen), median(direct)
         tutorial_s, tutorial_texts = run_tutorial(root, models_file, params, items)
     service_rate, direct_rate, tutorial_rate = args.items / service_s, args.items / direct_s, args.items / tutorial_s
     differing = sum(a != b for a, b in zip(direct_texts, tutorial_texts))
     print(f"items={args.items} max_new_tokens={args.max_new_tokens} micro_batch={args.micro_batch} model={model_dir}")
-    print(f"service:    {service_s:8.2f} s  {service_rate:8.1f} items/s  (submit -> the job's finished_at; "
-          f"{service_seen_s:.2f} s until a poll every 0.2 s saw it)")
-    print(f"in-process: {direct_s:8.2f} s  {direct_rate:8.1f} items/s  (same runner, one batched loop)")
+    print(f"service:    {service_s:8.2f} s  {service_rate:8.1f} items/s  (submit -> the job's finished_at, median of "
+          f"{_seconds(service)}; {service_seen_s:.2f} s until a poll every 0.2 s saw it)")
+    print(f"in-process: {direct_s:8.2f} s  {direct_rate:8.1f} items/s  (same runner, one batched loop, median of "
+          f"{_seconds(direct)}, each right after a service run)")
     print(f"tutorial:   {tutorial_s:8.2f} s  {tutorial_rate:8.1f} items/s  (one Celery task per prompt, model warm)")
     print(f"ratio service/in-process: {service_rate / direct_rate:.2f}  service/tutorial: "
           f"{service_rate / tutorial_rate:.2f}  (tutorial texts differing from in-process: {differing})")
@@ -159,6 +182,10 @@ def main() -> None:
                                "in_process_items_per_s": direct_rate, "ratio": service_rate / direct_rate,
                                "tutorial_items_per_s": tutorial_rate, "ratio_vs_tutorial": service_rate / tutorial_rate,
                                "tutorial_texts_differing": differing})
+
+
+def _seconds(values: list[float]) -> str:
+    return "[" + ", ".join(f"{value:.2f}" for value in values) + "] s"
 
 
 if __name__ == "__main__":
