@@ -155,8 +155,7 @@ class JobOutlook:
     running: list[ItemProgress] = field(default_factory=list)
 
 
-def job_outlook(session: Session, job: Job, counts: Counts, settings, watch,
-                recent: RecentOutlooks | None = None) -> JobOutlook:
+def job_outlook(session: Session, job: Job, counts: Counts, settings, watch, recent: RecentOutlooks) -> JobOutlook:
     """`watch` is the web's `shared.watch.Watch`. The queue is read from the ledger by the
     claim's own rule (`ledger.queue_position`), or taken from `recent`; the throughput and
     the running items' progress come from Redis, where the workers write them."""
@@ -165,11 +164,10 @@ def job_outlook(session: Session, job: Job, counts: Counts, settings, watch,
     def read() -> Outlook | None:
         return outlook(session, job, pending=counts.pending, slice_items=settings.slice_max_items,
                        scan_limit=settings.queue_scan_jobs)
-    view = recent.outlook(job, counts.pending, read) if recent is not None else read()
+    view = recent.outlook(job, counts.pending, read)
     if view is None:
         return JobOutlook(None, None, "not_open", running=running)
-    throughput = recent.throughput(watch.throughput) if recent is not None else fresh_throughput(watch.throughput)
-    eta, reason = estimate(throughput, job.model, view.items_to_wait_for, exact=view.exact)
+    eta, reason = estimate(recent.throughput(watch.throughput), job.model, view.items_to_wait_for, exact=view.exact)
     return JobOutlook(view.place, eta, reason, view.exact, running)
 
 
@@ -245,17 +243,6 @@ class FreshThroughput:
         throughput = self.log.measure(model)
         self._known[model] = (version, now, throughput)
         return throughput
-
-
-_fresh: dict[int, FreshThroughput] = {}
-
-
-def fresh_throughput(log: ThroughputLog) -> FreshThroughput:
-    """The process's `FreshThroughput` of `log` (the web app's, built once)."""
-    fresh = _fresh.get(id(log))
-    if fresh is None or fresh.log is not log:
-        fresh = _fresh[id(log)] = FreshThroughput(log)
-    return fresh
 
 
 def open_work_by_model(session: Session) -> list[tuple[str, str, int, int, int]]:
