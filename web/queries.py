@@ -187,12 +187,13 @@ class RecentOutlooks:
         self.max_age = max_age
         self._known: dict[tuple[str, str], tuple[float, int, Outlook | None]] = {}
         self._lock = threading.Lock()
-        self._throughputs: dict[int, FreshThroughput] = {}
+        self._throughput: FreshThroughput | None = None
 
     def throughput(self, log: ThroughputLog) -> FreshThroughput:
-        fresh = self._throughputs.get(id(log))
+        """The `FreshThroughput` of the web's one throughput log (`watch.throughput`)."""
+        fresh = self._throughput
         if fresh is None or fresh.log is not log:
-            fresh = self._throughputs[id(log)] = FreshThroughput(log, self.max_age)
+            fresh = self._throughput = FreshThroughput(log, self.max_age)
         return fresh
 
     def outlook(self, job: Job, pending: int, read: Callable[[], Outlook | None]) -> Outlook | None:
