@@ -104,13 +104,26 @@ class Probe:
         return self._timed(post, self.samples, after=cancel)
 
     def claim(self) -> dict:
-        """A 10-item slice, released at once, untimed (its items are pending again)."""
+        """A 10-item slice, then untimed: released (its items are pending again) and its
+        jobs queued again as if never started, so that every claim, with 10 jobs queued
+        or 10,000, starts the jobs it takes (with 10, the first claim would otherwise
+        start them all and every later one would take jobs already running)."""
+        from sqlalchemy import update
+
+        from shared.orm import Job, JobState
+
         def claim(_i):
             claimed = self.ledger.claim(MODEL, owner="flat-bench", max_items=10, lease_seconds=60, max_attempts=3)
             assert claimed is not None  # 10 items, but where a tenant has fewer queued jobs (a small --scale)
             return claimed
 
-        return self._timed(claim, max(20, self.samples // 2), after=self.ledger.release)
+        def give_back(claimed):
+            self.ledger.release(claimed)
+            with self.ledger.transaction() as session:
+                session.execute(update(Job).where(Job.id.in_(claimed.job_ids))
+                                .values(state=JobState.QUEUED, started_at=None))
+
+        return self._timed(claim, max(20, self.samples // 2), after=give_back)
 
     def poll(self) -> dict:
         jobs = self.probe_jobs

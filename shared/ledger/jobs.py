@@ -237,12 +237,19 @@ def _final_state(job: Job, counts: Counts) -> tuple[JobState, str | None] | None
     return JobState.SUCCEEDED, None
 
 
+# Only these can be left unsettled: a queued job's items are all pending until the claim
+# that takes one of them starts the job in the same transaction, and a cancel or a retry
+# settles or queues in the transaction that changes the items.
+SETTLEABLE_JOB_STATES = (JobState.RUNNING, JobState.CANCELLING)
+
+
 def unsettled_job_ids(session: Session) -> list[str]:
-    """Unfinished jobs that have no item left to run (a crash between commit and settle):
-    the unfinished jobs through the state index, each with one probe of its items'
-    (job_id, state) index, so the search costs the open work and never the history."""
+    """Started jobs that have no item left to run (a crash between commit and settle):
+    the running and cancelling jobs through the state index, each with one probe of its
+    items' (job_id, state) index, so the search costs the work under way and neither the
+    history nor the jobs still queued behind it."""
     left = select(JobItem.index).where(JobItem.job_id == Job.id, JobItem.state.in_((ItemState.PENDING, ItemState.RUNNING)))
-    return list(session.scalars(select(Job.id).where(Job.state.in_(UNFINISHED_JOB_STATES), not_found(left))))
+    return list(session.scalars(select(Job.id).where(Job.state.in_(SETTLEABLE_JOB_STATES), not_found(left))))
 
 
 def cancel_job(session: Session, job: Job) -> Job:
