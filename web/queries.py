@@ -17,7 +17,7 @@ from shared.keys import Principal
 from shared.ledger.jobs import COUNT_COLUMNS, Counts, counts_of_row
 from shared.ledger.plans import row_check
 from shared.ledger.queue_position import Outlook, QueuePlace, outlook, pending_items
-from shared.orm import ItemState, Job, JobItem, JobState
+from shared.orm import ItemState, Job, JobItem, JobState, utcnow
 from shared.progress import ItemProgress
 from shared.states import OPEN_JOB_STATES, UNFINISHED_JOB_STATES
 from shared.throughput import KEY as THROUGHPUT_KEY
@@ -163,12 +163,21 @@ def job_outlook(session: Session, job: Job, counts: Counts, settings, watch, rec
 
     def read() -> Outlook | None:
         return outlook(session, job, pending=counts.pending, slice_items=settings.slice_max_items,
-                       scan_limit=settings.queue_scan_jobs)
+                       scan_limit=settings.queue_scan_jobs, lost_before=lost_lease_bound(settings) if counts.running else None)
     view = recent.outlook(job, counts.pending, read)
     if view is None:
         return JobOutlook(None, None, "not_open", running=running)
     eta, reason = estimate(recent.throughput(watch.throughput), job.model, view.items_to_wait_for, exact=view.exact)
+    if eta is not None and view.reclaimed_at is not None:
+        eta += max(0.0, (view.reclaimed_at - utcnow()).total_seconds())  # then they run again
+        reason = "worker_lost"
     return JobOutlook(view.place, eta, reason, view.exact, running)
+
+
+def lost_lease_bound(settings) -> datetime:
+    """A lease that expires before this was not renewed for two heartbeats: its worker is
+    gone (a live one renews every `heartbeat_seconds`, pushing it `lease_seconds` ahead)."""
+    return utcnow() + timedelta(seconds=settings.lease_seconds - 2 * settings.heartbeat_seconds)
 
 
 class RecentOutlooks:

@@ -21,6 +21,7 @@ most `scan_limit` jobs are read in all; past that the figures are lower bounds
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from math import ceil
 
@@ -47,6 +48,7 @@ class Outlook:
     items_before_end: int  # pending items claimed before the job's last, its own included
     exact: bool  # False: the scan stopped at `scan_limit` jobs; the figures are lower bounds
     items_running: int = 0  # of the model, held by workers now: done before any pending item
+    reclaimed_at: datetime | None = None  # when the last of the job's items a lost worker holds can be claimed again
 
     @property
     def items_to_wait_for(self) -> int:
@@ -64,8 +66,12 @@ class _Waiting:
     batch_key: str
 
 
-def outlook(session: Session, job: Job, *, pending: int, slice_items: int, scan_limit: int) -> Outlook | None:
-    """The outlook of an open job with `pending` pending items (None for another job)."""
+def outlook(session: Session, job: Job, *, pending: int, slice_items: int, scan_limit: int,
+            lost_before: datetime | None = None) -> Outlook | None:
+    """The outlook of an open job with `pending` pending items (None for another job).
+    A running item whose lease expires before `lost_before` is held by a worker that
+    stopped renewing it (a live one renews it long before): it runs again only once the
+    lease expires, which `reclaimed_at` says."""
     if job.state not in OPEN_JOB_STATES:
         return None
     budget = scan_limit
@@ -99,7 +105,9 @@ def outlook(session: Session, job: Job, *, pending: int, slice_items: int, scan_
         items_ahead += items_before
         items_before_end += _share(theirs, last_items)[1]
     place = QueuePlace(position, items_ahead) if job.state == JobState.QUEUED else None
-    return Outlook(place, items_before_end, exact, _running_items(session, job.model, job.id if not pending else None))
+    reclaimed_at = _lost_lease_expiry(session, job.id, lost_before) if job.state == JobState.RUNNING else None
+    return Outlook(place, items_before_end, exact, _running_items(session, job.model, job.id if not pending else None),
+                   reclaimed_at)
 
 
 def _turns_of(own: list[_Waiting], batch_key: str, pending: int, slice_items: int) -> tuple[int, int]:
@@ -223,3 +231,22 @@ def _running_items_statement(of_job: bool):
         jobs = select(Job.id).where(Job.state == JobState.RUNNING, row_check(Job.model) == bindparam("model"))
     return (select(func.count()).select_from(JobItem)
             .where(JobItem.job_id.in_(jobs), JobItem.state == ItemState.RUNNING))
+
+
+def _lost_lease_expiry(session: Session, job_id: str, lost_before: datetime | None) -> datetime | None:
+    """The latest lease expiry among the job's running items whose lease expires before
+    `lost_before` (None: none is, or no `lost_before`): read through the items' (job,
+    state) index or their (state, lease expiry) one, the cost is the job's running items
+    or the ledger's stale leases, both bounded by the work in flight."""
+    if lost_before is None:
+        return None
+    return session.scalar(_lost_lease_statement(), {"job_id": job_id, "lost_before": lost_before})
+
+
+@lru_cache(maxsize=1)
+def _lost_lease_statement():
+    """`_lost_lease_expiry`'s statement, built once per process."""
+    expiry = JobItem.lease_expires_at
+    return (select(func.max(expiry))
+            .where(JobItem.job_id == bindparam("job_id"), JobItem.state == ItemState.RUNNING,
+                   expiry < bindparam("lost_before", type_=expiry.type)))

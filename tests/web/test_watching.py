@@ -4,12 +4,15 @@ worker writes it (`shared.watch` in Redis, the `Ledger` in the database)."""
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
 
 from shared import watch as watch_module
 from shared.ledger import Ledger
+from shared.orm import JobItem, utcnow
 from shared.queue import make_celery
 from shared.storage import storage_from_settings
 from shared.watch import Watch
@@ -107,6 +110,26 @@ def test_the_eta_divides_what_runs_first_by_the_measured_throughput(client, conf
     for i in range(4):  # a second live worker doubles the throughput
         watch.throughput.record(MODEL, "w2", 4, 2.0, now=now - 8 + 2 * i)
     assert status(client, conform, job_id)["eta_seconds"] == pytest.approx(10 / 4.0, rel=0.05)
+
+
+def test_items_held_by_a_lost_worker_add_the_wait_for_their_lease_to_the_eta(client, conform, settings, watch):
+    job_id = submit(client, 4)
+    book = Ledger(settings.database_url)
+    # A worker that stopped renewing: its lease has under half of GENQ_LEASE_SECONDS left.
+    left = settings.lease_seconds / 4
+    book.claim(MODEL, owner="gone", max_items=2, lease_seconds=left, max_attempts=3)
+    now = time.time()
+    for i in range(4):  # a live worker doing 2 items per second
+        watch.throughput.record(MODEL, "w1", 4, 2.0, now=now - 8 + 2 * i)
+    body = status(client, conform, job_id)
+    assert body["eta_reason"] == "worker_lost"
+    assert body["eta_seconds"] == pytest.approx(left + 4 / 2.0, abs=1.0)  # the lease's wait, then its 4 items
+    book.claim(MODEL, owner="live", max_items=2, lease_seconds=settings.lease_seconds, max_attempts=3)
+    with book.transaction() as session:  # the lost worker's lease expired and its items were claimed again
+        session.execute(update(JobItem).where(JobItem.lease_owner == "gone")
+                        .values(lease_owner="live", lease_expires_at=utcnow() + timedelta(seconds=settings.lease_seconds)))
+    body = status(client, conform, job_id)
+    assert body["eta_reason"] is None and body["eta_seconds"] == pytest.approx(4 / 2.0, rel=0.05)
 
 
 def test_running_items_report_their_progress_and_a_finished_job_no_eta(client, conform, settings, watch):

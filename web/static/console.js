@@ -110,7 +110,8 @@ function etaText(job) {
       (job.queue.items_ahead != null ? ` (${atLeast}${job.queue.items_ahead} items ahead)` : ""));
   }
   if (typeof job.eta_seconds === "number") {
-    parts.push(`ETA ${job.eta_reason === "lower_bound" ? "≥ " : ""}${duration(job.eta_seconds)}`);
+    parts.push(`ETA ${job.eta_reason === "lower_bound" ? "≥ " : ""}${duration(job.eta_seconds)}` +
+      (job.eta_reason === "worker_lost" ? " (items of a lost worker wait for their lease to expire)" : ""));
   } else if (ETA_REASONS[job.eta_reason]) {
     parts.push(`ETA unknown: ${ETA_REASONS[job.eta_reason]}`);
   }
