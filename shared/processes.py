@@ -11,6 +11,7 @@ calls do nothing.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 import sys
@@ -35,3 +36,19 @@ def dies_with_this_process(signum: int = signal.SIGKILL) -> Callable[[], None]:
     """A `preexec_fn` for `subprocess.Popen`: the child dies with the caller."""
     parent = os.getpid()
     return lambda: die_with_parent(signum, parent)
+
+
+def freeze_heap() -> None:
+    """Move every object alive now (the app or the model, and the libraries under them)
+    out of reach of the cycle collector's full collections; call it once a long-lived
+    process has built what it keeps. A full collection otherwise walks all of them with
+    every thread of the process stopped: in a web process, 120,000 objects, 60-160 ms on
+    this project's 2-core machine, about every 400 requests; that pause was a submit's p99.
+    The objects are still freed when their last reference goes."""
+    gc.freeze()
+
+
+def thaw_heap() -> None:
+    """Undo `freeze_heap` before letting go of what was frozen (a model being unloaded):
+    objects in reference cycles are freed only by a collection that can reach them."""
+    gc.unfreeze()

@@ -1,7 +1,7 @@
 """gunicorn settings that `genq web` passes with `--config python:web.gunicorn_config`."""
 from __future__ import annotations
 
-from shared.processes import die_with_parent
+from shared.processes import die_with_parent, freeze_heap
 
 
 def post_fork(server, worker) -> None:
@@ -25,6 +25,7 @@ def post_worker_init(worker) -> None:
             graceful(signum, frame)
 
     signal.signal(signal.SIGTERM, stop)
+    freeze_heap()  # the app is loaded: full collections need not walk it again
 
 # Long query strings and headers reach the app, which answers them with a JSON 400 (a
 # request line of 0 means gunicorn's own cap, 1 MiB); gunicorn's defaults (8190 bytes)

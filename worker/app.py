@@ -16,7 +16,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
 from shared.db import dispose_engines
-from shared.processes import die_with_parent
+from shared.processes import die_with_parent, freeze_heap
 from shared.queue import WAKE_TASK, Wakeups, make_celery, queue_name
 from worker import context
 from worker.slices import handle_wakeup
@@ -41,9 +41,13 @@ def make_worker_app(ctx: context.WorkerContext) -> Celery:
 
 def _fresh_connections_after_fork(**_kwargs) -> None:
     """A forked child must not share the parent's database connections, and must not
-    outlive its parent (a pool child left alone would hold its claim's lease)."""
+    outlive its parent (a pool child left alone would hold its claim's lease). What it
+    inherited stays for its life: frozen out of full collections, as each model it loads
+    will be (`shared.processes.freeze_heap`)."""
     die_with_parent()
     dispose_engines()
+    freeze_heap()
+    context.current().cache.freeze_loaded = True
 
 
 def _wake_own_models(sender=None, **_kwargs) -> None:

@@ -24,6 +24,7 @@ from collections import OrderedDict
 from shared import watch
 from shared.errors import ModelUnavailable
 from shared.model_files import model_directory, weights_of
+from shared.processes import freeze_heap, thaw_heap
 from shared.registry import ModelSpec
 from worker.device import DeviceBroken, configure_torch, is_sticky_device_error
 from worker.memory import (
@@ -51,6 +52,7 @@ class ModelCache:
         self._runners: OrderedDict[str, Runner] = OrderedDict()
         self.sizes: dict[str, int] = {}  # bytes each loaded model holds
         self.loads: dict[str, int] = {}
+        self.freeze_loaded = False  # set in a worker's pool process (worker.app): see shared.processes.freeze_heap
 
     @classmethod
     def from_settings(cls, device: str, settings) -> "ModelCache":
@@ -114,6 +116,8 @@ class ModelCache:
         configure_torch(self.device, self.torch_threads)  # threads; TF32 on a GPU
         runner = build_runner(spec, self.device)
         runner.setup()
+        if self.freeze_loaded:
+            freeze_heap()  # the model stays: full collections need not walk its objects
         self.loads[spec.name] = self.loads.get(spec.name, 0) + 1
         log.info("loaded model %s on %s in %.2fs", spec.name, self.device, time.monotonic() - started)
         watch.model_loaded(spec.name, time.monotonic() - started)  # for /metrics
@@ -124,6 +128,8 @@ class ModelCache:
         size = self.sizes.pop(name, 0)
         log.info("unloaded model %s (%.1f MB) to make room", name, size / 2**20)
         del _runner
+        if self.freeze_loaded:
+            thaw_heap()  # its cycles (and their device memory) must be collectable; the next load freezes again
         free_device_memory()
 
 

@@ -121,3 +121,26 @@ def test_a_model_without_its_weights_here_fails_clearly_before_anything_is_unloa
                        r"access run `hf download org/gone`"):
         cache.get(hub_fault("gone", "org/gone"))
     assert cache.loaded() == ["a"] and cache.loads == {"a": 1}
+
+
+@pytest.fixture
+def thawed_after():
+    yield
+    gc.unfreeze()  # what the test froze is this test process's heap
+
+
+def test_a_worker_freezes_what_it_loads_and_thaws_it_to_unload_it(thawed_after):
+    """In a worker's pool process a loaded model is frozen out of full collections; an
+    unloaded one must still be collectable, reference cycles and all."""
+    import weakref
+
+    cache = ModelCache("cpu", capacity=1)
+    cache.freeze_loaded = True
+    frozen_before = gc.get_freeze_count()
+    runner = cache.get(fault("a", weights_mb=1))
+    assert gc.get_freeze_count() > frozen_before
+    runner.cycle = [runner]  # a cycle only the collector can free
+    gone = weakref.ref(runner)
+    del runner
+    cache.get(fault("b", weights_mb=1))  # capacity 1: a is unloaded
+    assert gone() is None
