@@ -8,11 +8,17 @@ ledger every GENQ_EVENTS_HEARTBEAT_SECONDS, so a lost notice costs latency, neve
 event, and a client that reconnects resumes from the ledger with its Last-Event-ID.
 
 Publishing never fails the caller: the work is committed whether or not Redis hears it.
+
+Jobs that reach their final state are also named on `SETTLED_CHANNEL`: a few messages
+per job, not one per micro-batch, so a listener that only cares about finished jobs
+(the reconciler's batch finalizer, `follow_settled`) wakes once rather than on every
+commit, and still keeps its own poll for what no notice told it.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Iterable
 
 import redis
@@ -20,6 +26,8 @@ import redis
 from shared.queue import redis_client
 
 CHANNEL = "genq:notices"
+SETTLED_CHANNEL = "genq:settled"
+RECONNECT_SECONDS = (0.5, 1, 2, 5)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,21 @@ class Notices:
         except redis.RedisError as exc:  # streams re-read the ledger on their heartbeat
             log.warning("could not publish a notice for jobs %s: %s", message, exc)
 
+    def publish_ended(self, job_ids: Iterable[str], settled: Iterable[str]) -> None:
+        """`publish` for `job_ids`, and say on `SETTLED_CHANNEL` which of them reached
+        their final state (`settled`; none: nothing is sent there), in one round trip."""
+        settled_message = encode(settled)
+        if not settled_message:
+            self.publish(job_ids)
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        self.publish(job_ids, pipe)
+        pipe.publish(SETTLED_CHANNEL, settled_message)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:  # streams and the batch finalizer re-read the ledger on their own
+            log.warning("could not publish notices for jobs %s: %s", settled_message, exc)
+
 
 def encode(job_ids: Iterable[str]) -> str:
     return " ".join(dict.fromkeys(job_ids))
@@ -67,3 +90,39 @@ def notices_for(redis_url: str) -> Notices:
         if notices is None:
             notices = _publishers[redis_url] = Notices(redis_url)
         return notices
+
+
+def follow_settled(redis_url: str, wake: threading.Event, stop: threading.Event) -> threading.Thread:
+    """Set `wake` at each notice on `SETTLED_CHANNEL` (and on each (re)subscription:
+    what was missed meanwhile is in the ledger), in a daemon thread, until `stop` is set.
+    A lost connection is retried after a pause; the listener's own poll covers the gap."""
+
+    def listen() -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                _follow_settled(redis_url, wake, stop)
+            except (redis.RedisError, OSError) as exc:
+                delay = RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS) - 1)]
+                failures += 1
+                log.warning("settled-job subscription lost (%s); reconnecting in %.1fs", exc, delay)
+                time.sleep(delay)
+
+    thread = threading.Thread(target=listen, name="genq-settled", daemon=True)
+    thread.start()
+    return thread
+
+
+def _follow_settled(redis_url: str, wake: threading.Event, stop: threading.Event) -> None:
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, health_check_interval=30)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(SETTLED_CHANNEL)
+        wake.set()
+        while not stop.is_set():
+            message = pubsub.get_message(timeout=1.0)
+            if message is not None and message.get("type") == "message":
+                wake.set()
+    finally:
+        pubsub.close()
+        client.close()

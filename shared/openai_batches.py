@@ -11,7 +11,7 @@ batch's request counts are read from its jobs' item counts; once they have all f
 its output and error files are written and the counts become exact.
 
 Who writes the files: the reconciler process (`start_thread`: `advance_batches` every
-GENQ_BATCH_POLL_SECONDS), not the web process on a read. Writing a 50,000-line output
+GENQ_BATCH_POLL_SECONDS, and when a worker says a job settled), not the web process on a read. Writing a 50,000-line output
 takes seconds and must happen once: in a poll it would hold a web thread, race other
 polls of the same batch and die with a client that hangs up. The reconciler already
 sweeps unfinished work with conditional updates, has the storage, and expires files; a
@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -37,6 +38,7 @@ from shared import ledger
 from shared.db import session_factory, transaction
 from shared.errors import ConfigError, InvalidRequest
 from shared.model_files import TokenCounter
+from shared.notices import follow_settled
 from shared.openai_files import remove_expired_files
 from shared.openai_orm import (
     OPEN_BATCH_STATUSES,
@@ -170,9 +172,13 @@ def request_counts(session: Session, batches: list[OpenAIBatch]) -> dict[str, tu
 
 
 # --- the reconciler's part ------------------------------------------------------------------
+WAKE_GAP_SECONDS = 0.05  # woken passes at most this often: a burst of settled jobs is one pass
+
+
 def advance_batches(settings, storage) -> dict[str, int]:
     """One pass: stop batches past their window, finalize batches whose jobs have all
-    finished, remove expired files. Each step in its own short transactions."""
+    finished, remove expired files. Each step in its own short transactions. The report
+    also says how many batches are still running (`batches_open`)."""
     sessions, now = session_factory(settings.database_url), utcnow()
     with transaction(sessions) as session:
         overdue = session.scalars(select(OpenAIBatch).where(
@@ -183,29 +189,45 @@ def advance_batches(settings, storage) -> dict[str, int]:
     with sessions() as session:
         unfinished = (select(OpenAIBatchJob.job_id).join(Job, Job.id == OpenAIBatchJob.job_id)
                       .where(OpenAIBatchJob.batch_id == OpenAIBatch.id, Job.state.in_(UNFINISHED_JOB_STATES)))
-        ready = session.scalars(select(OpenAIBatch.id).where(
-            OpenAIBatch.status.in_(OPEN_BATCH_STATUSES), ~exists(unfinished))).all()
+        open_batches = session.execute(select(OpenAIBatch.id, exists(unfinished)).where(
+            OpenAIBatch.status.in_(OPEN_BATCH_STATUSES))).all()
+    ready = [batch_id for batch_id, running in open_batches if not running]
     tokens = token_counter(settings) if ready else None
     for batch_id in ready:
         finalize_batch(sessions, storage, batch_id, tokens, settings.file_expiry_seconds)
     with transaction(sessions) as session:
         removed = remove_expired_files(session, storage, now)
-    return {"batches_expired": len(overdue), "batches_finalized": len(ready), "files_removed": removed}
+    return {"batches_expired": len(overdue), "batches_finalized": len(ready), "files_removed": removed,
+            "batches_open": len(open_batches) - len(ready)}
 
 
 def start_thread(settings, storage) -> threading.Event:
-    """`advance_batches` every GENQ_BATCH_POLL_SECONDS in a daemon thread, until the
-    returned event is set. An error is logged and the next tick tries again."""
-    stop = threading.Event()
+    """`advance_batches` every GENQ_BATCH_POLL_SECONDS in a daemon thread, and sooner
+    when a job reaches its final state while a batch runs (`follow_settled`): a batch's
+    last job does not wait out the poll, and jobs of no batch wake nothing. Runs until
+    the returned event is set. An error is logged and the next tick tries again."""
+    stop, wake = threading.Event(), threading.Event()
+    follow_settled(settings.redis_url, wake, stop)
 
     def loop() -> None:
-        while not stop.wait(settings.batch_poll_seconds):
+        running = True  # whether the last pass left a batch open (before the first: perhaps)
+        due = time.monotonic() + settings.batch_poll_seconds
+        while not stop.is_set():
+            woken = wake.wait(max(0.0, due - time.monotonic()))
+            wake.clear()
+            if stop.is_set():
+                return
+            if woken and not running and time.monotonic() < due:
+                continue  # a job of no batch; a batch created since is the next tick's
+            due = time.monotonic() + settings.batch_poll_seconds
             try:
                 report = advance_batches(settings, storage)
+                running = report.pop("batches_open") > 0
                 if any(report.values()):
                     log.info("openai batches: %s", report)
             except Exception:
                 log.exception("advancing OpenAI batches failed; trying again")
+            stop.wait(WAKE_GAP_SECONDS)
 
     threading.Thread(target=loop, name="openai-batches", daemon=True).start()
     return stop

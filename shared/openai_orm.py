@@ -111,7 +111,7 @@ class OpenAIBatchJob(Base):
 class OpenAIBatchRequest(Base):
     """One input line: items `first_index .. first_index + n - 1` of `job_id` answer it.
     `shaping` keeps what the answer's body needs beyond the items (stop strings, the
-    token limit, the prompt for usage)."""
+    token limit, the prompt tokens counted at validation for usage)."""
 
     __tablename__ = "openai_batch_requests"
 

@@ -116,8 +116,10 @@ def response_body(endpoint: str, request: Any, items: list[Any], created: int, s
         text, stopped = shapes.apply_stop(item.output_text or "", shaping.get("stop"))
         count = tokens.count(request.model, text)  # uncut, it is the whole generation's budget too
         choices.append(shapes.Choice(text, shapes.finish_reason(stopped, count, shaping.get("max_tokens")), count))
-    per_prompt = shaping.get("per_prompt") or len(items)  # a list of prompts: n items each, in order
-    prompt_tokens = sum(tokens.count(request.model, item.prompt, special=True) for item in items[::per_prompt])
+    prompt_tokens = shaping.get("prompt_tokens")  # counted when the line was checked
+    if prompt_tokens is None:  # a model whose prompts the web did not count
+        per_prompt = shaping.get("per_prompt") or len(items)  # a list of prompts: n items each, in order
+        prompt_tokens = sum(tokens.count(request.model, item.prompt, special=True) for item in items[::per_prompt])
     result.input_tokens += prompt_tokens
     result.output_tokens += sum(choice.tokens for choice in choices)
     response_id = f"{request.job_id}-{request.first_index}"

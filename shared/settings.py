@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     file_max_bytes: int = Field(200 * 1024 * 1024, ge=1024, description="Largest file POST /v1/files accepts (413 beyond); a batch's input file is held in memory while it is validated.")
     file_expiry_seconds: int = Field(30 * 24 * 3600, ge=60, description="Files expire this long after they are written unless `expires_after` says otherwise; the reconciler removes them.")
     batch_max_requests: int = Field(50_000, ge=1, description="Requests (lines) one batch input file may hold.")
-    batch_poll_seconds: float = Field(0.25, gt=0, description="How often the reconciler looks for batches whose jobs have all finished (to write their files), batches past their window and expired files.")
+    batch_poll_seconds: float = Field(0.25, gt=0, description="How often the reconciler looks for batches whose jobs have all finished (to write their files), batches past their window and expired files; a worker that finishes a batch's job wakes it sooner.")
 
     # Retention: how long a finished job and its outputs are kept.
     result_ttl: Duration = Field(timedelta(days=30), description="A finished job, its items and outputs are removed this long after it finished: `30d`, `12h`, `90m`, `3600s` or seconds; `never` keeps them.")

@@ -118,7 +118,7 @@ class BatchPlan:
 
 def plan_batch(lines: Iterable[tuple[int, bytes]], endpoint: str, registry, settings, token_limits) -> BatchPlan:
     """Every line checked before anything runs; lines that can share a genq job grouped."""
-    plan, groups, seen, failed = BatchPlan(), {}, set(), 0
+    plan, groups, seen, failed, params_memo = BatchPlan(), {}, set(), 0, {}
     for number, raw in lines:
         if not raw.strip():
             continue
@@ -129,7 +129,7 @@ def plan_batch(lines: Iterable[tuple[int, bytes]], endpoint: str, registry, sett
                 "(GENQ_BATCH_MAX_REQUESTS)")))
             break
         try:
-            key, job, request = check_line(number, raw, endpoint, seen, registry, settings, token_limits)
+            key, job, request = check_line(number, raw, endpoint, seen, registry, settings, token_limits, params_memo)
         except LineError as exc:
             failed += 1
             if failed <= MAX_LISTED_ERRORS:
@@ -152,7 +152,7 @@ def error_entry(line: int | None, exc: LineError) -> dict[str, Any]:
 
 
 def check_line(number: int, raw: bytes, endpoint: str, seen: set[str], registry, settings,
-               token_limits) -> tuple[tuple, JobPlan, RequestPlan]:
+               token_limits, params_memo: dict | None = None) -> tuple[tuple, JobPlan, RequestPlan]:
     line = parse_line(raw)
     custom_id, url, body = line.get("custom_id"), line.get("url"), line.get("body")
     extra = set(line) - {"custom_id", "method", "url", "body"}
@@ -173,13 +173,15 @@ def check_line(number: int, raw: bytes, endpoint: str, seen: set[str], registry,
         raise LineError("invalid_request", "body must be a JSON object", "body")
     spec, job_body, shaping, n = genq_job_body(endpoint, body, registry, settings)
     try:
-        validated = validate_job_request(job_body, registry, settings)
-        token_limits.check(validated)
+        validated = validate_job_request(job_body, registry, settings, params_memo)
+        prompt_tokens = token_limits.check(validated)
     except GenqError as exc:
         raise line_error_of(exc, endpoint, body) from None
     params = {name: value for name, value in validated.params.items() if name != "seed"}
     if shaping is not None and "max_new_tokens" in params:
         shaping["max_tokens"] = params["max_new_tokens"]
+    if shaping is not None and prompt_tokens:  # counted once here, not again for the output's usage
+        shaping["prompt_tokens"] = sum(prompt_tokens[::shaping.get("per_prompt") or len(prompt_tokens)])
     key = (spec.name, n, json.dumps(params, sort_keys=True))
     return (key, JobPlan(spec.name, spec.task.value, params, n),
             RequestPlan(number, custom_id, list(validated.inputs), shaping))

@@ -221,7 +221,9 @@ def pydantic_error(exc: ValidationError, prefix: str = "") -> InvalidRequest:
     return InvalidRequest(f"{path}: {message}" if path else message, field=path or None)
 
 
-def validate_job_request(body: Any, registry: Registry, settings) -> ValidatedJob:
+def validate_job_request(body: Any, registry: Registry, settings, params_memo: dict | None = None) -> ValidatedJob:
+    """`params_memo` (a dict the caller keeps) lets many requests with the same model and
+    parameters, like a batch file's lines, check those parameters once."""
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object", field=None)
     try:
@@ -235,7 +237,7 @@ def validate_job_request(body: Any, registry: Registry, settings) -> ValidatedJo
     items = request.inputs if request.inputs is not None else [InputItem(prompt=p) for p in request.prompts]
     field = "inputs" if request.inputs is not None else "prompts"
     _check_items(items, field, settings)
-    params = effective_params(spec, request.params)
+    params = memo_params(spec, request.params, params_memo)
     per_prompt = samples_per_prompt(params)
     _check_item_count(len(items), per_prompt, field, settings)
     walk = params.get("interpolate")
@@ -282,6 +284,22 @@ def _check_item_count(prompts: int, per_prompt: int, field: str, settings) -> No
     if prompts * per_prompt > settings.max_items_per_job:
         raise LimitExceeded(f"{field} holds {prompts} prompts of {per_prompt} items each, {prompts * per_prompt} "
                             f"items; the limit is {settings.max_items_per_job}", field=field)
+
+
+def memo_params(spec: ModelSpec, given: dict[str, Any], memo: dict | None) -> dict[str, Any]:
+    """`effective_params`, looked up in `memo` first when the given values can key it (a
+    copy: the caller may change its own). Values are keyed with their types (`True` is
+    `1` to a dict, not to the checks). Errors are not kept: a bad set fails each time."""
+    key = (spec.name, tuple(sorted((name, type(value), value) for name, value in given.items())))
+    try:
+        hash(key)
+    except TypeError:  # a list or an object among the values
+        memo = None
+    if memo is None:
+        return effective_params(spec, given)
+    if key not in memo:
+        memo[key] = effective_params(spec, given)
+    return dict(memo[key])
 
 
 def effective_params(spec: ModelSpec, given: dict[str, Any]) -> dict[str, Any]:

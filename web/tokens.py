@@ -23,19 +23,25 @@ class PromptTokenLimits:
         self._positions: dict[str, int | None] = {}
         self._lock = threading.Lock()
 
-    def check(self, job: ValidatedJob) -> None:
+    def check(self, job: ValidatedJob) -> list[int] | None:
+        """Refuse a prompt over the limit; else each item's prompt tokens (special tokens
+        included, 0 for an empty prompt: what a batch's `usage` counts), or None when
+        nothing was checked."""
         spec = job.spec
         if spec.task is not Task.TEXT_GENERATION:
-            return
+            return None
         limit = self.limit(spec, job.params)
         tokenizer = self._tokenizer(spec) if limit is not None else None
         if tokenizer is None:
-            return
+            return None
+        counts = []
         for i, encoding in enumerate(tokenizer.encode_batch([prompt for prompt, _seed in job.inputs])):
             if len(encoding.ids) > limit:
                 path = job.item_path(i)
                 raise LimitExceeded(f"{path} is {len(encoding.ids)} tokens; {spec.name} takes at most {limit} "
                                     f"with max_new_tokens {job.params.get('max_new_tokens')}", field=path)
+            counts.append(len(encoding.ids) if job.inputs[i][0] else 0)
+        return counts
 
     def limit(self, spec: ModelSpec, params: dict) -> int | None:
         bounds = spec.limits.get("prompt_tokens")

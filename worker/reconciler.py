@@ -52,7 +52,7 @@ def reconcile_once(settings, celery, storage, ledger: Ledger | None = None, wake
     report.leases_released = ledger.release_expired_leases(settings.max_attempts)
     settled = ledger.settle_unsettled()
     report.jobs_settled = len(settled)
-    notices_for(settings.redis_url).publish(settled)  # committed: event streams re-read these jobs
+    notices_for(settings.redis_url).publish_ended(settled, settled)  # committed: streams and batches re-read them
     remove_orphaned_outputs(storage, settled)
     for model in ledger.models_with_claimable_work():
         if queued_wakeups(celery, model) == 0 and wakeups.send(model, force=True):

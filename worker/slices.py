@@ -187,7 +187,8 @@ def continue_after(ctx: WorkerContext, slice_: Slice, ended: Ended) -> None:
     """Once the slice is given back and its jobs settled (one transaction, after the
     results were committed): sweep files no row points to, and wake a worker for the
     items this slice gave back."""
-    notices_for(ctx.settings.redis_url).publish(slice_.job_ids)  # settled, cancelled or given back: committed
+    # settled, cancelled or given back: committed; the settled ones also wake the batch finalizer
+    notices_for(ctx.settings.redis_url).publish_ended(slice_.job_ids, ended.settled)
     remove_orphaned_outputs(ctx.storage, ended.settled)
     if ended.given_back:
         ctx.wakeups.send(slice_.model)

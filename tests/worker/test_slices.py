@@ -10,7 +10,7 @@ import yaml
 from shared import ledger
 from shared.db import session_scope
 from shared.ledger import Ledger
-from shared.notices import CHANNEL
+from shared.notices import CHANNEL, SETTLED_CHANNEL
 from shared.orm import ItemState, Job, JobItem, JobState
 from shared.registry import load_registry
 from shared.settings import Settings
@@ -105,6 +105,19 @@ def test_a_wake_up_claims_a_slice_runs_it_in_micro_batches_and_settles_the_job(c
     assert all(item.lease_id is None for item in items)
     assert handle_wakeup(ctx, "fault") is None  # a duplicate wake-up finds nothing
     assert len(ctx.wakeups.sent) == 1 and ctx.wakeups.taken_by_worker == ["fault"] * 3
+
+
+def test_the_slice_that_settles_a_job_names_it_as_settled(ctx, redis_server):
+    ctx.settings = ctx.settings.model_copy(update={"redis_url": redis_server.url})
+    pubsub = redis_server.client().pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(SETTLED_CHANNEL)
+    job_id = submit(ctx, [f"ok {i}" for i in range(10)])
+    handle_wakeup(ctx, "fault")  # 8 of 10 items: the job stays open
+    assert pubsub.get_message(timeout=0.5) is None
+    handle_wakeup(ctx, "fault")
+    message = pubsub.get_message(timeout=5)
+    assert message is not None and message["data"].decode() == job_id
+    pubsub.close()
 
 
 def test_an_item_that_raises_fails_alone(ctx):
