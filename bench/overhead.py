@@ -10,7 +10,10 @@ one run.
    each); jobs/s from the first submit to the last job's `finished_at`, and each
    submit's latency. The model is bench/noop_runner.py, so no model time is counted.
 
-Each round runs 1 and 2 once; the round with the median ratio is reported per backend.
+Each round runs, per backend, 1 and then 2 (so each backend is compared with a raw
+Celery run of the minute before it: this machine's speed moves within minutes, raw
+Celery's from 590 to 1,060 tasks/s in one afternoon); the round with the median ratio
+is reported per backend.
 
 Usage:
     python bench/overhead.py [--jobs 2000] [--backends sqlite,postgres] [--threads 8] [--rounds 3]
@@ -36,7 +39,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for all jobs of one backend")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="raw Celery, then each backend, this many times; the round with the median ratio is reported")
+                        help="raw Celery then a backend, for each backend, this many times; the round with the median "
+                        "ratio is reported")
     return parser.parse_args()
 
 
@@ -94,14 +98,15 @@ def run_genq(root: Path, backend: str, args: argparse.Namespace) -> dict:
     }
 
 
-def print_table(raw: dict, rows: list[dict]) -> None:
+def print_table(pairs: list[tuple[dict, dict]]) -> None:
+    """One line per backend: its figures beside those of the raw Celery run before it."""
     print(f"{'backend':<10} {'jobs/s':>8} {'raw celery tasks/s':>19} {'ratio':>6} {'submit p50 ms':>14} "
           f"{'submit p99 ms':>14} {'submitted/s':>12}")
-    for row in rows:
+    for raw, row in pairs:
         print(f"{row['backend']:<10} {row['jobs_per_s']:8.1f} {raw['tasks_per_s']:19.1f} "
               f"{row['jobs_per_s'] / raw['tasks_per_s']:6.3f} {row['submit_p50_ms']:14.1f} "
               f"{row['submit_p99_ms']:14.1f} {row['submits_per_s']:12.1f}")
-    for row in rows:
+    for _raw, row in pairs:
         spent = ", ".join(f"{name} {ms:.2f}" for name, ms in row["cpu_ms_per_job"].items())
         print(f"{row['backend']:<10} CPU ms per job: {spent} (the client's includes waiting for the jobs)")
 
@@ -113,12 +118,12 @@ def main() -> None:
         raw_redis = RedisServer(Path(tmp) / "raw-redis").start()
         try:
             for number in range(1, args.rounds + 1):
-                raw = run_raw_celery(Path(tmp) / f"raw-{number}", raw_redis, args.jobs, args.threads)
-                rows = [run_genq(Path(tmp) / f"{backend}-{number}", backend, args) for backend in args.backends]
+                pairs = [(run_raw_celery(Path(tmp) / f"raw-{number}-{backend}", raw_redis, args.jobs, args.threads),
+                          run_genq(Path(tmp) / f"{backend}-{number}", backend, args)) for backend in args.backends]
                 print(f"round {number}: jobs={args.jobs} threads={args.threads} web_processes="
-                      f"{args.web_processes or harness.deployed_web_processes()} code={rows[0]['code'] if rows else '-'}")
-                print_table(raw, rows)
-                rounds.append((raw, rows))
+                      f"{args.web_processes or harness.deployed_web_processes()} code={pairs[0][1]['code'] if pairs else '-'}")
+                print_table(pairs)
+                rounds.append(pairs)
         finally:
             raw_redis.stop()
     medians = {backend: median_round(rounds, index) for index, backend in enumerate(args.backends)}
@@ -127,12 +132,11 @@ def main() -> None:
     harness.emit_result("overhead", {"rounds": args.rounds, "backends": medians})
 
 
-def median_round(rounds: list[tuple[dict, list[dict]]], index: int) -> dict:
+def median_round(rounds: list[list[tuple[dict, dict]]], index: int) -> dict:
     """A backend's figures from the round whose ratio to raw Celery is the median (this
     machine's speed swings by a third from minute to minute: one round can mislead)."""
-    rows = sorted(({**rows[index], "raw_tasks_per_s": raw["tasks_per_s"],
-                    "ratio": rows[index]["jobs_per_s"] / raw["tasks_per_s"]} for raw, rows in rounds),
-                  key=lambda row: row["ratio"])
+    rows = sorted(({**row, "raw_tasks_per_s": raw["tasks_per_s"], "ratio": row["jobs_per_s"] / raw["tasks_per_s"]}
+                   for raw, row in (pairs[index] for pairs in rounds)), key=lambda row: row["ratio"])
     chosen = rows[(len(rows) - 1) // 2]
     return {**chosen, "ratios": [round(row["ratio"], 3) for row in rows]}
 
