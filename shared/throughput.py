@@ -97,9 +97,12 @@ def summarise(raw: list[bytes], now: float, liveness: float) -> Throughput:
     return Throughput(items / busy if busy > 0 else None, live, count)
 
 
-def estimate(log: ThroughputLog, model: str, items: int, *, exact: bool = True) -> tuple[float | None, str | None]:
+def estimate(log: ThroughputLog, model: str, items: int, *, exact: bool = True,
+             one_worker_at_least: bool = False) -> tuple[float | None, str | None]:
     """(seconds until `items` more items of `model` are done, why there is no estimate
-    or why it is only a lower bound): the reasons are those `eta_reason` documents."""
+    or why it is only a lower bound): the reasons are those `eta_reason` documents.
+    `one_worker_at_least`: with no live worker, count one at the measured rate (items
+    whose lease will expire go to whichever worker claims next)."""
     try:
         throughput = log.measure(model)
     except redis.RedisError as exc:
@@ -107,6 +110,6 @@ def estimate(log: ThroughputLog, model: str, items: int, *, exact: bool = True) 
         return None, "unavailable"
     if throughput.rate_per_worker is None:
         return None, "not_measured"
-    if throughput.workers == 0:
+    if throughput.workers == 0 and not one_worker_at_least:
         return None, "no_live_worker"
-    return items / throughput.items_per_second, None if exact else "lower_bound"
+    return items / (throughput.rate_per_worker * max(1, throughput.workers)), None if exact else "lower_bound"

@@ -167,7 +167,8 @@ def job_outlook(session: Session, job: Job, counts: Counts, settings, watch, rec
     view = recent.outlook(job, counts.pending, read)
     if view is None:
         return JobOutlook(None, None, "not_open", running=running)
-    eta, reason = estimate(recent.throughput(watch.throughput), job.model, view.items_to_wait_for, exact=view.exact)
+    eta, reason = estimate(recent.throughput(watch.throughput), job.model, view.items_to_wait_for, exact=view.exact,
+                           one_worker_at_least=view.reclaimed_at is not None)
     if eta is not None and view.reclaimed_at is not None:
         eta += max(0.0, (view.reclaimed_at - utcnow()).total_seconds())  # then they run again
         reason = "worker_lost"

@@ -132,6 +132,19 @@ def test_items_held_by_a_lost_worker_add_the_wait_for_their_lease_to_the_eta(cli
     assert body["eta_reason"] is None and body["eta_seconds"] == pytest.approx(4 / 2.0, rel=0.05)
 
 
+def test_with_no_live_worker_the_lost_workers_items_count_one_worker_after_the_lease(client, conform, settings,
+                                                                                     watch):
+    job_id = submit(client, 2)
+    left = settings.lease_seconds / 4
+    Ledger(settings.database_url).claim(MODEL, owner="gone", max_items=2, lease_seconds=left, max_attempts=3)
+    past = time.time() - watch.throughput.liveness - 60  # measured, but nobody served the model lately
+    for i in range(4):
+        watch.throughput.record(MODEL, "w1", 4, 2.0, now=past + 2 * i)
+    body = status(client, conform, job_id)
+    assert body["eta_reason"] == "worker_lost"
+    assert body["eta_seconds"] == pytest.approx(left + 2 / 2.0, abs=1.0)  # the lease's wait, then one worker
+
+
 def test_running_items_report_their_progress_and_a_finished_job_no_eta(client, conform, settings, watch):
     job_id = submit(client, 3)
     book = Ledger(settings.database_url)
