@@ -3,6 +3,7 @@ runs out of memory instead of failing (fault runners with real tensors as weight
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +18,14 @@ from worker.memory import OutOfMemory, estimate_weight_bytes, weight_bytes
 MB = 2**20
 
 
+NO_WEIGHTS = Path(__file__).parent  # a fault runner's directory: none of its files is a weight file
+
+
 def fault(name: str, **options) -> ModelSpec:
-    return ModelSpec(name=name, task="text-generation", source=".", runner="tests.fault_runner:FaultRunner",
+    """A fault runner with real tensors of `weights_mb` as weights. Its source is a
+    directory without weight files, so that what a load is estimated to need is 0 (".",
+    the checkout, holds the demo models' weights after `make run`)."""
+    return ModelSpec(name=name, task="text-generation", source=str(NO_WEIGHTS), runner="tests.fault_runner:FaultRunner",
                      options=options)
 
 
