@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 import redis
 
@@ -94,35 +94,40 @@ def notices_for(redis_url: str) -> Notices:
 
 def follow_settled(redis_url: str, wake: threading.Event, stop: threading.Event) -> threading.Thread:
     """Set `wake` at each notice on `SETTLED_CHANNEL` (and on each (re)subscription:
-    what was missed meanwhile is in the ledger), in a daemon thread, until `stop` is set.
-    A lost connection is retried after a pause; the listener's own poll covers the gap."""
-
-    def listen() -> None:
-        failures = 0
-        while not stop.is_set():
-            try:
-                _follow_settled(redis_url, wake, stop)
-            except (redis.RedisError, OSError) as exc:
-                delay = RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS) - 1)]
-                failures += 1
-                log.warning("settled-job subscription lost (%s); reconnecting in %.1fs", exc, delay)
-                time.sleep(delay)
-
-    thread = threading.Thread(target=listen, name="genq-settled", daemon=True)
+    what was missed meanwhile is in the ledger), in a daemon thread, until `stop` is set."""
+    thread = threading.Thread(target=follow_channel, name="genq-settled", daemon=True,
+                              args=(redis_url, SETTLED_CHANNEL, lambda _job_ids: wake.set(), lambda: not stop.is_set()))
     thread.start()
     return thread
 
 
-def _follow_settled(redis_url: str, wake: threading.Event, stop: threading.Event) -> None:
+def follow_channel(redis_url: str, channel: str, on_notice: Callable[[list[str] | None], None],
+                   keep_going: Callable[[], bool]) -> None:
+    """Follow `channel` while `keep_going()`: `on_notice(job_ids)` at each notice, and
+    `on_notice(None)` at each (re)subscription (what was missed meanwhile is in the
+    ledger). A lost connection (Redis restarted) is retried after a growing pause."""
+    failures = 0
+    while keep_going():
+        try:
+            _follow(redis_url, channel, on_notice, keep_going)
+            failures = 0
+        except (redis.RedisError, OSError) as exc:
+            delay = RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS) - 1)]
+            failures += 1
+            log.warning("subscription to %s lost (%s); reconnecting in %.1fs", channel, exc, delay)
+            time.sleep(delay)
+
+
+def _follow(redis_url: str, channel: str, on_notice, keep_going) -> None:
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, health_check_interval=30)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
-        pubsub.subscribe(SETTLED_CHANNEL)
-        wake.set()
-        while not stop.is_set():
+        pubsub.subscribe(channel)
+        on_notice(None)
+        while keep_going():
             message = pubsub.get_message(timeout=1.0)
             if message is not None and message.get("type") == "message":
-                wake.set()
+                on_notice(decode(message["data"]))
     finally:
         pubsub.close()
         client.close()

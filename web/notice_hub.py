@@ -10,18 +10,11 @@ meanwhile cost nothing.
 """
 from __future__ import annotations
 
-import logging
 import threading
-import time
 import weakref
 
-import redis
+from shared.notices import CHANNEL, follow_channel
 
-from shared.notices import CHANNEL, decode
-
-log = logging.getLogger(__name__)
-
-RECONNECT_SECONDS = (0.5, 1, 2, 5)
 _hubs: "weakref.WeakSet[NoticeHub]" = weakref.WeakSet()
 
 
@@ -108,31 +101,9 @@ class NoticeHub:
 
     def _listen(self) -> None:
         """Follow the channel while any stream is open; the next stream starts it again."""
-        failures = 0
         while True:
-            try:
-                self._follow()
-                failures = 0
-            except (redis.RedisError, OSError) as exc:
-                delay = RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS) - 1)]
-                failures += 1
-                log.warning("notice subscription lost (%s); reconnecting in %.1fs", exc, delay)
-                time.sleep(delay)
+            follow_channel(self._redis_url, CHANNEL, self.dispatch, lambda: bool(self._subscriptions))
             with self._lock:
                 if not self._subscriptions:
                     self._thread = None
                     return
-
-    def _follow(self) -> None:
-        client = redis.Redis.from_url(self._redis_url, socket_connect_timeout=2, health_check_interval=30)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(CHANNEL)
-            self.dispatch(None)  # subscribed (again): whatever was missed is in the ledger
-            while self._subscriptions:
-                message = pubsub.get_message(timeout=1.0)
-                if message is not None and message.get("type") == "message":
-                    self.dispatch(decode(message["data"]))
-        finally:
-            pubsub.close()
-            client.close()
