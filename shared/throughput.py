@@ -110,6 +110,7 @@ def estimate(log: ThroughputLog, model: str, items: int, *, exact: bool = True,
         return None, "unavailable"
     if throughput.rate_per_worker is None:
         return None, "not_measured"
-    if throughput.workers == 0 and not one_worker_at_least:
+    workers = throughput.workers or int(one_worker_at_least)
+    if workers == 0:
         return None, "no_live_worker"
-    return items / (throughput.rate_per_worker * max(1, throughput.workers)), None if exact else "lower_bound"
+    return items / (throughput.rate_per_worker * workers), None if exact else "lower_bound"

@@ -162,8 +162,9 @@ def job_outlook(session: Session, job: Job, counts: Counts, settings, watch, rec
     running = watch.progress.read(job.id) if counts.running else []
 
     def read() -> Outlook | None:
+        lost_before = lost_lease_bound(settings) if counts.running else None
         return outlook(session, job, pending=counts.pending, slice_items=settings.slice_max_items,
-                       scan_limit=settings.queue_scan_jobs, lost_before=lost_lease_bound(settings) if counts.running else None)
+                       scan_limit=settings.queue_scan_jobs, lost_before=lost_before)
     view = recent.outlook(job, counts.pending, read)
     if view is None:
         return JobOutlook(None, None, "not_open", running=running)

@@ -148,9 +148,9 @@ class JobStatusResponse(JobResponse):
         description="Why `eta_seconds` is null or only a lower bound: `not_measured` (no item of the model finished "
         "in the window), `no_live_worker` (no worker served the model lately), `lower_bound` (more jobs wait ahead "
         "than were counted), `worker_lost` (some of the job's items are held by a worker that stopped renewing its "
-        "lease: they run again once it expires, GENQ_LEASE_SECONDS after its last renewal, and `eta_seconds` "
-        "counts that wait, and one worker at the measured rate if none served the model lately), `not_open` (the job is not queued or running), `unavailable` (Redis did not answer). "
-        "Null when `eta_seconds` is an estimate.")
+        "lease: they run again once it expires, GENQ_LEASE_SECONDS after its last renewal; `eta_seconds` counts "
+        "that wait, and one worker at the measured rate if none served the model lately), `not_open` (the job is "
+        "not queued or running), `unavailable` (Redis did not answer). Null when `eta_seconds` is an estimate.")
     running_items: list[RunningItem] = Field(description="Progress inside the model of the items running now.")
 
     @classmethod
