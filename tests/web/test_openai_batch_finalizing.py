@@ -53,13 +53,17 @@ def test_a_settled_job_wakes_the_finalizer_long_before_its_poll(client, openai_s
 def test_prompt_tokens_counted_at_validation_match_a_count_at_finalization(client, openai_settings, tiny_model_dirs):
     lines = [completion_line("a", "The quick brown", n=2, seed=1), completion_line("b", ["Open the", "Rain"], n=2)]
     counted, recounted = create(client, lines), create(client, lines)
+    tokenizer = Tokenizer.from_file(str(tiny_model_dirs["text"] / "tokenizer.json"))
     with session_scope(openai_settings.database_url) as session:
+        kept = [request.shaping.get("prompt_tokens")
+                for request in session.query(OpenAIBatchRequest).filter_by(batch_id=counted["id"])]
+        assert sorted(kept) == sorted([len(tokenizer.encode("The quick brown").ids),
+                                       len(tokenizer.encode("Open the").ids) + len(tokenizer.encode("Rain").ids)])
         for request in session.query(OpenAIBatchRequest).filter_by(batch_id=recounted["id"]):
             request.shaping = {k: v for k, v in request.shaping.items() if k != "prompt_tokens"}  # as a batch checked before the counts were kept
     for _ in range(2):
         work_by_hand(openai_settings.database_url, "tiny-text", ["fox"] * 6)  # each batch is one job of 6 items
     advance_batches(openai_settings, storage_from_settings(openai_settings))
-    tokenizer = Tokenizer.from_file(str(tiny_model_dirs["text"] / "tokenizer.json"))
     expected = sum(len(tokenizer.encode(prompt).ids) for prompt in ("The quick brown", "Open the", "Rain"))
     usage = [batch_status(client, batch["id"]).usage for batch in (counted, recounted)]
     assert usage[0].input_tokens == usage[1].input_tokens == expected
