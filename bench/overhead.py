@@ -12,7 +12,7 @@ one run.
 
 Each round runs, per backend, 1 and then 2 (so each backend is compared with a raw
 Celery run of the minute before it: this machine's speed moves within minutes, raw
-Celery's from 590 to 1,060 tasks/s in one afternoon); the round with the median ratio
+Celery's from 590 to 1,230 tasks/s in one afternoon); the round with the median ratio
 is reported per backend.
 
 Usage:
