@@ -1,7 +1,7 @@
 """The ORM: jobs and their items (the ledger).
 
-Only `shared.ledger` writes the `state` columns. A job's counts are derived from its
-items with one grouped query on the (job_id, state) index, so they can never drift.
+Only `shared.ledger` writes the `state` columns, and a job's item counters with them
+(`shared.ledger.counters`): they change in the transaction that changes the items.
 """
 from __future__ import annotations
 
@@ -83,6 +83,11 @@ class Job(Base):
     # Jobs of one model with the same batch key may share a slice and a micro-batch.
     batch_key: Mapped[str] = mapped_column(String(64), default="", server_default="")
     total_items: Mapped[int] = mapped_column(Integer)
+    # The job's items by state, kept by shared.ledger.counters (succeeded: the rest of total_items).
+    pending_items: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    running_items: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failed_items: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    cancelled_items: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)

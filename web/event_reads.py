@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from shared.errors import InvalidRequest
 from shared.keys import Principal
-from shared.ledger.jobs import COUNT_COLUMNS, Counts, counts_of_row
+from shared.ledger.jobs import Counts, counts_of
 from shared.orm import ItemState, Job, JobItem, JobState
 from web.queries import visible_jobs
 
@@ -78,16 +78,15 @@ def jobs_by_id(session: Session, principal: Principal, job_ids: list[str]) -> li
     """The jobs of `job_ids` the caller may see, each with its counts (one statement)."""
     if not job_ids:
         return []
-    query = visible_jobs(principal).where(Job.id.in_(job_ids)).add_columns(*COUNT_COLUMNS)
-    return [JobView(job, counts_of_row(job.total_items, *numbers)) for job, *numbers in session.execute(query)]
+    query = visible_jobs(principal).where(Job.id.in_(job_ids))
+    return [JobView(job, counts_of(job)) for job in session.scalars(query)]
 
 
 def live_or_finished_since(session: Session, principal: Principal, since: datetime) -> list[JobView]:
     """A tenant's running jobs and those that finished since `since`: what a tenant's
     stream may have missed (queued jobs have nothing new to tell)."""
-    query = (visible_jobs(principal).add_columns(*COUNT_COLUMNS)
-             .where(or_(Job.state.in_(LIVE_JOB_STATES), Job.finished_at >= since)))
-    return [JobView(job, counts_of_row(job.total_items, *numbers)) for job, *numbers in session.execute(query)]
+    query = visible_jobs(principal).where(or_(Job.state.in_(LIVE_JOB_STATES), Job.finished_at >= since))
+    return [JobView(job, counts_of(job)) for job in session.scalars(query)]
 
 
 def items_finished_since(session: Session, job_ids: list[str], since: datetime | None) -> list[JobItem]:

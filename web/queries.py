@@ -9,15 +9,15 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Callable
 
-from sqlalchemy import and_, bindparam, case, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidRequest, NotFound
 from shared.keys import Principal
-from shared.ledger.jobs import COUNT_COLUMNS, Counts, counts_of_row
+from shared.ledger.jobs import Counts, counts_of
 from shared.ledger.plans import row_check
-from shared.ledger.queue_position import Outlook, QueuePlace, outlook, pending_items
-from shared.orm import ItemState, Job, JobItem, JobState, utcnow
+from shared.ledger.queue_position import Outlook, QueuePlace, outlook
+from shared.orm import Job, JobItem, JobState, utcnow
 from shared.progress import ItemProgress
 from shared.states import OPEN_JOB_STATES, UNFINISHED_JOB_STATES
 from shared.throughput import KEY as THROUGHPUT_KEY
@@ -49,24 +49,21 @@ def find_job(session: Session, principal: Principal, job_id: str) -> Job:
 
 
 def find_job_with_counts(session: Session, principal: Principal, job_id: str) -> tuple[Job, Counts]:
-    """`find_job` and the job's `ledger.item_counts` in one statement: a poll (the most
-    frequent request) makes one round trip, and reads the job and its counts from one
-    snapshot on every backend."""
-    row = None
+    """`find_job` and the job's counts (its counters, on its row): a poll (the most
+    frequent request) reads one row."""
+    job = None
     if JOB_ID.match(job_id):
         params = {"job_id": job_id} if principal.admin else {"job_id": job_id, "tenant": principal.tenant}
-        row = session.execute(_job_with_counts_statement(principal.admin), params).first()
-    if row is None:
+        job = session.scalars(_job_statement(principal.admin), params).first()
+    if job is None:
         raise NotFound(f"no job {job_id!r}", field="id")
-    job, *numbers = row
-    return job, counts_of_row(job.total_items, *numbers)
+    return job, counts_of(job)
 
 
 @lru_cache(maxsize=2)
-def _job_with_counts_statement(admin: bool):
+def _job_statement(admin: bool):
     """`find_job_with_counts`' statement, built once per process (every poll runs it)."""
-    principal = Principal(bindparam("tenant"), admin)
-    return visible_jobs(principal, bindparam("job_id")).add_columns(*COUNT_COLUMNS)
+    return visible_jobs(Principal(bindparam("tenant"), admin), bindparam("job_id"))
 
 
 def find_item(session: Session, job: Job, index: int) -> JobItem:
@@ -107,28 +104,22 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 def list_jobs(
     session: Session, principal: Principal, state: JobState | None, limit: int, cursor: str | None
 ) -> tuple[list[tuple[Job, Counts]], str | None]:
-    """Newest first, each job with its `ledger.item_counts`; `cursor` continues after the
-    last job of the previous page. One statement: the counts are correlated to the rows
-    of the page (a second query for them, `id IN (<the page>)`, was read by a whole-table
-    scan on PostgreSQL while the table was small)."""
-    query = (visible_jobs(principal).add_columns(*COUNT_COLUMNS)
-             .order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
+    """Newest first, each job with its counts; `cursor` continues after the last job of
+    the previous page."""
+    query = visible_jobs(principal).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
     if state is not None:
         query = query.where(Job.state == state)
     if cursor is not None:
         created, job_id = decode_cursor(cursor)
         query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
-    rows = [(job, counts_of_row(job.total_items, *numbers)) for job, *numbers in session.execute(query)]
+    rows = [(job, counts_of(job)) for job in session.scalars(query)]
     next_cursor = encode_cursor(rows[limit - 1][0]) if len(rows) > limit else None
     return rows[:limit], next_cursor
 
 
 def pending_items_of_tenant(session: Session, tenant: str) -> int:
-    """Pending items live only in open jobs: count them job by job through the items'
-    (job, state) index, so the plan never depends on how fresh the statistics are (a
-    join over every pending item turned quadratic on PostgreSQL while the table grew).
-    A count per open job, as a correlated subquery: neither planner can turn it into a
-    join that reads every pending item of the ledger (an IN-subquery may become one)."""
+    """Pending items live only in open jobs: the sum of their counters, read through the
+    (tenant, state) index."""
     return int(session.connection().scalar(_pending_of_tenant_statement(), {"tenant": tenant}) or 0)
 
 
@@ -136,10 +127,8 @@ def pending_items_of_tenant(session: Session, tenant: str) -> int:
 def _pending_of_tenant_statement():
     """Built once per process, on the tables (no ORM entity to set up): every submit
     runs it, and building and keying it cost more than running it."""
-    jobs, items = Job.__table__, JobItem.__table__
-    pending = (select(func.count()).select_from(items)
-               .where(items.c.job_id == jobs.c.id, items.c.state == ItemState.PENDING.value).scalar_subquery())
-    return (select(func.sum(pending)).select_from(jobs)
+    jobs = Job.__table__
+    return (select(func.sum(jobs.c.pending_items))
             .where(jobs.c.tenant == bindparam("tenant"), jobs.c.state.in_([state.value for state in OPEN_JOB_STATES])))
 
 
@@ -259,15 +248,10 @@ class FreshThroughput:
 
 def open_work_by_model(session: Session) -> list[tuple[str, str, int, int, int]]:
     """(model, job state, jobs, pending items, running items) of the unfinished jobs: one
-    statement per /metrics scrape. It reads the unfinished jobs through the state index
-    and counts items job by job (a never-started queued job's are its `total_items`; a
-    running one's through the items' (job, state) index), so a scrape costs the open work,
-    never the history."""
-    running = (select(func.count()).select_from(JobItem)
-               .where(JobItem.job_id == Job.id, JobItem.state == ItemState.RUNNING).scalar_subquery())
-    running_items = case((Job.state == JobState.QUEUED, 0), else_=running)
+    statement per /metrics scrape, which reads the unfinished jobs (their counters)
+    through the state index, so a scrape costs the open work, never the history."""
     rows = session.execute(
-        select(Job.model, Job.state, func.count(), func.sum(pending_items()), func.sum(running_items))
+        select(Job.model, Job.state, func.count(), func.sum(Job.pending_items), func.sum(Job.running_items))
         .where(Job.state.in_(UNFINISHED_JOB_STATES)).group_by(Job.model, Job.state)
     )
     return [(model, getattr(state, "value", state), int(jobs), int(pending or 0), int(running or 0))

@@ -137,13 +137,13 @@ def commit_results(ctx: WorkerContext, slice_: Slice, results, report: SliceRepo
     rows = []
     for item, outcome in results:
         if isinstance(outcome, Exception):
-            rows.append(ResultRow(item.id, error=_error_text(outcome)))
+            rows.append(ResultRow(item.id, error=_error_text(outcome), job_id=item.job_id))
         elif outcome.image_png is not None:
             key = output_key(item.job_id, item.index, "png")
             ctx.storage.put(key, outcome.image_png)
-            rows.append(ResultRow(item.id, key=key))
+            rows.append(ResultRow(item.id, key=key, job_id=item.job_id))
         else:
-            rows.append(ResultRow(item.id, text=outcome.text))
+            rows.append(ResultRow(item.id, text=outcome.text, job_id=item.job_id))
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
             stored = ctx.ledger.record_results(slice_.lease_id, rows)

@@ -2,16 +2,17 @@
 what an expired lease gives back."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from sqlalchemy import Integer, and_, bindparam, case, select, true, union_all, update
 from sqlalchemy.orm import Session
 
 from shared.items import ItemInput
-from shared.ledger import turns
+from shared.ledger import counters, turns
 from shared.ledger.jobs import new_id
 from shared.ledger.plans import row_check
 from shared.orm import ItemState, Job, JobItem, JobState, TenantTurn, utcnow
@@ -69,29 +70,28 @@ def release_expired_leases(session: Session, *, max_attempts: int, now: datetime
             lease_expires_at=None,
             finished_at=now,
         )
-    ).rowcount
+        .returning(JobItem.job_id)
+    ).scalars().all()
     released = session.execute(
         update(JobItem).where(unlocked()).values(state=ItemState.PENDING, lease_id=None, lease_expires_at=None)
-    ).rowcount
-    return failed + released
+        .returning(JobItem.job_id)
+    ).scalars().all()
+    counters.recount(session.connection(), failed + released)
+    return len(failed) + len(released)
 
 
-def jobs_in_claim_order(model, tenant, limit, *where, columns: Sequence = (), ranges: Sequence = (true(),),
-                        per_row: Callable[[Any], Sequence] = lambda _merged: ()):
-    """(id, *columns, *per_row) of the first `limit` open jobs of `model` and `tenant`
-    with pending items (and `where`), in claim order: priority, then age. Each open state
-    is read on its own, in order, and the arms are merged (see `turns.claimable`); so is
-    each of `ranges`, conditions that are each a range of the claim-order index (their OR
-    would be a filter, see `queue_position`). `per_row(merged)` are columns computed on
-    the merged rows, after the limit: a subquery there runs (and is planned) once, not
-    once per arm and for rows the merge then drops. The arguments may be values or bound
-    parameters."""
+def jobs_in_claim_order(model, tenant, limit, *where, columns: Sequence = (), ranges: Sequence = (true(),)):
+    """(id, *columns) of the first `limit` open jobs of `model` and `tenant` with pending
+    items (and `where`), in claim order: priority, then age. Each open state is read on
+    its own, in order, and the arms are merged (see `turns.claimable`); so is each of
+    `ranges`, conditions that are each a range of the claim-order index (their OR would
+    be a filter, see `queue_position`). The arguments may be values or bound parameters."""
     arms = [select(Job.id, Job.priority, Job.created_at, *columns)
             .where(turns.claimable(model, tenant, state), range_, *where)
             .order_by(*CLAIM_ORDER).limit(limit).subquery()
             for state in OPEN_JOB_STATES for range_ in ranges]
     merged = union_all(*(select(arm) for arm in arms)).subquery()
-    return (select(merged.c.id, *(merged.c[column.key] for column in columns), *per_row(merged))
+    return (select(merged.c.id, *(merged.c[column.key] for column in columns))
             .order_by(merged.c.priority.desc(), merged.c.created_at, merged.c.id).limit(limit))
 
 
@@ -125,7 +125,7 @@ def claim_slice(
         return None
     order = {item_id: position for position, item_id in enumerate(candidate_ids)}
     items = sorted((ClaimedItem(*row) for row in rows), key=lambda item: order[item.id])
-    waited = _start_jobs(session, {item.job_id for item in items}, now)
+    waited = _start_jobs(session, items, now)
     turns.take_turn(session, model, first.tenant, now)
     return Slice(lease_id, model, dict(first.params or {}), items, more_waiting=has_claimable_work(session, model),
                  waited=waited)
@@ -188,10 +188,20 @@ def _unspent_items(job_ids, pending, rank: dict[str, int] | None = None):
     )
 
 
-def _start_jobs(session: Session, job_ids: set[str], now: datetime) -> dict[str, float]:
-    """Mark the jobs running; returns the seconds each waited since its submission (for /metrics)."""
-    rows = session.connection().execute(_statements().start_jobs, {"ids": list(job_ids), "now": now}).all()
-    return {job_id: (now - created).total_seconds() for job_id, created in rows}
+def _start_jobs(session: Session, items: list[ClaimedItem], now: datetime) -> dict[str, float]:
+    """Mark the jobs of the claimed items running and move those items from their
+    pending counters to their running ones (one UPDATE per distinct number of items a job
+    gave: usually one); returns the seconds each job waited since its submission (for
+    /metrics)."""
+    taken = Counter(item.job_id for item in items)
+    by_amount: dict[int, list[str]] = {}
+    for job_id, amount in taken.items():
+        by_amount.setdefault(amount, []).append(job_id)
+    connection, waited = session.connection(), {}
+    for amount, job_ids in sorted(by_amount.items(), key=lambda entry: min(entry[1])):
+        rows = connection.execute(_statements().start_jobs, {"ids": sorted(job_ids), "now": now, "amount": amount})
+        waited.update((job_id, (now - created).total_seconds()) for job_id, created in rows)
+    return waited
 
 
 def _suspect_item(session: Session, job_id: str) -> list[int]:
@@ -215,7 +225,7 @@ class _Statements:
 def _statements() -> _Statements:
     """The claim's statements, built once per process; their values are parameters."""
     items, jobs = JobItem.__table__, Job.__table__
-    limit = bindparam("limit", type_=Integer)
+    limit, amount = bindparam("limit", type_=Integer), bindparam("amount", type_=Integer)
     now = bindparam("now", type_=items.c.started_at.type)
     queued = jobs.c.state == JobState.QUEUED.value
     return _Statements(
@@ -237,7 +247,8 @@ def _statements() -> _Statements:
         start_jobs=(update(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True)))
                     .values(state=case((queued, JobState.RUNNING.value), else_=jobs.c.state),
                             started_at=case((queued, bindparam("now", type_=jobs.c.started_at.type)),
-                                            else_=jobs.c.started_at))
+                                            else_=jobs.c.started_at),
+                            pending_items=jobs.c.pending_items - amount, running_items=jobs.c.running_items + amount)
                     .returning(jobs.c.id, jobs.c.created_at)),
     )
 

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from shared import webhooks
 from shared.errors import Conflict
-from shared.ledger import turns
+from shared.ledger import counters, turns
 from shared.ledger.plans import not_found, row_check
 from shared.orm import DEFAULT_TENANT, ItemState, Job, JobItem, JobState, TenantTurn, utcnow
 from shared.states import OPEN_JOB_STATES, UNFINISHED_JOB_STATES  # noqa: F401  (OPEN_JOB_STATES re-exported)
@@ -89,7 +89,8 @@ def submit_job(
     job_id = new_id()
     job = {
         "id": job_id, "tenant": tenant, "model": model, "task": task, "state": JobState.QUEUED, "priority": priority,
-        "params": params, "batch_key": batch_key(params), "total_items": len(inputs), "attempts": 0,
+        "params": params, "batch_key": batch_key(params), "total_items": len(inputs), "pending_items": len(inputs),
+        "running_items": 0, "failed_items": 0, "cancelled_items": 0, "attempts": 0,
         "idempotency_key": idempotency_key, "request_hash": request_hash, "created_at": utcnow(),
     }
     if webhook is not None:  # left out, the column is NULL (as the ORM leaves it), not JSON null
@@ -133,30 +134,23 @@ def item_rows(job_id: str, inputs: Sequence[tuple[str, int]]) -> list[dict[str, 
             for i, (prompt, seed) in enumerate(inputs)]
 
 
-# The states a job's items are counted in; `succeeded` is the rest of `jobs.total_items`
-# (a job's items are inserted with it, all of them, and never deleted but with it).
-_COUNTED_STATES = (ItemState.PENDING, ItemState.RUNNING, ItemState.FAILED, ItemState.CANCELLED)
-# A correlated count per state, to select next to a row of `jobs`: each probes the items'
-# (job_id, state, idx) index on both leading columns, a plan no statistics can spoil, and
-# reads only the items in that state. Nothing reads the succeeded items, which are most
-# of a large job's items once it runs, and all of them once it has finished: a poll costs
-# what is left to do, not what the job holds, and needs no GROUP BY, sort or hash.
-COUNT_COLUMNS = tuple(
-    select(func.count()).select_from(JobItem).where(JobItem.job_id == Job.id, JobItem.state == state)
-    .correlate(Job).scalar_subquery().label(f"{state.value}_items")
-    for state in _COUNTED_STATES
-)
+# A job's counters (shared.ledger.counters), to select next to (or instead of) its row.
+COUNT_COLUMNS = (Job.total_items, Job.pending_items, Job.running_items, Job.failed_items, Job.cancelled_items)
 
 
 def counts_of_row(total: int, pending: int, running: int, failed: int, cancelled: int) -> Counts:
-    """The Counts of `jobs.total_items` and the COUNT_COLUMNS selected with it."""
+    """The Counts of the COUNT_COLUMNS of a job's row."""
     return Counts(total=total, pending=pending, running=running, failed=failed, cancelled=cancelled,
                   succeeded=total - pending - running - failed - cancelled)
 
 
+def counts_of(job: Job) -> Counts:
+    return counts_of_row(job.total_items, job.pending_items, job.running_items, job.failed_items, job.cancelled_items)
+
+
 def item_counts(session: Session, job_ids: Iterable[str]) -> dict[str, Counts]:
-    """Counts per state for each job, from one statement (see COUNT_COLUMNS). A job
-    that does not exist counts nothing."""
+    """Counts per state for each job, read from the jobs' counters. A job that does not
+    exist counts nothing."""
     job_ids = list(job_ids)
     if not job_ids:
         return {}
@@ -177,13 +171,13 @@ def settle_job(session: Session, job_id: str) -> JobState | None:
 
 def settle_jobs(session: Session, job_ids: Iterable[str]) -> dict[str, JobState]:
     """`settle_job` for many jobs in a few statements (a slice may hold 64 one-item
-    jobs): one read of the jobs, one count of their items, one UPDATE per outcome.
-    Returns the jobs it settled and their final states."""
+    jobs): one read of the jobs and their counters, one UPDATE per outcome. Returns the
+    jobs it settled and their final states."""
     statements = _settle_statements()
     open_jobs = {job.id: job for job in session.scalars(statements.open_jobs, {"ids": list(job_ids)})}
     outcomes: dict[tuple[JobState, str | None], list[str]] = {}
-    counts_of = item_counts(session, open_jobs)
-    for job_id, counts in counts_of.items():
+    counted = {job_id: counts_of(job) for job_id, job in open_jobs.items()}
+    for job_id, counts in counted.items():
         outcome = _final_state(open_jobs[job_id], counts)
         if outcome is not None:
             outcomes.setdefault(outcome, []).append(job_id)
@@ -197,7 +191,7 @@ def settle_jobs(session: Session, job_ids: Iterable[str]) -> dict[str, JobState]
             for name, value in (("state", final), ("error", error), ("finished_at", now)):
                 set_committed_value(open_jobs[job_id], name, value)
         settled.update((job_id, final) for job_id in changed)
-        events.update((open_jobs[job_id], (final, counts_of[job_id].as_dict(), error)) for job_id in changed)
+        events.update((open_jobs[job_id], (final, counted[job_id].as_dict(), error)) for job_id in changed)
     if events:  # the webhook outbox, in this same transaction (shared.webhooks)
         webhooks.record_job_events(session, events)
     return settled
@@ -217,8 +211,10 @@ def _settle_statements() -> _SettleStatements:
     jobs = Job.__table__
     unfinished = [state.value for state in UNFINISHED_JOB_STATES]
     return _SettleStatements(
-        open_jobs=select(Job).where(Job.id.in_(ids), row_check(Job.state).in_(UNFINISHED_JOB_STATES)),
-        counts=select(Job.id, Job.total_items, *COUNT_COLUMNS).where(Job.id.in_(ids)),
+        # the rows as they are now, counters included, even over jobs this session read before
+        open_jobs=(select(Job).where(Job.id.in_(ids), row_check(Job.state).in_(UNFINISHED_JOB_STATES))
+                   .execution_options(populate_existing=True)),
+        counts=select(Job.id, *COUNT_COLUMNS).where(Job.id.in_(ids)),
         finish=(update(jobs).where(jobs.c.id.in_(ids), row_check(jobs.c.state).in_(unfinished))
                 .values(state=bindparam("final", type_=jobs.c.state.type), error=bindparam("error"),
                         finished_at=bindparam("now", type_=jobs.c.finished_at.type))
@@ -277,6 +273,7 @@ def cancel_jobs(session: Session, job_ids: list[str]) -> None:
         update(Job).where(Job.id.in_(job_ids), Job.state.in_(UNFINISHED_JOB_STATES)).values(state=JobState.CANCELLING)
     )
     session.flush()
+    counters.recount(session.connection(), job_ids)
     settle_jobs(session, job_ids)
 
 
@@ -297,5 +294,6 @@ def retry_job(session: Session, job: Job) -> int:
         .where(Job.id == job.id)
         .values(state=JobState.QUEUED, error=None, finished_at=None, attempts=Job.attempts + 1)
     )
+    counters.recount(session.connection(), [job.id])
     session.refresh(job)
     return retried

@@ -13,8 +13,7 @@ submitted later with a higher priority, or by a tenant whose turn comes first, s
 ahead.
 
 Cost: the job's tenant's jobs ahead of it and, per other tenant, its first jobs in claim
-order, read from the claim-order index (no sort), with one probe of the items for jobs
-that ran before (a never-started queued job's pending items are its `total_items`). At
+order, read from the claim-order index (no sort), each with its pending items (its counter). At
 most `scan_limit` jobs are read in all; past that the figures are lower bounds
 (`exact` is false), so a poll costs the same whatever the queue holds.
 """
@@ -25,7 +24,7 @@ from datetime import datetime
 from functools import lru_cache
 from math import ceil
 
-from sqlalchemy import Integer, and_, bindparam, case, func, select, tuple_
+from sqlalchemy import Integer, and_, bindparam, func, select, tuple_
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import operators
 
@@ -175,18 +174,6 @@ def _order_columns() -> list[tuple]:
     return terms
 
 
-def pending_items(jobs=None):
-    """A job's pending items, next to a row of `jobs` (the jobs table, or a subquery with
-    its id, state, attempts, started_at and total_items): its `total_items` while it is
-    queued and never ran (no item can be anything but pending then), else one count on
-    the items' (job, state) index."""
-    row = Job.__table__.c if jobs is None else jobs.c
-    count = (select(func.count()).select_from(JobItem)
-             .where(JobItem.job_id == row.id, JobItem.state == ItemState.PENDING).scalar_subquery())
-    never_ran = and_(row.state == JobState.QUEUED, row.attempts == 0, row.started_at.is_(None))
-    return case((never_ran, row.total_items), else_=count)
-
-
 def _claimable(session: Session, model: str, tenant: str, limit: int, job: Job | None = None) -> list[_Waiting]:
     """The first `limit` jobs of `tenant` the claim would take (only those ahead of `job`,
     if given), in claim order."""
@@ -194,29 +181,24 @@ def _claimable(session: Session, model: str, tenant: str, limit: int, job: Job |
         return []
     params = {"model": model, "tenant": tenant, "limit": limit, **(_ahead_params(job) if job is not None else {})}
     rows = session.execute(_claimable_statement(job is not None), params)
-    return [_Waiting(int(row.pending or 0), row.batch_key) for row in rows]
+    return [_Waiting(int(row.pending_items or 0), row.batch_key) for row in rows]
 
 
 @lru_cache(maxsize=2)
 def _claimable_statement(ahead: bool):
     """`_claimable`'s statement, built once per process (its values are parameters): the
     claim's own read (`claims.jobs_in_claim_order`), with one arm per range of the jobs
-    ahead (`_ahead_ranges`) when it reads only those; the pending items are counted on
-    the merged rows (`pending_items`), once per job the statement returns."""
+    ahead (`_ahead_ranges`) when it reads only those; each job's pending items are its
+    counter."""
     return jobs_in_claim_order(bindparam("model"), bindparam("tenant"), bindparam("limit", type_=Integer),
-                               columns=(Job.batch_key, *_PENDING_INPUTS),
-                               per_row=lambda merged: (pending_items(merged).label("pending"),),
+                               columns=(Job.batch_key, Job.pending_items),
                                **({"ranges": _ahead_ranges()} if ahead else {}))
-
-
-_PENDING_INPUTS = (Job.state, Job.attempts, Job.started_at, Job.total_items)  # what `pending_items` reads of a job
 
 
 def _running_items(session: Session, model: str, job_id: str | None = None) -> int:
     """Items of `model` that workers hold now (of `job_id` alone, if given): the running
-    jobs through the state index (the model is only checked), then each one's running
-    items through the items' (job, state) index; both are bounded by the work in flight,
-    never by the ledger."""
+    jobs' counters, read through the state index (the model is only checked), bounded by
+    the work in flight, never by the ledger."""
     if job_id is not None:
         return int(session.scalar(_running_items_statement(True), {"job_id": job_id}) or 0)
     return int(session.scalar(_running_items_statement(False), {"model": model}) or 0)
@@ -226,11 +208,9 @@ def _running_items(session: Session, model: str, job_id: str | None = None) -> i
 def _running_items_statement(of_job: bool):
     """`_running_items`' statement, built once per process (a poll runs it)."""
     if of_job:
-        jobs = select(Job.id).where(Job.id == bindparam("job_id"))
-    else:
-        jobs = select(Job.id).where(Job.state == JobState.RUNNING, row_check(Job.model) == bindparam("model"))
-    return (select(func.count()).select_from(JobItem)
-            .where(JobItem.job_id.in_(jobs), JobItem.state == ItemState.RUNNING))
+        return select(Job.running_items).where(Job.id == bindparam("job_id"))
+    return select(func.sum(Job.running_items)).where(Job.state == JobState.RUNNING,
+                                                     row_check(Job.model) == bindparam("model"))
 
 
 def _lost_lease_expiry(session: Session, job_id: str, lost_before: datetime | None) -> datetime | None:

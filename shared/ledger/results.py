@@ -8,6 +8,7 @@ from functools import lru_cache
 from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
+from shared.ledger import counters
 from shared.ledger.plans import row_check
 from shared.orm import ItemState, Job, JobItem, JobState, utcnow
 
@@ -20,12 +21,14 @@ class ResultRow:
     text: str | None = None
     key: str | None = None
     error: str | None = None
+    job_id: str | None = None  # the item's job (looked up when not given)
 
 
 def record_results(session: Session, lease_id: str, rows: list[ResultRow]) -> tuple[int, int]:
     """Store a micro-batch's outcomes, each conditional on the lease, as two executemany
-    UPDATEs (successes, failures). Returns how many of each were stored; a row whose
-    lease was lost is dropped."""
+    UPDATEs (successes, failures), and move them in their jobs' counters. Returns how
+    many of each were stored; a row whose lease was lost is dropped (its jobs are then
+    counted again: which rows were dropped is not known)."""
     held = {"lease": lease_id, "now": utcnow()}
     successes = [{"item": row.item_id, "text": row.text, "key": row.key, **held} for row in rows if row.error is None]
     failures = [{"item": row.item_id, "message": row.error, **held} for row in rows if row.error is not None]
@@ -36,7 +39,21 @@ def record_results(session: Session, lease_id: str, rows: list[ResultRow]) -> tu
         stored_successes = connection.execute(store_success, successes).rowcount
     if failures:
         stored_failures = connection.execute(store_failure, failures).rowcount
+    _count_results(session, rows, stored_successes + stored_failures)
     return stored_successes, stored_failures
+
+
+def _count_results(session: Session, rows: list[ResultRow], stored: int) -> None:
+    job_of = {row.item_id: row.job_id for row in rows}
+    unknown = [item_id for item_id, job_id in job_of.items() if job_id is None]
+    if unknown:
+        job_of.update(session.execute(select(JobItem.id, JobItem.job_id).where(JobItem.id.in_(unknown))).tuples().all())
+    if stored == len(rows):
+        counters.add(session.connection(), ((job_of[row.item_id], ItemState.RUNNING,
+                                             ItemState.SUCCEEDED if row.error is None else ItemState.FAILED)
+                                            for row in rows))
+    elif stored:
+        counters.recount(session.connection(), job_of.values())
 
 
 @lru_cache(maxsize=1)
@@ -67,48 +84,60 @@ def release_slice(session: Session, lease_id: str) -> int:
     """Give back what a slice did not reach (time budget spent): pending again, without
     spending an attempt, or cancelled where its job is being cancelled. Returns how many
     items went back to pending."""
-    _cancel_held_items_of_cancelling_jobs(session, lease_id)
-    return session.execute(
+    cancelled = _cancel_held_items_of_cancelling_jobs(session, lease_id)
+    given_back = session.execute(
         update(JobItem)
         .where(JobItem.lease_id == lease_id, row_check(JobItem.state) == ItemState.RUNNING)
         .values(state=ItemState.PENDING, lease_id=None, lease_expires_at=None, attempts=JobItem.attempts - 1)
-    ).rowcount
+        .returning(JobItem.job_id)
+    ).scalars().all()
+    counters.recount(session.connection(), cancelled + given_back)
+    return len(given_back)
 
 
 def abandon_slice(session: Session, lease_id: str, *, error: str, max_attempts: int) -> int:
     """A slice broke off with an error: its unfinished items keep the attempt they
     spent; those at the cap fail with the error, the rest go back to pending (or are
     cancelled where their job is being cancelled)."""
-    _cancel_held_items_of_cancelling_jobs(session, lease_id)
+    cancelled = _cancel_held_items_of_cancelling_jobs(session, lease_id)
     held = and_(JobItem.lease_id == lease_id, row_check(JobItem.state) == ItemState.RUNNING)
-    session.execute(
+    failed = session.execute(
         update(JobItem)
         .where(held, JobItem.attempts >= max_attempts)
         .values(state=ItemState.FAILED, error=f"{error} (attempt {max_attempts} of {max_attempts})",
                 lease_id=None, lease_expires_at=None, finished_at=utcnow())
-    )
-    return session.execute(
+        .returning(JobItem.job_id)
+    ).scalars().all()
+    given_back = session.execute(
         update(JobItem).where(held).values(state=ItemState.PENDING, error=error, lease_id=None, lease_expires_at=None)
-    ).rowcount
+        .returning(JobItem.job_id)
+    ).scalars().all()
+    counters.recount(session.connection(), cancelled + failed + given_back)
+    return len(given_back)
 
 
 def fail_held_items(session: Session, lease_id: str, error: str) -> int:
     """Fail every unfinished item of a slice (its time limit passed)."""
-    return session.execute(
+    failed = session.execute(
         update(JobItem)
         .where(JobItem.lease_id == lease_id, row_check(JobItem.state) == ItemState.RUNNING)
         .values(state=ItemState.FAILED, error=error, lease_id=None, lease_expires_at=None, finished_at=utcnow())
-    ).rowcount
+        .returning(JobItem.job_id)
+    ).scalars().all()
+    counters.recount(session.connection(), failed)
+    return len(failed)
 
 
-def _cancel_held_items_of_cancelling_jobs(session: Session, lease_id: str) -> int:
+def _cancel_held_items_of_cancelling_jobs(session: Session, lease_id: str) -> list[str]:
+    """The job of each item cancelled (the caller counts them again)."""
     cancelling = select(Job.id).where(Job.state == JobState.CANCELLING)
     return session.execute(
         update(JobItem)
         .where(JobItem.lease_id == lease_id, row_check(JobItem.state) == ItemState.RUNNING, JobItem.job_id.in_(cancelling))
         .values(state=ItemState.CANCELLED, lease_id=None, lease_expires_at=None, finished_at=utcnow())
+        .returning(JobItem.job_id)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    ).scalars().all()
 
 
 def indices_without_output(session: Session, job_ids: list[str]) -> list[tuple[str, int]]:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import watch
 from shared.db import session_factory, transaction
-from shared.ledger import claims, jobs, results
+from shared.ledger import claims, counters, jobs, results
 from shared.ledger.claims import Slice
 from shared.ledger.results import ResultRow
 from shared.orm import JobState
@@ -105,9 +105,13 @@ class Ledger:
             return _settled_with_missing_outputs(session, job_ids)
 
     def settle_unsettled(self) -> dict[str, list[int]]:
-        """Jobs a crash left unsettled get their final state; returns them as settle_all does."""
+        """Jobs a crash left unsettled get their final state; returns them as settle_all
+        does. Their items, not their counters, said they are done: they are counted
+        again first, so that a counter gone wrong cannot keep a job open for good."""
         with self.transaction() as session:
-            return _settled_with_missing_outputs(session, jobs.unsettled_job_ids(session))
+            job_ids = jobs.unsettled_job_ids(session)
+            counters.recount(session.connection(), job_ids)
+            return _settled_with_missing_outputs(session, job_ids)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from shared.ledger.plans import found
-from shared.orm import ItemState, Job, JobItem, TenantTurn
+from shared.orm import Job, TenantTurn
 from shared.states import OPEN_JOB_STATES
 
 _INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
@@ -48,16 +48,16 @@ def _take_statement(dialect: str):
     return insert.on_conflict_do_update(index_elements=["model", "tenant"], set_={"last_claimed_at": now})
 
 
-def has_pending_items(job_id_column):
-    """The job has a pending item: one probe of the items' (job_id, state) index."""
-    return found(select(JobItem.index).where(JobItem.job_id == job_id_column, JobItem.state == ItemState.PENDING))
+def has_pending_items():
+    """The job has a pending item: its counter, on the row the claim order reads."""
+    return Job.pending_items > 0
 
 
 def claimable(model, tenant, state):
     """Jobs of a model and tenant in one open state with a pending item. One state at a
     time: an equality on `state` is always an index condition, where PostgreSQL without
     statistics applied `state IN (...)` as a filter over the tenant's whole history."""
-    return (Job.model == model) & (Job.tenant == tenant) & (Job.state == state) & has_pending_items(Job.id)
+    return (Job.model == model) & (Job.tenant == tenant) & (Job.state == state) & has_pending_items()
 
 
 def has_open_work():

@@ -24,11 +24,23 @@ def assert_ledger_consistent(database_url: str, storage_dir: Path) -> dict[str, 
         has_output = (item.output_text is not None) + (item.output_key is not None)
         assert has_output == (1 if item.state == ItemState.SUCCEEDED else 0), (item.index, item.state)
         assert item.lease_id is None
+    assert_counters_match_items(jobs, items)
     keys = [item.output_key for item in items if item.output_key]
     assert len(keys) == len(set(keys))
     files = {str(p.relative_to(storage_dir)) for p in Path(storage_dir).rglob("*") if p.is_file()} if Path(storage_dir).exists() else set()
     assert files == set(keys), f"files without a row: {sorted(files - set(keys))[:5]}"
     return {state.value: sum(i.state == state for i in items) for state in ItemState}
+
+
+def assert_counters_match_items(jobs: list[Job], items: list[JobItem]) -> None:
+    """Each job's counters (shared.ledger.counters) say what a plain count of its items says."""
+    counted: dict[tuple[str, ItemState], int] = {}
+    for item in items:
+        counted[item.job_id, item.state] = counted.get((item.job_id, item.state), 0) + 1
+    for job in jobs:
+        kept = {ItemState.PENDING: job.pending_items, ItemState.RUNNING: job.running_items,
+                ItemState.FAILED: job.failed_items, ItemState.CANCELLED: job.cancelled_items}
+        assert kept == {state: counted.get((job.id, state), 0) for state in kept}, job.id
 
 
 def count_result_writes(url: str) -> None:

@@ -82,3 +82,32 @@ def test_0006_and_0007_go_down_whole_and_up_again(backend, tmp_path):
     finally:
         engine.dispose()
         reset_schema(url)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_0009_counts_the_items_of_existing_jobs_into_their_counters_and_goes_down(backend, tmp_path):
+    url = database_url_for(backend, tmp_path)
+    reset_schema(url)
+    upgrade(url, "0008")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO jobs (id, tenant, model, task, state, priority, params, batch_key, total_items, attempts, "
+                "created_at) VALUES (:id, 't', 'm', 'text-generation', 'running', 5, '{}', '', 6, 1, "
+                "'2026-01-01 00:00:00+00')"), {"id": "a" * 32})
+            for index, state in enumerate(("pending", "pending", "running", "succeeded", "failed", "cancelled")):
+                connection.execute(text("INSERT INTO job_items (job_id, idx, prompt, seed, state, attempts) "
+                                        "VALUES (:job, :idx, 'p', 0, :state, 0)"),
+                                   {"job": "a" * 32, "idx": index, "state": state})
+        upgrade(url, "0009")
+        with engine.connect() as connection:
+            counters = connection.execute(text("SELECT pending_items, running_items, failed_items, cancelled_items "
+                                               "FROM jobs")).one()
+        assert tuple(counters) == (2, 1, 1, 1)
+        command.downgrade(alembic_config(url), "0008")
+        with engine.connect() as connection:
+            assert "pending_items" not in {column["name"] for column in inspect(connection).get_columns("jobs")}
+    finally:
+        engine.dispose()
+        reset_schema(url)

@@ -8,7 +8,9 @@ import pytest
 from shared import ledger
 from shared.db import session_scope
 from shared.errors import Conflict
+from shared.ledger import results
 from shared.orm import ItemState, Job, JobItem, JobState, utcnow
+from tests.helpers.ledger import assert_counters_match_items
 
 
 def submit(url, model="m", n=5, priority=5) -> str:
@@ -290,16 +292,41 @@ def test_a_timed_out_slice_fails_its_unfinished_items(database_url):
 
 
 def test_item_counts_match_the_items_in_every_state(database_url):
-    """Succeeded is derived (total_items less the other states): it must agree with a
-    plain count, for several jobs at once, and a job that does not exist counts nothing."""
-    job_id, other = submit(database_url, n=20), submit(database_url, n=1)
+    """The counters each verb keeps agree with a plain count of the items, for several
+    jobs at once, through claims, results, a give-back, an expired lease, a cancel and a
+    retry; a job that does not exist counts nothing."""
+    job_id, other, third = submit(database_url, n=20), submit(database_url, n=1), submit(database_url, n=3)
+    first = claim(database_url, n=8)  # 8 of job_id's
     with session_scope(database_url) as session:
-        for low, high, state in ((0, 6, ItemState.SUCCEEDED), (6, 8, ItemState.RUNNING), (8, 11, ItemState.FAILED),
-                                 (11, 15, ItemState.CANCELLED)):
-            session.query(JobItem).filter(JobItem.job_id == job_id, JobItem.index >= low, JobItem.index < high).update(
-                {JobItem.state: state})
+        results.record_results(session, first.lease_id, [ledger.ResultRow(item.id, text="ok", job_id=item.job_id)
+                                                         for item in first.items[:6]])
+        ledger.record_item_failure(session, first.lease_id, first.items[6].id, "boom")  # its job looked up
+    claim(database_url, n=3, owner="gone", lease=1.0, now=utcnow() - timedelta(seconds=10))  # expired
+    given_back = claim(database_url, n=2, owner="w2")
+    with session_scope(database_url) as session:
+        assert ledger.release_slice(session, given_back.lease_id) == 2
+        assert ledger.release_expired_leases(session, max_attempts=3) == 3
+    assert_counts_are_the_items(database_url, [job_id, other, third])
     with session_scope(database_url) as session:
         counts = ledger.item_counts(session, [job_id, other, "0" * 32])
-    assert counts[job_id] == ledger.Counts(total=20, pending=5, running=2, succeeded=6, failed=3, cancelled=4)
+    assert counts[job_id] == ledger.Counts(total=20, pending=12, running=1, succeeded=6, failed=1)
     assert counts[other] == ledger.Counts(total=1, pending=1)
     assert counts["0" * 32] == ledger.Counts()
+    with session_scope(database_url) as session:
+        ledger.cancel_jobs(session, [job_id, third])
+    with session_scope(database_url) as session:
+        ledger.record_item_success(session, first.lease_id, first.items[7].id, text="late")  # still held
+    with session_scope(database_url) as session:
+        ledger.settle_job(session, job_id)
+        assert ledger.retry_job(session, session.get(Job, job_id)) == 1
+    assert_counts_are_the_items(database_url, [job_id, other, third])
+    with session_scope(database_url) as session:
+        counts = ledger.item_counts(session, [job_id, third])
+    assert counts[job_id] == ledger.Counts(total=20, pending=1, succeeded=7, cancelled=12)
+    assert counts[third] == ledger.Counts(total=3, cancelled=3)
+
+
+def assert_counts_are_the_items(url, job_ids):
+    with session_scope(url) as session:
+        jobs = session.query(Job).filter(Job.id.in_(job_ids)).all()
+        assert_counters_match_items(jobs, session.query(JobItem).filter(JobItem.job_id.in_(job_ids)).all())

@@ -1,0 +1,76 @@
+"""Each job's items counted by state, kept on the job's row: a poll, a listing, the
+pending quota and a settle read one row instead of counting items.
+
+The counters change in the transaction that changes the items, and only in this
+package (shared.ledger), two ways:
+
+- `add`: the hot paths (a claim, a micro-batch's results) know what they changed and
+  move the counters by that much: `UPDATE jobs SET pending_items = pending_items - 3 ...`,
+  whose row lock orders concurrent changes of one job;
+- `recount`: the rare paths (a slice given back, an expired lease, a cancel, a retry)
+  count the job's items again. The job rows are locked first, in a statement of their
+  own, so the count (a later statement: it sees everything committed before the lock)
+  cannot miss a change that another transaction counted and committed meanwhile.
+
+`succeeded` is not kept: it is `total_items` less the four counters.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from functools import lru_cache
+from typing import Iterable
+
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.engine import Connection
+
+from shared.orm import ItemState, Job, JobItem
+
+COUNTED = {ItemState.PENDING: "pending_items", ItemState.RUNNING: "running_items",
+           ItemState.FAILED: "failed_items", ItemState.CANCELLED: "cancelled_items"}
+COLUMNS = tuple(COUNTED.values())
+
+
+def add(connection: Connection, moves: Iterable[tuple[str, ItemState, ItemState]]) -> None:
+    """Move items between states in their jobs' counters: `moves` holds (job id, from
+    state, to state) once per item. One UPDATE per distinct change, usually one in all (a
+    micro-batch of one job, or of many one-item jobs), its jobs in id order."""
+    changes: Counter = Counter(moves)
+    by_change: dict[tuple, list[str]] = {}
+    for (job_id, source, target), amount in changes.items():
+        by_change.setdefault((source, target, amount), []).append(job_id)
+    for (source, target, amount), job_ids in sorted(by_change.items(), key=lambda entry: min(entry[1])):
+        connection.execute(_move_statement(source, target), {"ids": sorted(job_ids), "amount": amount})
+
+
+@lru_cache(maxsize=None)
+def _move_statement(source: ItemState, target: ItemState):
+    jobs = Job.__table__
+    amount = bindparam("amount", type_=jobs.c.pending_items.type)
+    values = {}
+    if source in COUNTED:
+        values[COUNTED[source]] = jobs.c[COUNTED[source]] - amount
+    if target in COUNTED:
+        values[COUNTED[target]] = jobs.c[COUNTED[target]] + amount
+    return update(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True))).values(**values)
+
+
+def recount(connection: Connection, job_ids: Iterable[str]) -> None:
+    """Count the items of `job_ids` again and store the counts (see the module's doc)."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return
+    lock, store = _recount_statements()
+    if connection.dialect.name != "sqlite":  # SQLite: one writer at a time, nothing to order
+        connection.execute(lock, {"ids": ids}).all()
+    connection.execute(store, {"ids": ids})
+
+
+@lru_cache(maxsize=1)
+def _recount_statements():
+    jobs = Job.__table__
+    ids = bindparam("ids", expanding=True)
+    lock = select(jobs.c.id).where(jobs.c.id.in_(ids)).order_by(jobs.c.id).with_for_update()
+    counts = {column: (select(func.count()).select_from(JobItem)
+                       .where(JobItem.job_id == jobs.c.id, JobItem.state == state).scalar_subquery())
+              for state, column in COUNTED.items()}
+    return lock, update(jobs).where(jobs.c.id.in_(ids)).values(**counts)
