@@ -43,7 +43,7 @@ def template_params(url: str, job_id: str) -> dict[str, Any]:
 def _job_row(tenant: str, model: str, params: dict, created: datetime, items: int, **extra) -> dict:
     return {"id": new_id(), "tenant": tenant, "model": model, "task": "text-generation", "state": "queued",
             "priority": 5, "params": params, "batch_key": batch_key(params), "total_items": items,
-            "attempts": 0, "created_at": created, **extra}
+            "pending_items": items, "attempts": 0, "created_at": created, **extra}
 
 
 def _chunks(rows: list[dict], size: int) -> Iterator[list[dict]]:
@@ -83,7 +83,7 @@ def _history_job(rng: random.Random, tenant: str, model: str, params: dict, item
     started, failed = created + timedelta(seconds=rng.uniform(0.01, 5)), rng.random() < 0.05
     finished = started + timedelta(seconds=0.01 * items)
     job = _job_row(tenant, model, params, created, items, state="failed" if failed else "succeeded",
-                   started_at=started, finished_at=finished, attempts=0,
+                   started_at=started, finished_at=finished, attempts=0, pending_items=0, failed_items=int(failed),
                    error=f"1 of {items} items failed" if failed else None)
     rows = [{"job_id": job["id"], "idx": i, "prompt": "p", "seed": rng.randrange(2**31),
              "state": "failed" if failed and i == 0 else "succeeded", "attempts": 1,

@@ -43,6 +43,7 @@ class SliceReport:
     failed: int = 0
     lost: int = 0
     stopped: str | None = None
+    ended: Ended | None = None  # settled with the last results (Ledger.record_results), or by finish_slice
 
 
 def handle_wakeup(ctx: WorkerContext, model: str) -> SliceReport | None:
@@ -100,7 +101,7 @@ def perform_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
     report = SliceReport(slice_.job_ids, len(slice_.items))
     if spec is None:
         error = RuntimeError(f"model {slice_.model!r} is not in this worker's registry")
-        commit_results(ctx, slice_, [(item, error) for item in slice_.items], report)
+        commit_results(ctx, slice_, [(item, error) for item in slice_.items], report, last=True)
         return report
     runner = ctx.cache.get(spec)
     watch.slice_started()  # the busy clock of ETAs starts once the model is loaded (unless the worker was busy)
@@ -123,17 +124,18 @@ def perform_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
         except Cancelled:
             report.stopped = "cancelled"
             break
-        commit_results(ctx, slice_, results, report, notify=bool(remaining))  # the release notifies the last
+        commit_results(ctx, slice_, results, report, last=not remaining)
     return report
 
 
-def commit_results(ctx: WorkerContext, slice_: Slice, results, report: SliceReport, notify: bool = True) -> None:
+def commit_results(ctx: WorkerContext, slice_: Slice, results, report: SliceReport, last: bool = False) -> None:
     """Write image files first (atomic, named by job and item only), then commit every
     row of the micro-batch in one transaction, conditional on the lease. A dropped
     database connection is retried: the writes are conditional, so a retry after a
-    commit that did land changes nothing. Watchers are notified after the commit unless
-    `notify` is false (the slice's last micro-batch: its release, a moment later,
-    notifies for every job of the slice)."""
+    commit that did land changes nothing. Watchers are notified after the commit, but
+    for the slice's `last` micro-batch: the slice's end, a moment later, notifies for
+    every job of the slice. When that batch holds every item the slice still holds, the
+    slice's jobs are settled in its transaction (`report.ended`)."""
     rows = []
     for item, outcome in results:
         if isinstance(outcome, Exception):
@@ -144,9 +146,10 @@ def commit_results(ctx: WorkerContext, slice_: Slice, results, report: SliceRepo
             rows.append(ResultRow(item.id, key=key, job_id=item.job_id))
         else:
             rows.append(ResultRow(item.id, text=outcome.text, job_id=item.job_id))
+    holds_only_these = last and report.succeeded + report.failed + report.lost + len(rows) == report.claimed
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
-            stored = ctx.ledger.record_results(slice_.lease_id, rows)
+            stored = ctx.ledger.record_results(slice_.lease_id, rows, last_of=slice_ if holds_only_these else None)
             break
         except OperationalError as exc:
             if attempt == COMMIT_ATTEMPTS:
@@ -156,8 +159,9 @@ def commit_results(ctx: WorkerContext, slice_: Slice, results, report: SliceRepo
     report.succeeded += stored.succeeded
     report.failed += stored.failed
     report.lost += stored.lost
+    report.ended = stored.ended
     watch.committed(slice_.model, stored.succeeded, stored.failed)  # throughput and /metrics counts
-    if notify:
+    if not last:
         notices_for(ctx.settings.redis_url).publish(item.job_id for item, _ in results)  # after the commit
 
 
@@ -168,8 +172,10 @@ def _error_text(exc: Exception) -> str:
 
 
 def finish_slice(ctx: WorkerContext, slice_: Slice, report: SliceReport) -> None:
-    holds_items = report.succeeded + report.failed + report.lost < report.claimed
-    continue_after(ctx, slice_, ctx.ledger.release(slice_, holds_items=holds_items))
+    if report.ended is None:  # not settled with the last results: give back what is held, settle
+        holds_items = report.succeeded + report.failed + report.lost < report.claimed
+        report.ended = ctx.ledger.release(slice_, holds_items=holds_items)
+    continue_after(ctx, slice_, report.ended)
 
 
 def abandon_slice(ctx: WorkerContext, slice_: Slice, exc: Exception) -> None:

@@ -22,6 +22,7 @@ class Stored:
     succeeded: int = 0
     failed: int = 0
     lost: int = 0  # the lease was gone: dropped
+    ended: "Ended | None" = None  # the slice ended with these results (see `Ledger.record_results`)
 
 
 class Ledger:
@@ -64,11 +65,21 @@ class Ledger:
         return released
 
     # --- results --------------------------------------------------------------------
-    def record_results(self, lease_id: str, rows: list[ResultRow]) -> Stored:
-        """Every row of a micro-batch in one transaction, each conditional on the lease."""
+    def record_results(self, lease_id: str, rows: list[ResultRow], *, last_of: Slice | None = None) -> Stored:
+        """Every row of a micro-batch in one transaction, each conditional on the lease.
+
+        `last_of`: these are the last items `last_of` holds. When every one is stored,
+        the slice has nothing left to give back, and its jobs are settled in this same
+        transaction (`Stored.ended`; no `release` follows): safe because the counters
+        this transaction moved hold their jobs' rows locked until it commits, so of two
+        workers finishing one job the second sees the first's results (see
+        `shared.ledger.counters`)."""
         with self.transaction() as session:
             succeeded, failed = results.record_results(session, lease_id, rows)
-        return Stored(succeeded, failed, len(rows) - succeeded - failed)
+            ended = None
+            if last_of is not None and succeeded + failed == len(rows):
+                ended = _ended(session, last_of, 0)
+        return Stored(succeeded, failed, len(rows) - succeeded - failed, ended)
 
     def release(self, slice_: Slice, *, holds_items: bool = True) -> "Ended":
         """A slice ran to its end: give back what it did not reach (if it `holds_items`
