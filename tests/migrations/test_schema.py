@@ -1,11 +1,14 @@
 """The migrated schema is exactly the ORM's: no pending autogenerate diff."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import Engine, create_engine, inspect, text
 
 from migrations import alembic_config, upgrade
 from shared.ledger import batch_key
@@ -13,29 +16,32 @@ from shared.orm import Base
 from tests.helpers.database import BACKENDS, database_url_for, reset_schema
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_migrations_match_the_orm(backend, tmp_path):
+@contextmanager
+def migrated(backend, tmp_path, revision: str = "head") -> Iterator[tuple[str, Engine]]:
+    """(url, engine) of an empty database migrated to `revision`; emptied again after."""
     url = database_url_for(backend, tmp_path)
     reset_schema(url)
-    upgrade(url)
+    upgrade(url, revision)
     engine = create_engine(url)
     try:
-        with engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
-            assert compare_metadata(context, Base.metadata) == []
-            assert {"jobs", "job_items", "alembic_version"} <= set(inspect(connection).get_table_names())
+        yield url, engine
     finally:
         engine.dispose()
         reset_schema(url)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_migrations_match_the_orm(backend, tmp_path):
+    with migrated(backend, tmp_path) as (url, engine):
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+            assert {"jobs", "job_items", "alembic_version"} <= set(inspect(connection).get_table_names())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_0004_moves_fair_turns_out_of_the_jobs_table_and_keys_old_jobs(backend, tmp_path):
-    url = database_url_for(backend, tmp_path)
-    reset_schema(url)
-    upgrade(url, "0003")
-    engine = create_engine(url)
-    try:
+    with migrated(backend, tmp_path, "0003") as (url, engine):
         with engine.begin() as connection:
             for job_id, tenant, params, claimed in (("a" * 32, "t1", '{"seed": 1, "x": 2}', "2026-01-01 00:00:00+00"),
                                                      ("b" * 32, "t1", '{"seed": 9, "x": 2}', "2026-01-02 00:00:00+00"),
@@ -53,20 +59,13 @@ def test_0004_moves_fair_turns_out_of_the_jobs_table_and_keys_old_jobs(backend, 
         assert keys["a" * 32] == keys["b" * 32] == batch_key({"x": 2}) != keys["c" * 32]  # the seed does not count
         assert set(turns) == {"t1", "t2"} and turns["t2"] is None and str(turns["t1"]).startswith("2026-01-02")
         command.downgrade(alembic_config(url), "0003")
-    finally:
-        engine.dispose()
-        reset_schema(url)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_0006_and_0007_go_down_whole_and_up_again(backend, tmp_path):
-    url = database_url_for(backend, tmp_path)
-    reset_schema(url)
-    upgrade(url)
-    engine = create_engine(url)
     added = {"openai_files", "openai_batches", "openai_batch_jobs", "openai_batch_requests", "tenant_webhooks",
              "webhook_deliveries", "webhook_attempts"}
-    try:
+    with migrated(backend, tmp_path) as (url, engine):
         command.downgrade(alembic_config(url), "0005")
         with engine.connect() as connection:
             schema = inspect(connection)
@@ -79,18 +78,11 @@ def test_0006_and_0007_go_down_whole_and_up_again(backend, tmp_path):
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
             assert added <= set(inspect(connection).get_table_names())
-    finally:
-        engine.dispose()
-        reset_schema(url)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_0009_counts_the_items_of_existing_jobs_into_their_counters_and_goes_down(backend, tmp_path):
-    url = database_url_for(backend, tmp_path)
-    reset_schema(url)
-    upgrade(url, "0008")
-    engine = create_engine(url)
-    try:
+    with migrated(backend, tmp_path, "0008") as (url, engine):
         with engine.begin() as connection:
             connection.execute(text(
                 "INSERT INTO jobs (id, tenant, model, task, state, priority, params, batch_key, total_items, attempts, "
@@ -108,6 +100,3 @@ def test_0009_counts_the_items_of_existing_jobs_into_their_counters_and_goes_dow
         command.downgrade(alembic_config(url), "0008")
         with engine.connect() as connection:
             assert "pending_items" not in {column["name"] for column in inspect(connection).get_columns("jobs")}
-    finally:
-        engine.dispose()
-        reset_schema(url)
