@@ -161,10 +161,12 @@ def item_counts(session: Session, job_ids: Iterable[str]) -> dict[str, Counts]:
 
 
 def settle_job(session: Session, job_id: str) -> JobState | None:
-    """Give an unfinished job its final state once none of its items is left to run.
+    """Give an unfinished job its final state once none of its items is left to run
+    (its counters say so).
 
-    Call it in a transaction of its own after the item results are committed, so the
-    last worker to commit always sees every other worker's results.
+    Call it after the item results are committed, or in their transaction once their
+    counters are moved (which locks the job's row): either way the last worker to
+    finish sees every other worker's results.
     """
     return settle_jobs(session, [job_id]).get(job_id)
 
