@@ -6,9 +6,9 @@ is restarted with no data, then a drain, then the ledger's verdict.
     python bench/chaos.py --duration 600 --s3       # outputs in S3 (a moto server it starts)
 
 Prints: jobs accepted, jobs terminal, items with more than one result (counted by a
-database trigger on every write that marks an item succeeded), orphaned files, and the
-longest an item stayed running past the hard time limit. Exits 1 if anything was lost
-or duplicated.
+database trigger on every write that marks an item succeeded), orphaned files, jobs
+whose counters disagree with their items, and the longest an item stayed running past
+the hard time limit. Exits 1 if anything was lost, duplicated or miscounted.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from shared.db import session_scope
 from shared.orm import ItemState, Job, JobItem
 from shared.states import TERMINAL_JOB_STATES
 from tests import tiny_models
-from tests.helpers.ledger import count_result_writes, items_written_more_than_once
+from tests.helpers.ledger import count_result_writes, items_written_more_than_once, jobs_with_wrong_counters
 
 HARD_LIMIT = 60
 
@@ -182,6 +182,7 @@ class Chaos:
             "items succeeded": sum(i.state == ItemState.SUCCEEDED for i in items),
             "items failed": sum(i.state == ItemState.FAILED for i in items),
             "items with more than one result": duplicated,
+            "jobs whose counters disagree with their items": len(jobs_with_wrong_counters(jobs, items)),
             "orphaned files": len(files - keys),
             "succeeded items without their file": len(keys - files),
             "max seconds an item ran past the hard limit": round(max(0.0, longest - HARD_LIMIT), 2),
@@ -215,7 +216,7 @@ def main() -> int:
     for key, value in result.items():
         print(f"{key:>45}: {value}")
     bad = result["jobs lost"] or result["items with more than one result"] or result["orphaned files"] \
-        or result["succeeded items without their file"]
+        or result["succeeded items without their file"] or result["jobs whose counters disagree with their items"]
     return 1 if bad else 0
 
 

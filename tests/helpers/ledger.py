@@ -34,13 +34,21 @@ def assert_ledger_consistent(database_url: str, storage_dir: Path) -> dict[str, 
 
 def assert_counters_match_items(jobs: list[Job], items: list[JobItem]) -> None:
     """Each job's counters (shared.ledger.counters) say what a plain count of its items says."""
+    assert jobs_with_wrong_counters(jobs, items) == []
+
+
+def jobs_with_wrong_counters(jobs: list[Job], items: list[JobItem]) -> list[str]:
+    """The jobs whose counters differ from a plain count of their items."""
     counted: dict[tuple[str, ItemState], int] = {}
     for item in items:
         counted[item.job_id, item.state] = counted.get((item.job_id, item.state), 0) + 1
+    wrong = []
     for job in jobs:
         kept = {ItemState.PENDING: job.pending_items, ItemState.RUNNING: job.running_items,
                 ItemState.FAILED: job.failed_items, ItemState.CANCELLED: job.cancelled_items}
-        assert kept == {state: counted.get((job.id, state), 0) for state in kept}, job.id
+        if kept != {state: counted.get((job.id, state), 0) for state in kept}:
+            wrong.append(job.id)
+    return wrong
 
 
 def count_result_writes(url: str) -> None:
