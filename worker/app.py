@@ -32,7 +32,7 @@ def make_worker_app(ctx: context.WorkerContext) -> Celery:
     @app.task(name=WAKE_TASK, ignore_result=True)
     def wake(model: str) -> dict | None:
         report = handle_wakeup(context.current(), model)
-        return None if report is None else report.__dict__
+        return None if report is None else report.summary()
 
     worker_process_init.connect(_fresh_connections_after_fork, weak=False)
     worker_ready.connect(_wake_own_models, weak=False)

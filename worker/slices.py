@@ -45,6 +45,10 @@ class SliceReport:
     stopped: str | None = None
     ended: Ended | None = None  # settled with the last results (Ledger.record_results), or by finish_slice
 
+    def summary(self) -> dict:
+        """What the wake-up task returns (its log line): the jobs and what became of the items."""
+        return {name: value for name, value in self.__dict__.items() if name != "ended"}
+
 
 def handle_wakeup(ctx: WorkerContext, model: str) -> SliceReport | None:
     """Take the wake-up, then run slices of `model` while more work is waiting, for up to
