@@ -157,8 +157,10 @@ def job_outlook(session: Session, job: Job, counts: Counts, settings, watch, rec
     view = recent.outlook(job, counts.pending, read)
     if view is None:
         return JobOutlook(None, None, "not_open", running=running)
+    # Items of the job held under a lease: a worker is on it (a lost one's items go to the next claim)
+    # even when none served the model within the liveness window (an idle worker's first commit).
     eta, reason = estimate(recent.throughput(watch.throughput), job.model, view.items_to_wait_for, exact=view.exact,
-                           one_worker_at_least=view.reclaimed_at is not None)
+                           one_worker_at_least=view.reclaimed_at is not None or counts.running > 0)
     if eta is not None and view.reclaimed_at is not None:
         eta += max(0.0, (view.reclaimed_at - utcnow()).total_seconds())  # then they run again
         reason = "worker_lost"

@@ -146,7 +146,7 @@ class JobStatusResponse(JobResponse):
         "there is no estimate.")
     eta_reason: EtaReason | None = Field(
         description="Why `eta_seconds` is null or only a lower bound: `not_measured` (no item of the model finished "
-        "in the window), `no_live_worker` (no worker served the model lately), `lower_bound` (more jobs wait ahead "
+        "in the window), `no_live_worker` (no worker served the model lately, and none holds an item of the job), `lower_bound` (more jobs wait ahead "
         "than were counted), `worker_lost` (some of the job's items are held by a worker that stopped renewing its "
         "lease: they run again once it expires, GENQ_LEASE_SECONDS after its last renewal; `eta_seconds` counts "
         "that wait, and one worker at the measured rate if none served the model lately), `not_open` (the job is "

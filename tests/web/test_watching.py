@@ -145,6 +145,20 @@ def test_with_no_live_worker_the_lost_workers_items_count_one_worker_after_the_l
     assert body["eta_seconds"] == pytest.approx(left + 2 / 2.0, abs=1.0)  # the lease's wait, then one worker
 
 
+def test_a_job_a_worker_holds_has_an_eta_though_the_model_was_idle_for_longer_than_the_liveness(
+        client, conform, settings, watch):
+    """A worker idle for minutes claims the job: its last sample is too old to count it
+    live, but the lease it holds says it is at work (until its first commit shows it)."""
+    job_id = submit(client, 4)
+    past = time.time() - watch.throughput.liveness - 60
+    for i in range(4):
+        watch.throughput.record(MODEL, "w1", 4, 2.0, now=past + 2 * i)
+    assert status(client, conform, job_id)["eta_reason"] == "no_live_worker"  # queued, nobody served lately
+    Ledger(settings.database_url).claim(MODEL, owner="w1", max_items=2, lease_seconds=60, max_attempts=3)
+    body = status(client, conform, job_id)
+    assert body["eta_reason"] is None and body["eta_seconds"] == pytest.approx(4 / 2.0, rel=0.05)
+
+
 def test_running_items_report_their_progress_and_a_finished_job_no_eta(client, conform, settings, watch):
     job_id = submit(client, 3)
     book = Ledger(settings.database_url)
