@@ -2,7 +2,6 @@
 what an expired lease gives back."""
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -193,13 +192,9 @@ def _start_jobs(session: Session, items: list[ClaimedItem], now: datetime) -> di
     pending counters to their running ones (one UPDATE per distinct number of items a job
     gave: usually one); returns the seconds each job waited since its submission (for
     /metrics)."""
-    taken = Counter(item.job_id for item in items)
-    by_amount: dict[int, list[str]] = {}
-    for job_id, amount in taken.items():
-        by_amount.setdefault(amount, []).append(job_id)
     connection, waited = session.connection(), {}
-    for amount, job_ids in sorted(by_amount.items(), key=lambda entry: min(entry[1])):
-        rows = connection.execute(_statements().start_jobs, {"ids": sorted(job_ids), "now": now, "amount": amount})
+    for (amount,), job_ids in counters.by_change((item.job_id,) for item in items):
+        rows = connection.execute(_statements().start_jobs, {"ids": job_ids, "now": now, "amount": amount})
         waited.update((job_id, (now - created).total_seconds()) for job_id, created in rows)
     return waited
 

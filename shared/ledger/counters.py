@@ -27,19 +27,24 @@ from shared.orm import ItemState, Job, JobItem
 
 COUNTED = {ItemState.PENDING: "pending_items", ItemState.RUNNING: "running_items",
            ItemState.FAILED: "failed_items", ItemState.CANCELLED: "cancelled_items"}
-COLUMNS = tuple(COUNTED.values())
 
 
 def add(connection: Connection, moves: Iterable[tuple[str, ItemState, ItemState]]) -> None:
     """Move items between states in their jobs' counters: `moves` holds (job id, from
     state, to state) once per item. One UPDATE per distinct change, usually one in all (a
     micro-batch of one job, or of many one-item jobs), its jobs in id order."""
-    changes: Counter = Counter(moves)
-    by_change: dict[tuple, list[str]] = {}
-    for (job_id, source, target), amount in changes.items():
-        by_change.setdefault((source, target, amount), []).append(job_id)
-    for (source, target, amount), job_ids in sorted(by_change.items(), key=lambda entry: min(entry[1])):
-        connection.execute(_move_statement(source, target), {"ids": sorted(job_ids), "amount": amount})
+    for (source, target, amount), job_ids in by_change(moves):
+        connection.execute(_move_statement(source, target), {"ids": job_ids, "amount": amount})
+
+
+def by_change(per_item: Iterable[tuple]) -> list[tuple[tuple, list[str]]]:
+    """`per_item` holds (job id, *change) once per item; returns each distinct (*change,
+    amount) with its jobs in id order, a statement's worth each, ordered by their first
+    job: the groups of UPDATEs that `add` and a claim run."""
+    groups: dict[tuple, list[str]] = {}
+    for (job_id, *change), amount in Counter(per_item).items():
+        groups.setdefault((*change, amount), []).append(job_id)
+    return sorted(((change, sorted(job_ids)) for change, job_ids in groups.items()), key=lambda group: group[1][0])
 
 
 @lru_cache(maxsize=None)
