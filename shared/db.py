@@ -32,12 +32,13 @@ POSTGRES_DEAD_SERVER_PARAMETERS = {
     "tcp_user_timeout": 30_000,
 }
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, bool], Engine] = {}
 _lock = threading.Lock()
 
 
-def make_engine(url: str) -> Engine:
-    """A new engine for `url`, with the pragmas genq needs on SQLite."""
+def make_engine(url: str, *, read_only: bool = False) -> Engine:
+    """A new engine for `url`, with the pragmas genq needs on SQLite. On PostgreSQL a
+    `read_only` engine has a pool of its own (see `_postgres_read_settings`)."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
@@ -50,13 +51,28 @@ def make_engine(url: str) -> Engine:
         return engine
     _cache_long_statements()
     query = make_url(url).query
-    dead_server = {name: value for name, value in POSTGRES_DEAD_SERVER_PARAMETERS.items() if name not in query}
-    engine = create_engine(url, connect_args=dead_server)
+    connect_args = {name: value for name, value in POSTGRES_DEAD_SERVER_PARAMETERS.items() if name not in query}
+    options = {}
+    if read_only:
+        connect_args, options = _postgres_read_settings(query, connect_args)
+    engine = create_engine(url, connect_args=connect_args, **options)
     event.listen(engine, "connect", _configure_postgres_connection)
-    event.listen(engine, "rollback", _end_read_only_with_commit)
     event.listen(engine, "checkin", _note_return)
     event.listen(engine, "checkout", lambda connection, record, _proxy: _ping_if_idle(engine, connection, record))
     return engine
+
+
+def _postgres_read_settings(query, connect_args: dict) -> tuple[dict, dict]:
+    """A PostgreSQL read engine's connections are READ ONLY for their whole life (a write
+    fails) and in autocommit: a read transaction cost two round trips beside its
+    statements (psycopg sends BEGIN on its own, then COMMIT), about 8 % of a status
+    poll's CPU. Under READ COMMITTED each statement took its own snapshot already, so a
+    request reads nothing different; and with no rollback psycopg keeps the statements it
+    prepared on the connection (its rollback deallocates them all)."""
+    read_only = "-c default_transaction_read_only=on"
+    given = query.get("options")
+    options = f"{given} {read_only}" if isinstance(given, str) and given else read_only
+    return {**connect_args, "options": options}, {"isolation_level": "AUTOCOMMIT"}
 
 
 # psycopg converts a statement's `%(name)s` placeholders with a regular expression, and
@@ -109,26 +125,6 @@ def _configure_postgres_connection(dbapi_connection, _record) -> None:
     cursor.execute("SET plan_cache_mode = force_custom_plan")
     cursor.close()
     dbapi_connection.commit()
-
-
-def _end_read_only_with_commit(connection) -> None:
-    """End a read-only PostgreSQL transaction with COMMIT where it would roll back (a
-    read session is closed without a commit). psycopg drops every statement it prepared
-    on the connection at each rollback (DEALLOCATE ALL, and counts again from zero), so a
-    status poll parsed and analysed its four statements every time (the 6,000-character
-    queue-position one, about 0.3 ms of the server's CPU); kept, they are parsed once per
-    connection. The transaction is READ ONLY (`session_factory`), so a commit changes
-    nothing a rollback would not. A failed transaction is left to the rollback, and so is
-    a commit that fails (the rollback then meets the connection as it did before)."""
-    if connection.closed or connection.invalidated or not connection.get_execution_options().get(READ_ONLY):
-        return
-    dbapi_connection = connection.connection.dbapi_connection
-    if dbapi_connection.info.transaction_status.name != "INTRANS":  # none open, or failed
-        return
-    try:
-        dbapi_connection.commit()
-    except dbapi_connection.Error:
-        pass
 
 
 def _configure_sqlite_connection(dbapi_connection, writers: "WriterQueue | None") -> None:
@@ -298,12 +294,14 @@ def _flock_before(fd: int, deadline: float) -> bool:
             pause = min(pause * 2, 0.001)
 
 
-def get_engine(url: str) -> Engine:
-    """The process's engine for `url` (built once)."""
+def get_engine(url: str, *, read_only: bool = False) -> Engine:
+    """The process's engine for `url` (built once); on PostgreSQL, `read_only` gives the
+    process's read engine."""
+    key = (url, read_only and not url.startswith("sqlite"))
     with _lock:
-        engine = _engines.get(url)
+        engine = _engines.get(key)
         if engine is None:
-            engine = _engines[url] = make_engine(url)
+            engine = _engines[key] = make_engine(url, read_only=key[1])
         return engine
 
 
@@ -317,12 +315,11 @@ def dispose_engines() -> None:
 
 def session_factory(url: str, *, read_only: bool = False) -> sessionmaker[Session]:
     """Sessions on the process's engine; `read_only` ones never take SQLite's write lock
-    (a write in one fails instead of waiting), and are READ ONLY transactions on
-    PostgreSQL (a write in one fails; see `_end_read_only_with_commit`)."""
-    engine = get_engine(url)
-    if read_only:
-        options = {READ_ONLY: True, **({"postgresql_readonly": True} if engine.dialect.name == "postgresql" else {})}
-        engine = engine.execution_options(**options)
+    (a write in one fails instead of waiting), and on PostgreSQL run on the read engine
+    (a write in one fails; see `_postgres_read_settings`)."""
+    engine = get_engine(url, read_only=read_only)
+    if read_only and engine.dialect.name == "sqlite":
+        engine = engine.execution_options(**{READ_ONLY: True})
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 

@@ -1,6 +1,7 @@
-"""Read sessions on PostgreSQL: READ ONLY transactions that end with a commit, so the
-statements psycopg prepared on a pooled connection outlive them (its rollback drops them
-all), while a write session closed without a commit still rolls back."""
+"""Read sessions on PostgreSQL: a pool of their own whose connections are READ ONLY and in
+autocommit (no BEGIN or COMMIT round trip, and no rollback, which would drop the
+statements psycopg prepared), while a write session closed without a commit still rolls
+back."""
 from __future__ import annotations
 
 import os
@@ -40,6 +41,23 @@ def test_statements_psycopg_prepared_outlive_the_read_sessions_that_ran_them(pos
     for value in range(8):  # psycopg prepares a statement from its 6th run on a connection
         assert read(sessions, text("SELECT CAST(:value AS integer) + 1"), {"value": value}) == value + 1
     assert read(sessions, PREPARED) >= 1
+
+
+def test_a_read_session_runs_each_statement_in_its_own_transaction(postgres_url):
+    """No BEGIN: in a transaction now() stays at its start, while here each statement
+    begins anew."""
+    session = session_factory(postgres_url, read_only=True)()
+    try:
+        session.execute(text("SELECT pg_sleep(0.01)"))
+        assert session.execute(text("SELECT now() = statement_timestamp()")).scalar()
+    finally:
+        session.close()
+
+
+def test_a_read_session_keeps_options_given_in_the_url(postgres_url):
+    url = f"{postgres_url}{'&' if '?' in postgres_url else '?'}options=-c%20application_name%3Dgenq-reader"
+    assert read(session_factory(url, read_only=True), text("SHOW application_name")) == "genq-reader"
+    assert read(session_factory(url, read_only=True), text("SHOW transaction_read_only")) == "on"
 
 
 def test_a_write_in_a_read_session_fails(postgres_url):
