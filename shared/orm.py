@@ -130,16 +130,24 @@ class OutputRemoval(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+# A tenant turn's `last_claimed_at` before its first slice: older than any real one, so
+# a tenant never served goes first (an order with no NULLs to place, which SQLite's
+# indexes cannot place first on PostgreSQL's terms).
+NEVER_CLAIMED = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 class TenantTurn(Base):
     """When each tenant last got a slice of a model: the claim serves the tenant that
     waited longest first. One row per (model, tenant), so choosing a tenant never reads
-    the jobs table's history."""
+    the jobs table's history; the index walks the turns in that order, so a claim stops
+    at the first tenant with work instead of probing every tenant's jobs."""
 
     __tablename__ = "tenant_turns"
+    __table_args__ = (Index("ix_tenant_turns_order", "model", "last_claimed_at", "tenant"),)
 
     model: Mapped[str] = mapped_column(String(128), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
-    last_claimed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_claimed_at: Mapped[datetime] = mapped_column(default=NEVER_CLAIMED)
 
 
 class ApiKey(Base):

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from shared.ledger.plans import found
-from shared.orm import Job, TenantTurn
+from shared.orm import NEVER_CLAIMED, Job, TenantTurn
 from shared.states import OPEN_JOB_STATES
 
 _INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
@@ -36,7 +36,9 @@ def take_turn(session: Session | Connection, model: str, tenant: str, now: datet
 # each run one, and building and keying a statement cost more than running it.
 @lru_cache(maxsize=None)
 def _join_statement(dialect: str):
-    insert = _INSERTS[dialect](TenantTurn.__table__).values(model=bindparam("model"), tenant=bindparam("tenant"))
+    table = TenantTurn.__table__
+    insert = _INSERTS[dialect](table).values(model=bindparam("model"), tenant=bindparam("tenant"),
+                                             last_claimed_at=NEVER_CLAIMED)
     return insert.on_conflict_do_nothing()
 
 
@@ -67,8 +69,9 @@ def has_open_work():
                  for state in OPEN_JOB_STATES))
 
 
-# Whose turn comes first: the tenant served least recently (one never served, first).
-TURN_ORDER = (TenantTurn.last_claimed_at.asc().nulls_first(), TenantTurn.tenant)
+# Whose turn comes first: the tenant served least recently (one never served, first:
+# NEVER_CLAIMED). The order of ix_tenant_turns_order.
+TURN_ORDER = (TenantTurn.last_claimed_at, TenantTurn.tenant)
 
 
 def tenants_in_turn_order(model: str):

@@ -8,11 +8,13 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy import Engine, create_engine, inspect, select, text
+from sqlalchemy.orm import Session
 
 from migrations import alembic_config, upgrade
 from shared.ledger import batch_key
-from shared.orm import Base
+from shared.ledger.turns import TURN_ORDER
+from shared.orm import NEVER_CLAIMED, Base, TenantTurn
 from tests.helpers.database import BACKENDS, database_url_for, reset_schema
 
 
@@ -100,3 +102,21 @@ def test_0009_counts_the_items_of_existing_jobs_into_their_counters_and_goes_dow
         command.downgrade(alembic_config(url), "0008")
         with engine.connect() as connection:
             assert "pending_items" not in {column["name"] for column in inspect(connection).get_columns("jobs")}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_0010_gives_tenants_never_served_the_oldest_turn_and_goes_down(backend, tmp_path):
+    with migrated(backend, tmp_path, "0009") as (url, engine):
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO tenant_turns (model, tenant, last_claimed_at) VALUES "
+                                    "('m', 'served', '2026-01-01 00:00:00+00'), ('m', 'never', NULL)"))
+        upgrade(url, "0010")
+        with Session(engine) as session:  # read through the ORM, as the claim reads them
+            turns = dict(session.execute(select(TenantTurn.tenant, TenantTurn.last_claimed_at)).all())
+            order = list(session.scalars(select(TenantTurn.tenant).order_by(*TURN_ORDER)))
+        assert turns["never"] == NEVER_CLAIMED and order == ["never", "served"]
+        assert "ix_tenant_turns_order" in {index["name"] for index in inspect(engine).get_indexes("tenant_turns")}
+        command.downgrade(alembic_config(url), "0009")
+        with engine.connect() as connection:
+            turns = dict(connection.execute(text("SELECT tenant, last_claimed_at FROM tenant_turns")).all())
+        assert turns["never"] is None and turns["served"] is not None
