@@ -1,14 +1,18 @@
 """Issue 10, "flat in open work and in history": what the hot path costs must not grow
 with the work waiting in the ledger nor with the history it keeps.
 
-Per backend, on a fresh database, with web (gunicorn) and Redis running but no worker
-(jobs stay queued):
+Per backend and phase, two services side by side, each on a fresh database with web
+(gunicorn) and Redis running but no worker (jobs stay queued): a small ledger and a big one.
 
-1. Open work: 10 queued one-item jobs, then grown to 10,000 across 50 tenants.
-2. History: an empty ledger (but for what the probes read), then grown to 1,000,000
-   finished items in 100,000 jobs of 50 tenants, timestamps spread over 30 days.
+1. Open work: 10 queued one-item jobs, against 10,000 across 50 tenants.
+2. History: an empty ledger (but for what the probes read), against 1,000,000 finished
+   items in 100,000 jobs of 50 tenants, timestamps spread over 30 days.
 
-The ledger grows between measurements, never ANALYZEd. At each step:
+The big ledger is grown just before it is measured, never ANALYZEd. The two are measured
+in turn, `--rounds` times, each figure's share of samples on one and then on the other
+(the order flips each round): this machine's speed drifts by tens of per cent within a
+minute, and measuring the small ledger first and the big one a minute later counted the
+drift as growth (a one-row read by primary key came out 1.5x). Figures:
 - submit: POST /v1/jobs (one item) over HTTP, p50/p99; each job is cancelled after it is
   timed, so the open work stays what the step says;
 - claim: `Ledger.claim` of a 10-item slice in-process, p50/p99; each slice is released;
@@ -18,13 +22,13 @@ The ledger grows between measurements, never ANALYZEd. At each step:
   with claimable work) in-process, p50/p99;
 - sql:<operation>: the statements of each hot-path operation timed in process, each run
   rolled back: the database's share of the figures above, without HTTP around it.
-The ratio of each figure, full over small, is the goal's figure (<= 1.2). Last, EXPLAIN
+The ratio of each figure, big over small, is the goal's figure (<= 1.2). Last, EXPLAIN
 of every statement the hot path sends (bench/flat_plans.py), flagging full scans.
 
 --scale 0.1 makes a quick check run.
 
 Usage:
-    python bench/flat.py [--backends sqlite,postgres] [--scale 1.0] [--samples 200]
+    python bench/flat.py [--backends sqlite,postgres] [--scale 1.0] [--samples 200] [--rounds 4]
                          [--phases open,history] [--no-plans]
 """
 from __future__ import annotations
@@ -53,7 +57,8 @@ FIGURES = ("submit", "claim", "poll", "list", "list_admin", "reconcile",
 def parse_args() -> argparse.Namespace:
     parser = harness.backend_parser(__doc__)
     parser.add_argument("--scale", type=float, default=1.0, help="of the goal's sizes (10,000 jobs; 1,000,000 items)")
-    parser.add_argument("--samples", type=int, default=200, help="timed requests per figure and step")
+    parser.add_argument("--samples", type=int, default=200, help="timed requests per figure and ledger")
+    parser.add_argument("--rounds", type=int, default=4, help="turns of the two ledgers (the samples are shared out)")
     parser.add_argument("--tenants", type=int, default=50)
     parser.add_argument("--phases", default="open,history", help="open, history or both")
     parser.add_argument("--no-plans", action="store_true", help="skip the EXPLAIN of the hot path")
@@ -61,18 +66,19 @@ def parse_args() -> argparse.Namespace:
 
 
 class Probe:
-    """What one measuring step reads and writes, over HTTP and in-process."""
+    """What one ledger's measurements read and write, over HTTP and in-process. Each
+    method times `n` calls (after two untimed ones) and returns their seconds."""
 
-    def __init__(self, stack, url: str, keys: dict[str, str], probe_jobs: list[str], samples: int):
+    def __init__(self, stack, url: str, keys: dict[str, str], probe_jobs: list[str]):
         from shared.ledger import Ledger
 
-        self.stack, self.url, self.keys, self.probe_jobs, self.samples = stack, url, keys, probe_jobs, samples
+        self.stack, self.url, self.keys, self.probe_jobs = stack, url, keys, probe_jobs
         self.ledger = Ledger(url)
         self.http = requests.Session()
 
-    def _timed(self, call, n: int, warmup: int = 5, after=None) -> dict:
-        """p50/p99 of `call(i)` over n calls (after `warmup` untimed ones); `after(result)`
-        runs untimed after each call."""
+    @staticmethod
+    def _timed(call, n: int, warmup: int = 2, after=None) -> list[float]:
+        """`after(result)` runs untimed after each call."""
         latencies = []
         for i in range(-warmup, n):
             started = time.perf_counter()
@@ -81,14 +87,14 @@ class Probe:
                 latencies.append(time.perf_counter() - started)
             if after is not None:
                 after(result)
-        return {"p50_ms": 1000 * harness.percentile(latencies, 50), "p99_ms": 1000 * harness.percentile(latencies, 99)}
+        return latencies
 
     def _get(self, path: str, tenant: str) -> dict:
         response = self.http.get(self.stack.base_url + path, headers=self.stack.auth(self.keys[tenant]), timeout=60)
         assert response.status_code == 200, response.text[:300]
         return response.json()
 
-    def submit(self) -> dict:
+    def submit(self, n: int) -> list[float]:
         """Each submit is timed alone; its job is cancelled at once, untimed, so the open
         work stays what it was."""
         headers, url = self.stack.auth(self.keys[SUBMITTER]), self.stack.base_url + "/v1/jobs"
@@ -101,9 +107,9 @@ class Probe:
         def cancel(job_id):
             assert self.http.post(f"{url}/{job_id}/cancel", headers=headers, timeout=60).status_code == 200
 
-        return self._timed(post, self.samples, after=cancel)
+        return self._timed(post, n, after=cancel)
 
-    def claim(self) -> dict:
+    def claim(self, n: int) -> list[float]:
         """A 10-item slice, then untimed: released (its items are pending again) and its
         jobs queued again as if never started, so that every claim, with 10 jobs queued
         or 10,000, starts the jobs it takes (with 10, the first claim would otherwise
@@ -123,27 +129,34 @@ class Probe:
                 session.execute(update(Job).where(Job.id.in_(claimed.job_ids))
                                 .values(state=JobState.QUEUED, started_at=None))
 
-        return self._timed(claim, max(20, self.samples // 2), after=give_back)
+        return self._timed(claim, n, after=give_back)
 
-    def poll(self) -> dict:
+    def poll(self, n: int) -> list[float]:
         jobs = self.probe_jobs
-        return self._timed(lambda i: self._get(f"/v1/jobs/{jobs[i % len(jobs)]}", LISTER), self.samples)
+        return self._timed(lambda i: self._get(f"/v1/jobs/{jobs[i % len(jobs)]}", LISTER), n)
 
-    def listing(self, tenant: str) -> dict:
-        return self._timed(lambda _i: self._get("/v1/jobs?limit=100", tenant), max(20, self.samples // 2))
+    def listing(self, tenant: str, n: int) -> list[float]:
+        return self._timed(lambda _i: self._get("/v1/jobs?limit=100", tenant), n)
 
-    def reconcile(self) -> dict:
+    def reconcile(self, n: int) -> list[float]:
         def one_pass(_i):
             self.ledger.release_expired_leases(3)
             self.ledger.settle_unsettled()
             assert MODEL in self.ledger.models_with_claimable_work()
 
-        return self._timed(one_pass, max(10, self.samples // 10), warmup=2)
+        return self._timed(one_pass, n)
 
-    def all(self) -> dict:
-        return {"submit": self.submit(), "claim": self.claim(), "poll": self.poll(), "list": self.listing(LISTER),
-                "list_admin": self.listing("admin"), "reconcile": self.reconcile(),
-                **flat_plans.time_operations(self.url, MODEL, LISTER, self.probe_jobs[0])}
+    def measurements(self, samples: int) -> list[tuple[int, object]]:
+        """(calls, measure) of every figure; measure(n) returns {figure: seconds}."""
+        return [
+            (samples, lambda n: {"submit": self.submit(n)}),
+            (max(20, samples // 2), lambda n: {"claim": self.claim(n)}),
+            (samples, lambda n: {"poll": self.poll(n)}),
+            (max(20, samples // 2), lambda n: {"list": self.listing(LISTER, n)}),
+            (max(20, samples // 2), lambda n: {"list_admin": self.listing("admin", n)}),
+            (max(10, samples // 10), lambda n: {"reconcile": self.reconcile(n)}),
+            (30, lambda n: flat_plans.time_operations(self.url, MODEL, LISTER, self.probe_jobs[0], runs=n)),
+        ]
 
 
 @contextmanager
@@ -160,51 +173,71 @@ def service(root: Path, backend: str, args: argparse.Namespace):
         params = flat_data.template_params(url, template)
         probe_jobs = flat_data.add_probe_jobs(url, MODEL, params, LISTER, 100, 10)
         flat_data.add_queued_jobs(url, MODEL, params, [SUBMITTER], 10)
-        yield url, tenants, params, Probe(stack, url, keys, probe_jobs, args.samples)
+        yield url, tenants, params, Probe(stack, url, keys, probe_jobs)
 
 
-def step(label: str, probe: Probe) -> dict:
-    started = time.monotonic()
-    figures = probe.all()
+def side_by_side(small: Probe, big: Probe, args: argparse.Namespace) -> tuple[dict, dict]:
+    """Every figure of both ledgers, measured in turn `args.rounds` times (each turn a
+    share of the figure's samples), the order flipped each round; p50/p99 of each."""
+    seconds: tuple[dict, dict] = ({}, {})
+    rounds = max(1, args.rounds)
+    for (calls, measure_small), (_calls, measure_big) in zip(small.measurements(args.samples),
+                                                              big.measurements(args.samples)):
+        share = max(1, calls // rounds)
+        for turn in range(rounds):
+            order = ((0, measure_small), (1, measure_big)) if turn % 2 == 0 else ((1, measure_big), (0, measure_small))
+            for side, measure in order:
+                for figure, latencies in measure(share).items():
+                    seconds[side].setdefault(figure, []).extend(latencies)
+    summary = tuple({figure: {"p50_ms": 1000 * harness.percentile(values, 50),
+                              "p99_ms": 1000 * harness.percentile(values, 99)} for figure, values in side.items()}
+                    for side in seconds)
+    return summary[0], summary[1]
+
+
+def print_step(label: str, figures: dict) -> None:
     print(f"  {label:<34} " + "  ".join(f"{name} {f['p50_ms']:.1f}/{f['p99_ms']:.1f}" for name, f in figures.items()
-                                        if not name.startswith("sql:"))
-          + f"   ({time.monotonic() - started:.0f} s)", flush=True)
-    return figures
+                                        if not name.startswith("sql:")), flush=True)
 
 
 def open_work(root: Path, backend: str, args: argparse.Namespace) -> tuple[dict, dict, dict | None]:
-    """10 queued jobs, then 10,000 (scaled) across the tenants; returns (first, last) step."""
+    """10 queued jobs against 10,000 (scaled) across the tenants; returns (small, big)."""
     target = max(10, round(10_000 * args.scale))
-    print(f"\n[{backend}] open work: 10 -> {target} queued one-item jobs over {args.tenants} tenants "
+    print(f"\n[{backend}] open work: 10 against {target} queued one-item jobs over {args.tenants} tenants "
           "(figures p50/p99 ms)", flush=True)
-    with service(root, backend, args) as (url, tenants, params, probe):
-        first = step("10 queued jobs", probe)
-        queued = 10
-        for size in sorted({max(11, target // 10), target}):
-            flat_data.add_queued_jobs(url, MODEL, params, tenants, size - queued, start=queued)
-            queued = size
-            last = step(f"{queued} queued jobs", probe)
-        plans = None if args.no_plans else flat_plans.hot_path_plans(url, MODEL, LISTER, probe.probe_jobs[0])
+    with service(root / "small", backend, args) as (_url, _tenants, _params, small), \
+            service(root / "big", backend, args) as (url, tenants, params, big):
+        flat_data.add_queued_jobs(url, MODEL, params, tenants, target - 10, start=10)
+        started = time.monotonic()
+        first, last = side_by_side(small, big, args)
+        print_step("10 queued jobs", first)
+        print_step(f"{target} queued jobs", last)
+        print(f"  (measured in {time.monotonic() - started:.0f} s)")
+        plans = None if args.no_plans else flat_plans.hot_path_plans(url, MODEL, LISTER, big.probe_jobs[0])
     return first, last, plans
 
 
 def history(root: Path, backend: str, args: argparse.Namespace) -> tuple[dict, dict, dict | None]:
-    """An empty ledger, then 10% and 100% of 1,000,000 finished items (scaled)."""
+    """An empty ledger against 1,000,000 finished items (scaled); returns (small, big)."""
     from shared.orm import utcnow
 
     jobs = max(10, round(100_000 * args.scale))
-    print(f"\n[{backend}] history: 0 -> {jobs * 10} finished items in {jobs} jobs over {args.tenants} tenants",
+    print(f"\n[{backend}] history: 0 against {jobs * 10} finished items in {jobs} jobs over {args.tenants} tenants",
           flush=True)
-    with service(root, backend, args) as (url, tenants, params, probe):
-        newest, done = utcnow(), 0
-        first = step("empty ledger", probe)
-        for fraction in (0.1, 1.0):
-            grow, started = round(jobs * fraction) - done, time.monotonic()
+    with service(root / "small", backend, args) as (_url, _tenants, _params, small), \
+            service(root / "big", backend, args) as (url, tenants, params, big):
+        newest, done, started = utcnow(), 0, time.monotonic()
+        for fraction in (0.1, 1.0):  # in two parts: one insert of everything would hold it all in memory
+            grow = round(jobs * fraction) - done
             flat_data.add_history(url, MODEL, params, tenants, grow, 10, newest, seed=done)
             done += grow
-            print(f"  (+{grow * 10} finished items in {time.monotonic() - started:.0f} s)", flush=True)
-            last = step(f"{done * 10} finished items", probe)
-        plans = None if args.no_plans else flat_plans.hot_path_plans(url, MODEL, LISTER, probe.probe_jobs[0])
+        print(f"  (+{done * 10} finished items in {time.monotonic() - started:.0f} s)", flush=True)
+        started = time.monotonic()
+        first, last = side_by_side(small, big, args)
+        print_step("empty ledger", first)
+        print_step(f"{done * 10} finished items", last)
+        print(f"  (measured in {time.monotonic() - started:.0f} s)")
+        plans = None if args.no_plans else flat_plans.hot_path_plans(url, MODEL, LISTER, big.probe_jobs[0])
     return first, last, plans
 
 
@@ -244,7 +277,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="genq-flat-") as tmp:
         for backend in args.backends:
             results[backend] = run_backend(Path(tmp) / backend, backend, args)
-    print(f"\nscale={args.scale} samples={args.samples} tenants={args.tenants} (ratio = full / small; goal <= {GOAL})")
+    print(f"\nscale={args.scale} samples={args.samples} rounds={args.rounds} tenants={args.tenants} "
+          f"(ratio = big / small, measured side by side; goal <= {GOAL})")
     print_ratios(results)
     harness.emit_result("flat", {"scale": args.scale, "backends": results})
 
