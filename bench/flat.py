@@ -200,6 +200,17 @@ def print_step(label: str, figures: dict) -> None:
                                         if not name.startswith("sql:")), flush=True)
 
 
+def compare(small: Probe, big: Probe, labels: tuple[str, str], args: argparse.Namespace) -> tuple[dict, dict, dict | None]:
+    """Both ledgers side by side, printed; and the big one's hot-path plans (unless --no-plans)."""
+    started = time.monotonic()
+    first, last = side_by_side(small, big, args)
+    print_step(labels[0], first)
+    print_step(labels[1], last)
+    print(f"  (measured in {time.monotonic() - started:.0f} s)")
+    plans = None if args.no_plans else flat_plans.hot_path_plans(big.url, MODEL, LISTER, big.probe_jobs[0])
+    return first, last, plans
+
+
 def open_work(root: Path, backend: str, args: argparse.Namespace) -> tuple[dict, dict, dict | None]:
     """10 queued jobs against 10,000 (scaled) across the tenants; returns (small, big)."""
     target = max(10, round(10_000 * args.scale))
@@ -208,13 +219,7 @@ def open_work(root: Path, backend: str, args: argparse.Namespace) -> tuple[dict,
     with service(root / "small", backend, args) as (_url, _tenants, _params, small), \
             service(root / "big", backend, args) as (url, tenants, params, big):
         flat_data.add_queued_jobs(url, MODEL, params, tenants, target - 10, start=10)
-        started = time.monotonic()
-        first, last = side_by_side(small, big, args)
-        print_step("10 queued jobs", first)
-        print_step(f"{target} queued jobs", last)
-        print(f"  (measured in {time.monotonic() - started:.0f} s)")
-        plans = None if args.no_plans else flat_plans.hot_path_plans(url, MODEL, LISTER, big.probe_jobs[0])
-    return first, last, plans
+        return compare(small, big, ("10 queued jobs", f"{target} queued jobs"), args)
 
 
 def history(root: Path, backend: str, args: argparse.Namespace) -> tuple[dict, dict, dict | None]:
@@ -232,13 +237,7 @@ def history(root: Path, backend: str, args: argparse.Namespace) -> tuple[dict, d
             flat_data.add_history(url, MODEL, params, tenants, grow, 10, newest, seed=done)
             done += grow
         print(f"  (+{done * 10} finished items in {time.monotonic() - started:.0f} s)", flush=True)
-        started = time.monotonic()
-        first, last = side_by_side(small, big, args)
-        print_step("empty ledger", first)
-        print_step(f"{done * 10} finished items", last)
-        print(f"  (measured in {time.monotonic() - started:.0f} s)")
-        plans = None if args.no_plans else flat_plans.hot_path_plans(url, MODEL, LISTER, big.probe_jobs[0])
-    return first, last, plans
+        return compare(small, big, ("empty ledger", f"{done * 10} finished items"), args)
 
 
 def ratios(first: dict, last: dict) -> dict:
