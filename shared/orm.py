@@ -131,8 +131,8 @@ class OutputRemoval(Base):
 
 
 # A tenant turn's `last_claimed_at` before its first slice: older than any real one, so
-# a tenant never served goes first (an order with no NULLs to place, which SQLite's
-# indexes cannot place first on PostgreSQL's terms).
+# a tenant never served goes first in a plain index's order. (NULL would need NULLS
+# FIRST, which SQLite cannot index and PostgreSQL's plain index does not give.)
 NEVER_CLAIMED = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
