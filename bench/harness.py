@@ -121,16 +121,22 @@ def running_stack(root: Path, database_url: str, models_file: Path, *, worker: b
         redis.stop()
 
 
+ALL = slice(0, 4)  # psutil's cpu_times(): user, system, and those of children that ended and were waited for
+
+
 def cpu_times(stack: Stack) -> dict[str, float]:
     """CPU seconds (user + system) so far of the web process tree, the worker's, the
     stack's Redis, every `postgres` process on this machine (0 on SQLite, where the
-    database works inside web and worker) and this process (the client)."""
+    database works inside web and worker) and this process (the client). Each process
+    counts its children that ended too (`ALL`): PostgreSQL serves each connection from a
+    process of its own, and a server that opened and closed connections under load had
+    most of its CPU in processes already gone."""
     import psutil
 
     def tree(pid: int | None) -> float:
         try:
             root = psutil.Process(pid)
-            return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+            return sum(sum(p.cpu_times()[ALL]) for p in [root, *root.children(recursive=True)])
         except (psutil.NoSuchProcess, ValueError):
             return 0.0
 
@@ -139,7 +145,7 @@ def cpu_times(stack: Stack) -> dict[str, float]:
         for process in psutil.process_iter(["name"]):
             if process.info["name"] in ("postgres", "postmaster"):
                 try:
-                    total += sum(process.cpu_times()[:2])
+                    total += sum(process.cpu_times()[ALL])
                 except psutil.NoSuchProcess:
                     pass
         return total
