@@ -54,5 +54,13 @@ class QuotaExceeded(GenqError):
     code = "quota_exceeded"
 
 
+class DatabaseUnavailable(GenqError):
+    """The database cannot be reached now, or every connection of the pool stayed busy
+    past its wait: a retry may succeed."""
+
+    status = 503
+    code = "database_unavailable"
+
+
 class ConfigError(Exception):
     """The operator's configuration (settings, registry) is wrong: fail at start, loudly."""

@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 
 from flask import Flask
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import GenqError
+from shared.errors import DatabaseUnavailable, GenqError
 from web.response_models import ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,20 @@ def register_error_handlers(target, render=error_response) -> None:
     else too, as a 500 that says nothing of the cause."""
     target.register_error_handler(GenqError, lambda exc: render(*_of_genq_error(exc)))
     target.register_error_handler(HTTPException, lambda exc: render(*_of_http_error(exc)))
+    for unreachable in (OperationalError, PoolTimeout):
+        target.register_error_handler(unreachable, lambda exc: render(*_of_genq_error(_database_unavailable(exc))))
     if isinstance(target, Flask):
         target.register_error_handler(Exception, _unexpected)
+
+
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+def _database_unavailable(exc: Exception) -> DatabaseUnavailable:
+    """A connection refused or dropped, or none free in the pool in time: a 503 with
+    Retry-After, not a 500 (the cause goes to the log, not to the client)."""
+    log.warning("database unavailable: %s", str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300])
+    return DatabaseUnavailable("the database cannot be reached now; try again", retry_after=DATABASE_RETRY_AFTER_SECONDS)
 
 
 def _unexpected(exc: Exception):

@@ -172,6 +172,24 @@ def test_readiness_names_a_service_that_genq_up_is_restarting(settings, tmp_path
                                              "worker": "down: exited with signal SIGKILL; restart 3 in 4 s"}
 
 
+def test_an_unreachable_database_is_a_503_with_retry_after(settings):
+    """A connection refused (or none free in the pool in time) is the database's state,
+    not the server's fault: 503 and Retry-After, in each door's envelope, never a 500."""
+    from genq.devstack import free_port
+    from web.app import create_app
+
+    dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/genq"
+    client = create_app(settings.model_copy(update={"database_url": dead})).test_client()
+    headers = {"Authorization": "Bearer gq_notchecked"}
+    for method, path, body in (("GET", "/v1/jobs", None), ("POST", "/v1/jobs", {"model": "tiny-text", "prompts": ["a"]}),
+                               ("GET", "/v1/batches", None)):
+        response = client.open(path, method=method, json=body, headers=headers)
+        assert response.status_code == 503, (path, response.get_json())
+        assert response.headers["Retry-After"] == "5"
+        error = response.get_json()["error"]
+        assert error["code"] == "database_unavailable" and "try again" in error["message"]
+
+
 def test_submit_with_redis_down_keeps_the_job(settings, api_key):
     """Redis down at submit: the job is committed and answered 202; the worker's start-up
     sweep (and the reconciler) sends its wake-up later."""
