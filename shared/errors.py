@@ -55,8 +55,8 @@ class QuotaExceeded(GenqError):
 
 
 class DatabaseUnavailable(GenqError):
-    """The database cannot be reached now, or every connection of the pool stayed busy
-    past its wait: a retry may succeed."""
+    """The database cannot be reached now, or is too busy (every pooled connection stayed
+    in use past the pool's wait, a lock wait given up): a retry may succeed."""
 
     status = 503
     code = "database_unavailable"

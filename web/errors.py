@@ -64,10 +64,12 @@ DATABASE_RETRY_AFTER_SECONDS = 5
 
 
 def _database_unavailable(exc: Exception) -> DatabaseUnavailable:
-    """A connection refused or dropped, or none free in the pool in time: a 503 with
-    Retry-After, not a 500 (the cause goes to the log, not to the client)."""
+    """A connection refused or dropped, or none free in the pool in time (and the other
+    transient states a driver calls operational: a lock wait or a deadlock given up, a
+    statement cancelled): a 503 with Retry-After, not a 500 (the cause goes to the log,
+    not to the client)."""
     log.warning("database unavailable: %s", str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300])
-    return DatabaseUnavailable("the database cannot be reached now; try again", retry_after=DATABASE_RETRY_AFTER_SECONDS)
+    return DatabaseUnavailable("the database is unreachable or busy now; try again", retry_after=DATABASE_RETRY_AFTER_SECONDS)
 
 
 def _unexpected(exc: Exception):
