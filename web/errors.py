@@ -68,7 +68,8 @@ def _database_unavailable(exc: Exception) -> DatabaseUnavailable:
     transient states a driver calls operational: a lock wait or a deadlock given up, a
     statement cancelled): a 503 with Retry-After, not a 500 (the cause goes to the log,
     not to the client)."""
-    log.warning("database unavailable: %s", str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300])
+    cause = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]
+    log.warning("database unavailable: %s", cause[0][:300])
     return DatabaseUnavailable("the database is unreachable or busy now; try again", retry_after=DATABASE_RETRY_AFTER_SECONDS)
 
 
