@@ -61,7 +61,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(openai_files)  # the OpenAI-compatible Files and Batches API
     app.register_blueprint(openai_batches)
     init_metrics(app, settings)  # GET /metrics, request timing, the workers' progress and throughput (Redis)
-    init_rate_limits(app, settings.redis_url, settings.rate_limit, {api.name, openai_files.name, openai_batches.name})
+    init_rate_limits(app, settings.redis_url, settings.rate_limit, {api.name, openai_files.name, openai_batches.name},
+                     settings.rate_limit_block)
     app.after_request(add_security_headers)
     if settings.cors_origins:
         init_cors(app, settings.cors_origins)
