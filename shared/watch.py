@@ -105,11 +105,16 @@ def committed(model: str, succeeded: int, failed: int) -> None:
         log.warning("could not record the results of %s for watchers: %s", model, exc)
 
 
-def claimed(model: str, items: Sequence, waited: dict[str, float]) -> None:
+def claimed(model: str, items: Sequence, waited: dict[str, float], pipe=None) -> None:
     """A slice was claimed: each item waited `waited[item.job_id]` seconds since its job's
-    submission (clocks of two hosts: never below zero)."""
+    submission (clocks of two hosts: never below zero). With `pipe` (a pipeline on the
+    same Redis), the figures are queued there for the caller to send with its own."""
     seconds = [max(0.0, waited[item.job_id]) for item in items if item.job_id in waited]
-    _count(lambda tallies, pipe: tallies.observe_each("item_queue_wait_seconds", (model,), seconds, pipe))
+    add = lambda tallies, pipe: tallies.observe_each("item_queue_wait_seconds", (model,), seconds, pipe)  # noqa: E731
+    if pipe is None:
+        _count(add)
+    elif _installed is not None:
+        add(_installed.tallies, pipe)
 
 
 def model_loaded(model: str, seconds: float) -> None:

@@ -1,6 +1,6 @@
 """The life of one wake-up, told as a story:
 
-    claim_next_slice -> wake_another_worker -> perform_slice (micro-batches, each
+    claim_next_slice -> announce_claim -> perform_slice (micro-batches, each
     committed as it finishes, the lease kept alive by a heartbeat) -> finish_slice
     (give back what was not reached, settle the jobs, wake again if work was given back)
     -> the next slice, while more is waiting and the wake-up's time budget lasts
@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
@@ -69,8 +70,7 @@ def handle_wakeup(ctx: WorkerContext, model: str) -> SliceReport | None:
 
 
 def run_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
-    watch.claimed(slice_.model, slice_.items, slice_.waited)  # queue wait, for /metrics
-    wake_another_worker(ctx, slice_)
+    announce_claim(ctx, slice_)
     try:
         with ctx.heartbeat.keeping(slice_.lease_id):
             report = perform_slice(ctx, slice_)
@@ -90,14 +90,25 @@ def claim_next_slice(ctx: WorkerContext, model: str) -> Slice | None:
                             lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
 
 
-def wake_another_worker(ctx: WorkerContext, slice_: Slice) -> None:
-    """While this worker runs its slice, let an idle one take the next (multi-GPU); and
-    say that the claim's jobs are running (on the wake-up's round trip, when there is one)."""
+def announce_claim(ctx: WorkerContext, slice_: Slice) -> None:
+    """In one round trip to Redis: say that the claim's jobs are running, count how long
+    its items waited (/metrics), and, while more work waits, let an idle worker take the
+    next slice (multi-GPU)."""
     notices = notices_for(ctx.settings.redis_url)
+
+    def announce(pipe) -> None:
+        notices.publish(slice_.job_ids, pipe)
+        watch.claimed(slice_.model, slice_.items, slice_.waited, pipe)
+
     if slice_.more_waiting:
-        ctx.wakeups.send(slice_.model, also=lambda pipe: notices.publish(slice_.job_ids, pipe))
-    else:
-        notices.publish(slice_.job_ids)
+        ctx.wakeups.send(slice_.model, also=announce)
+        return
+    try:
+        pipe = notices.redis.pipeline(transaction=False)
+        announce(pipe)
+        pipe.execute()
+    except redis.RedisError as exc:  # streams re-read the ledger on their heartbeat; a figure is lost
+        log.warning("could not announce the claim of jobs %s: %s", ", ".join(slice_.job_ids), exc)
 
 
 def perform_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
