@@ -53,20 +53,25 @@ class Notices:
         except redis.RedisError as exc:  # streams re-read the ledger on their heartbeat
             log.warning("could not publish a notice for jobs %s: %s", message, exc)
 
-    def publish_ended(self, job_ids: Iterable[str], settled: Iterable[str]) -> None:
+    def publish_ended(self, job_ids: Iterable[str], settled: Iterable[str], also=None) -> None:
         """`publish` for `job_ids`, and say on `SETTLED_CHANNEL` which of them reached
-        their final state (`settled`; none: nothing is sent there), in one round trip."""
+        their final state (`settled`; none: nothing is sent there), in one round trip;
+        `also(pipe)` queues more commands on it."""
+        job_ids = list(job_ids)
         settled_message = encode(settled)
-        if not settled_message:
+        if not settled_message and also is None:
             self.publish(job_ids)
             return
         pipe = self.redis.pipeline(transaction=False)
         self.publish(job_ids, pipe)
-        pipe.publish(SETTLED_CHANNEL, settled_message)
+        if settled_message:
+            pipe.publish(SETTLED_CHANNEL, settled_message)
+        if also is not None:
+            also(pipe)
         try:
             pipe.execute()
         except redis.RedisError as exc:  # streams and the batch finalizer re-read the ledger on their own
-            log.warning("could not publish notices for jobs %s: %s", settled_message, exc)
+            log.warning("could not publish notices for jobs %s: %s", encode(job_ids), exc)
 
 
 def encode(job_ids: Iterable[str]) -> str:

@@ -86,23 +86,32 @@ def slice_started() -> None:
         _busy_since[pid] = now
 
 
-def committed(model: str, succeeded: int, failed: int) -> None:
+def committed(model: str, succeeded: int, failed: int, pipe=None) -> None:
     """A micro-batch's results are committed: record its items and the busy time since
-    the previous commit (or the slice's start) for ETAs, and count them for /metrics."""
+    the previous commit (or the slice's start) for ETAs, and count them for /metrics.
+    With `pipe` (a pipeline on the same Redis), the figures are queued there for the
+    caller to send with its own."""
     watch = _installed
     now, pid = time.time(), os.getpid()
     since = _busy_since.get(pid, now)
     _busy_since[pid] = now
     if watch is None:
         return
+    if pipe is not None:
+        _queue_commit(watch, model, succeeded, failed, now - since, now, pipe)
+        return
     try:  # one round trip: the throughput sample and the counts share a pipeline (and a client)
         pipe = watch.tallies.redis.pipeline(transaction=False)
-        watch.throughput.record(model, worker_name(), succeeded + failed, now - since, now=now, pipe=pipe)
-        watch.tallies.items_finished(model, {"succeeded": succeeded, "failed": failed}, pipe)
-        watch.tallies.observe("item_run_seconds", (model,), now - since, pipe, count=succeeded + failed)
+        _queue_commit(watch, model, succeeded, failed, now - since, now, pipe)
         pipe.execute()
     except redis.RedisError as exc:
         log.warning("could not record the results of %s for watchers: %s", model, exc)
+
+
+def _queue_commit(watch: Watch, model: str, succeeded: int, failed: int, busy: float, now: float, pipe) -> None:
+    watch.throughput.record(model, worker_name(), succeeded + failed, busy, now=now, pipe=pipe)
+    watch.tallies.items_finished(model, {"succeeded": succeeded, "failed": failed}, pipe)
+    watch.tallies.observe("item_run_seconds", (model,), busy, pipe, count=succeeded + failed)
 
 
 def claimed(model: str, items: Sequence, waited: dict[str, float], pipe=None) -> None:

@@ -45,10 +45,11 @@ class SliceReport:
     lost: int = 0
     stopped: str | None = None
     ended: Ended | None = None  # settled with the last results (Ledger.record_results), or by finish_slice
+    unsent: tuple[int, int] | None = None  # the last micro-batch's (succeeded, failed): sent with the end's notices
 
     def summary(self) -> dict:
         """What the wake-up task returns (its log line): the jobs and what became of the items."""
-        return {name: value for name, value in self.__dict__.items() if name != "ended"}
+        return {name: value for name, value in self.__dict__.items() if name not in ("ended", "unsent")}
 
 
 def handle_wakeup(ctx: WorkerContext, model: str) -> SliceReport | None:
@@ -149,8 +150,9 @@ def commit_results(ctx: WorkerContext, slice_: Slice, results, report: SliceRepo
     database connection is retried: the writes are conditional, so a retry after a
     commit that did land changes nothing. Watchers are notified after the commit, but
     for the slice's `last` micro-batch: the slice's end, a moment later, notifies for
-    every job of the slice. When that batch holds every item the slice still holds, the
-    slice's jobs are settled in its transaction (`report.ended`)."""
+    every job of the slice, and sends this batch's figures with it (`report.unsent`).
+    When that batch holds every item the slice still holds, the slice's jobs are settled
+    in its transaction (`report.ended`)."""
     rows = []
     for item, outcome in results:
         if isinstance(outcome, Exception):
@@ -175,9 +177,11 @@ def commit_results(ctx: WorkerContext, slice_: Slice, results, report: SliceRepo
     report.failed += stored.failed
     report.lost += stored.lost
     report.ended = stored.ended
+    if last:
+        report.unsent = (stored.succeeded, stored.failed)
+        return
     watch.committed(slice_.model, stored.succeeded, stored.failed)  # throughput and /metrics counts
-    if not last:
-        notices_for(ctx.settings.redis_url).publish(item.job_id for item, _ in results)  # after the commit
+    notices_for(ctx.settings.redis_url).publish(item.job_id for item, _ in results)  # after the commit
 
 
 def _error_text(exc: Exception) -> str:
@@ -190,7 +194,7 @@ def finish_slice(ctx: WorkerContext, slice_: Slice, report: SliceReport) -> None
     if report.ended is None:  # not settled with the last results: give back what is held, settle
         holds_items = report.succeeded + report.failed + report.lost < report.claimed
         report.ended = ctx.ledger.release(slice_, holds_items=holds_items)
-    continue_after(ctx, slice_, report.ended)
+    continue_after(ctx, slice_, report.ended, figures=report.unsent)
 
 
 def abandon_slice(ctx: WorkerContext, slice_: Slice, exc: Exception) -> None:
@@ -204,12 +208,14 @@ def time_out_slice(ctx: WorkerContext, slice_: Slice) -> None:
     continue_after(ctx, slice_, ctx.ledger.time_out(slice_, f"timeout: the slice ran past its time limit of {limit:g}s"))
 
 
-def continue_after(ctx: WorkerContext, slice_: Slice, ended: Ended) -> None:
+def continue_after(ctx: WorkerContext, slice_: Slice, ended: Ended, figures: tuple[int, int] | None = None) -> None:
     """Once the slice is given back and its jobs settled (one transaction, after the
     results were committed): sweep files no row points to, and wake a worker for the
-    items this slice gave back."""
+    items this slice gave back. `figures`, the last micro-batch's (succeeded, failed),
+    go to the watchers on the notices' round trip."""
+    also = None if figures is None else (lambda pipe: watch.committed(slice_.model, *figures, pipe=pipe))
     # settled, cancelled or given back: committed; the settled ones also wake the batch finalizer
-    notices_for(ctx.settings.redis_url).publish_ended(slice_.job_ids, ended.settled)
+    notices_for(ctx.settings.redis_url).publish_ended(slice_.job_ids, ended.settled, also=also)
     remove_orphaned_outputs(ctx.storage, ended.settled)
     if ended.given_back:
         ctx.wakeups.send(slice_.model)
