@@ -11,7 +11,9 @@ block costs is the other way: requests a process took and did not spend are refu
 the others until the window ends. A block is never more than a sixteenth of what was
 left of the window when it was taken, so near the limit blocks shrink to one request
 and little is held idle. A small rate (below 16 per window) is counted request by
-request, as before.
+request, as before. Windows are read from each host's clock: where web hosts' clocks
+differ by s seconds, they disagree by s seconds on when a window ends, and a key that
+used up its window may get its next window's requests s seconds early.
 
 If Redis is down, requests are not limited: a submit must still be accepted and stored."""
 from __future__ import annotations
