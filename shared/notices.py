@@ -38,40 +38,49 @@ class Notices:
     def __init__(self, redis_url: str):
         self.redis = redis_client(redis_url)
 
-    def publish(self, job_ids: Iterable[str], pipe=None) -> None:
+    def publish(self, job_ids: Iterable[str], pipe=None, also=None) -> None:
         """Say that the ledger of `job_ids` changed (call after the commit). With `pipe`
         (a Redis pipeline on the same server), the notice is queued there: the caller
-        executes it, with whatever else it sends."""
+        executes it, with whatever else it sends. `also(pipe)` queues more commands on
+        the notice's round trip."""
         message = encode(job_ids)
-        if not message:
-            return
         if pipe is not None:
-            pipe.publish(CHANNEL, message)
+            _queue(pipe, message, also)
+            return
+        if not message and also is None:
             return
         try:
-            self.redis.publish(CHANNEL, message)
-        except redis.RedisError as exc:  # streams re-read the ledger on their heartbeat
+            if also is None:
+                self.redis.publish(CHANNEL, message)
+                return
+            pipe = self.redis.pipeline(transaction=False)
+            _queue(pipe, message, also)
+            pipe.execute()
+        except redis.RedisError as exc:  # streams (and the batch finalizer) re-read the ledger on their own
             log.warning("could not publish a notice for jobs %s: %s", message, exc)
 
     def publish_ended(self, job_ids: Iterable[str], settled: Iterable[str], also=None) -> None:
         """`publish` for `job_ids`, and say on `SETTLED_CHANNEL` which of them reached
         their final state (`settled`; none: nothing is sent there), in one round trip;
         `also(pipe)` queues more commands on it."""
-        job_ids = list(job_ids)
         settled_message = encode(settled)
-        if not settled_message and also is None:
-            self.publish(job_ids)
+        if not settled_message:
+            self.publish(job_ids, also=also)
             return
-        pipe = self.redis.pipeline(transaction=False)
-        self.publish(job_ids, pipe)
-        if settled_message:
+
+        def and_settled(pipe) -> None:
             pipe.publish(SETTLED_CHANNEL, settled_message)
-        if also is not None:
-            also(pipe)
-        try:
-            pipe.execute()
-        except redis.RedisError as exc:  # streams and the batch finalizer re-read the ledger on their own
-            log.warning("could not publish notices for jobs %s: %s", encode(job_ids), exc)
+            if also is not None:
+                also(pipe)
+
+        self.publish(job_ids, also=and_settled)
+
+
+def _queue(pipe, message: str, also) -> None:
+    if message:
+        pipe.publish(CHANNEL, message)
+    if also is not None:
+        also(pipe)
 
 
 def encode(job_ids: Iterable[str]) -> str:

@@ -91,27 +91,16 @@ def committed(model: str, succeeded: int, failed: int, pipe=None) -> None:
     the previous commit (or the slice's start) for ETAs, and count them for /metrics.
     With `pipe` (a pipeline on the same Redis), the figures are queued there for the
     caller to send with its own."""
-    watch = _installed
     now, pid = time.time(), os.getpid()
     since = _busy_since.get(pid, now)
     _busy_since[pid] = now
-    if watch is None:
-        return
-    if pipe is not None:
-        _queue_commit(watch, model, succeeded, failed, now - since, now, pipe)
-        return
-    try:  # one round trip: the throughput sample and the counts share a pipeline (and a client)
-        pipe = watch.tallies.redis.pipeline(transaction=False)
-        _queue_commit(watch, model, succeeded, failed, now - since, now, pipe)
-        pipe.execute()
-    except redis.RedisError as exc:
-        log.warning("could not record the results of %s for watchers: %s", model, exc)
 
+    def add(tallies: Tallies, pipe) -> None:  # the throughput sample and the counts: one round trip
+        _installed.throughput.record(model, worker_name(), succeeded + failed, now - since, now=now, pipe=pipe)
+        tallies.items_finished(model, {"succeeded": succeeded, "failed": failed}, pipe)
+        tallies.observe("item_run_seconds", (model,), now - since, pipe, count=succeeded + failed)
 
-def _queue_commit(watch: Watch, model: str, succeeded: int, failed: int, busy: float, now: float, pipe) -> None:
-    watch.throughput.record(model, worker_name(), succeeded + failed, busy, now=now, pipe=pipe)
-    watch.tallies.items_finished(model, {"succeeded": succeeded, "failed": failed}, pipe)
-    watch.tallies.observe("item_run_seconds", (model,), busy, pipe, count=succeeded + failed)
+    _count(add, pipe)
 
 
 def claimed(model: str, items: Sequence, waited: dict[str, float], pipe=None) -> None:
@@ -119,11 +108,7 @@ def claimed(model: str, items: Sequence, waited: dict[str, float], pipe=None) ->
     submission (clocks of two hosts: never below zero). With `pipe` (a pipeline on the
     same Redis), the figures are queued there for the caller to send with its own."""
     seconds = [max(0.0, waited[item.job_id]) for item in items if item.job_id in waited]
-    add = lambda tallies, pipe: tallies.observe_each("item_queue_wait_seconds", (model,), seconds, pipe)  # noqa: E731
-    if pipe is None:
-        _count(add)
-    elif _installed is not None:
-        add(_installed.tallies, pipe)
+    _count(lambda tallies, pipe: tallies.observe_each("item_queue_wait_seconds", (model,), seconds, pipe), pipe)
 
 
 def model_loaded(model: str, seconds: float) -> None:
@@ -157,15 +142,19 @@ def repaired(repairs: dict[str, int]) -> None:
         _count(add)
 
 
-def _count(add) -> None:
+def _count(add, pipe=None) -> None:
     """Queue `add(tallies, pipe)` on one pipeline and send it, where a watch is installed;
-    a Redis error costs the figure, never the work."""
+    a Redis error costs the figure, never the work. With `pipe` (a pipeline on the same
+    Redis), the figures are only queued there: its owner sends them with its own."""
     watch = _installed
     if watch is None:
+        return
+    if pipe is not None:
+        add(watch.tallies, pipe)
         return
     try:
         pipe = watch.tallies.redis.pipeline(transaction=False)
         add(watch.tallies, pipe)
         pipe.execute()
     except redis.RedisError as exc:
-        log.warning("could not count for /metrics: %s", exc)
+        log.warning("could not send figures for ETAs and /metrics: %s", exc)

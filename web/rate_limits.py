@@ -50,7 +50,7 @@ class Allowance:
 
 
 class RateLimits:
-    def __init__(self, redis_url: str, rate: str, blueprints: set[str], block: int = 1):
+    def __init__(self, redis_url: str, rate: str, blueprints: set[str], block: int):
         try:
             item = parse(rate)
         except ValueError:
@@ -69,10 +69,11 @@ class RateLimits:
             return
         key, now = rate_limit_key(), time.time()
         window = int(now // self.period)
-        if self._spend_held(key, window):
+        wanted = self._spend_held(key, window)
+        if not wanted:
             return
         try:
-            if self._take_block(key, window):
+            if self._take_block(key, window, wanted):
                 return
         except (redis.RedisError, OSError) as exc:
             log.warning("rate limit not counted (Redis: %s)", exc)
@@ -80,18 +81,22 @@ class RateLimits:
         retry_after = max(1, math.ceil((window + 1) * self.period - now))
         raise TooManyRequests(f"rate limit exceeded: {self.rate} per API key", retry_after=retry_after)
 
-    def _spend_held(self, key: str, window: int) -> bool:
+    def _spend_held(self, key: str, window: int) -> int:
+        """Spend one of the requests this process holds of the key's window (0), or say
+        how many to take from Redis: at most `block`, and a sixteenth of what the window
+        had left when this process last asked."""
         with self._lock:
             held = self._held.get(key)
-            if held is None or held.window != window or held.left == 0:
-                return False
-            held.left -= 1
-            return True
+            current = held is not None and held.window == window
+            if current and held.left:
+                held.left -= 1
+                return 0
+            counted = held.counted if current else 0
+        return max(1, min(self.block, (self.limit - counted) // SHARE_OF_WHAT_IS_LEFT))
 
-    def _take_block(self, key: str, window: int) -> bool:
-        """Take a block of the key's window in Redis (one round trip) and spend one of it
-        on this request; False when the window has nothing left."""
-        wanted = self._block_size(key, window)
+    def _take_block(self, key: str, window: int, wanted: int) -> bool:
+        """Take `wanted` requests of the key's window in Redis (one round trip) and spend
+        one of them on this request; False when the window has nothing left."""
         counter = COUNTER.format(key=key, window=window)
         pipe = self.redis.pipeline(transaction=False)
         pipe.incrby(counter, wanted)
@@ -104,12 +109,6 @@ class RateLimits:
             held.left += max(0, granted - 1)
         return granted > 0
 
-    def _block_size(self, key: str, window: int) -> int:
-        with self._lock:
-            held = self._held.get(key)
-            counted = held.counted if held is not None and held.window == window else 0
-        return max(1, min(self.block, (self.limit - counted) // SHARE_OF_WHAT_IS_LEFT))
-
     def _allowance(self, key: str, window: int) -> Allowance:
         """The key's allowance in `window` (under the lock); older windows' are dropped."""
         held = self._held.get(key)
@@ -120,7 +119,7 @@ class RateLimits:
         return held
 
 
-def init_rate_limits(app: Flask, redis_url: str, rate: str, blueprints: set[str], block: int = 1) -> RateLimits:
+def init_rate_limits(app: Flask, redis_url: str, rate: str, blueprints: set[str], block: int) -> RateLimits:
     limits = RateLimits(redis_url, rate, blueprints, block)
     app.before_request(limits.check)
     return limits

@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
@@ -96,20 +95,11 @@ def announce_claim(ctx: WorkerContext, slice_: Slice) -> None:
     its items waited (/metrics), and, while more work waits, let an idle worker take the
     next slice (multi-GPU)."""
     notices = notices_for(ctx.settings.redis_url)
-
-    def announce(pipe) -> None:
-        notices.publish(slice_.job_ids, pipe)
-        watch.claimed(slice_.model, slice_.items, slice_.waited, pipe)
-
+    waited = lambda pipe: watch.claimed(slice_.model, slice_.items, slice_.waited, pipe)  # noqa: E731
     if slice_.more_waiting:
-        ctx.wakeups.send(slice_.model, also=announce)
-        return
-    try:
-        pipe = notices.redis.pipeline(transaction=False)
-        announce(pipe)
-        pipe.execute()
-    except redis.RedisError as exc:  # streams re-read the ledger on their heartbeat; a figure is lost
-        log.warning("could not announce the claim of jobs %s: %s", ", ".join(slice_.job_ids), exc)
+        ctx.wakeups.send(slice_.model, also=lambda pipe: notices.publish(slice_.job_ids, pipe, also=waited))
+    else:
+        notices.publish(slice_.job_ids, also=waited)
 
 
 def perform_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from genq.devstack import free_port
 from shared.errors import ConfigError
 from web.app import create_app
 
@@ -76,8 +77,6 @@ def test_near_the_limit_blocks_shrink_so_little_is_held_where_it_is_not_spent(se
 
 
 def test_without_redis_requests_are_not_limited(settings, api_key):
-    from genq.devstack import free_port
-
     client = limited_client(settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}),
                             api_key, "1/hour")
     assert [client.get("/v1/jobs").status_code for _ in range(3)] == [200, 200, 200]
