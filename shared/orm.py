@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -70,6 +71,16 @@ class Base(DeclarativeBase):
 DEFAULT_TENANT = "default"
 
 
+def with_value(column: str) -> dict[str, Any]:
+    """The keywords of a partial index that holds only the rows where `column` has a
+    value (migration 0011): a column that is NULL for most rows, or for most of a row's
+    life (a lease, a finish time, an idempotency key). Such an index holds the rows a
+    query can find in it, and a submit writes none of them; a query's `column = ?` or
+    `column < ?` implies the condition, so SQLite and PostgreSQL read through it."""
+    condition = text(f"{column} IS NOT NULL")
+    return {"sqlite_where": condition, "postgresql_where": condition}
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
@@ -107,7 +118,7 @@ class Job(Base):
         Index("ix_jobs_state_created", "state", "created_at", "id"),
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
         Index("ix_jobs_tenant_state_created", "tenant", "state", "created_at", "id"),
-        Index("ix_jobs_tenant_idempotency_key", "tenant", "idempotency_key", unique=True),
+        Index("ix_jobs_tenant_idempotency_key", "tenant", "idempotency_key", unique=True, **with_value("idempotency_key")),
     )
 
 
@@ -115,9 +126,9 @@ class Job(Base):
 # first, then age), read from the index in order, with no sort.
 Index("ix_jobs_claim_order", Job.model, Job.tenant, Job.state, Job.priority.desc(), Job.created_at, Job.id)
 # A tenant's event stream resumed after a disconnect: the jobs that finished since (migration 0007).
-Index("ix_jobs_tenant_finished", Job.tenant, Job.finished_at)
+Index("ix_jobs_tenant_finished", Job.tenant, Job.finished_at, **with_value("finished_at"))
 # Retention: the jobs that finished longest ago, oldest first (migration 0008).
-Index("ix_jobs_finished", Job.finished_at)
+Index("ix_jobs_finished", Job.finished_at, **with_value("finished_at"))
 
 
 class OutputRemoval(Base):
@@ -191,10 +202,11 @@ class JobItem(Base):
         UniqueConstraint("job_id", "idx", name="uq_job_items_job_id_idx"),
         # Counts per state, and the next pending items of a job in order.
         Index("ix_job_items_job_state_idx", "job_id", "state", "idx"),
-        Index("ix_job_items_lease", "lease_id"),
-        Index("ix_job_items_state_lease_expiry", "state", "lease_expires_at"),
+        # Held items only: an item has a lease from its claim to its result.
+        Index("ix_job_items_lease", "lease_id", **with_value("lease_id")),
+        Index("ix_job_items_state_lease_expiry", "state", "lease_expires_at", **with_value("lease_expires_at")),
         # An event stream reads the items finished since its cursor (migration 0007).
-        Index("ix_job_items_job_finished", "job_id", "finished_at"),
+        Index("ix_job_items_job_finished", "job_id", "finished_at", **with_value("finished_at")),
     )
 
 

@@ -120,3 +120,46 @@ def test_0010_gives_tenants_never_served_the_oldest_turn_and_goes_down(backend, 
         with engine.connect() as connection:
             turns = dict(connection.execute(text("SELECT tenant, last_claimed_at FROM tenant_turns")).all())
         assert turns["never"] is None and turns["served"] is not None
+
+
+
+def _where_of(index: dict) -> str:
+    """An index's partial condition as reflected (SQLite: a clause; PostgreSQL: text)."""
+    options = index["dialect_options"]
+    where = options.get("sqlite_where", options.get("postgresql_where"))
+    return "" if where is None else str(getattr(where, "text", where))
+
+
+def _conditions(engine: Engine) -> dict[str, str]:
+    return {index["name"]: _where_of(index) for table in ("jobs", "job_items")
+            for index in inspect(engine).get_indexes(table)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_0011_keeps_rows_without_a_lease_or_finish_out_of_their_indexes_and_goes_down(backend, tmp_path):
+    from shared.ledger import claims
+
+    with migrated(backend, tmp_path, "0010") as (url, engine):
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO jobs (id, tenant, model, task, state, priority, params, total_items, pending_items, "
+                "running_items, attempts, created_at) VALUES (:id, 't', 'm', 'text-generation', 'running', 5, '{}', 2, "
+                "1, 1, 0, '2026-01-01 00:00:00+00')"), {"id": "j" * 32})
+            connection.execute(text(
+                "INSERT INTO job_items (job_id, idx, state, prompt, seed, attempts, lease_id, lease_expires_at) VALUES "
+                "(:job, 0, 'running', 'p', 1, 1, 'lease', '2026-01-01 00:00:00+00'), "
+                "(:job, 1, 'pending', 'p', 2, 0, NULL, NULL)"), {"job": "j" * 32})
+        upgrade(url, "0011")
+        conditions = _conditions(engine)
+        for name, column in (("ix_job_items_lease", "lease_id"), ("ix_job_items_state_lease_expiry", "lease_expires_at"),
+                             ("ix_job_items_job_finished", "finished_at"), ("ix_jobs_finished", "finished_at"),
+                             ("ix_jobs_tenant_finished", "finished_at"),
+                             ("ix_jobs_tenant_idempotency_key", "idempotency_key")):
+            assert f"{column} IS NOT NULL" in conditions[name], name
+        with Session(engine) as session:  # the item leased before the upgrade is found through them
+            assert claims.extend_lease(session, "lease", 60) == 1
+            session.execute(text("UPDATE job_items SET lease_expires_at = '2026-01-01 00:00:00+00' WHERE idx = 0"))
+            assert claims.release_expired_leases(session, max_attempts=3) == 1
+            session.commit()
+        command.downgrade(alembic_config(url), "0010")
+        assert set(_conditions(engine).values()) == {""}
