@@ -32,6 +32,15 @@ def migrated(backend, tmp_path, revision: str = "head") -> Iterator[tuple[str, E
         reset_schema(url)
 
 
+def insert_job(connection, job_id: str, **columns) -> None:
+    """A running job's row as written at an older revision (raw SQL: the ORM is head's);
+    `columns` add to or override the defaults."""
+    values = {"id": job_id, "tenant": "t", "model": "m", "task": "text-generation", "state": "running",
+              "priority": 5, "params": "{}", "attempts": 0, "created_at": "2026-01-01 00:00:00+00", **columns}
+    connection.execute(text(f"INSERT INTO jobs ({', '.join(values)}) VALUES ({', '.join(':' + name for name in values)})"),
+                       values)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_migrations_match_the_orm(backend, tmp_path):
     with migrated(backend, tmp_path) as (url, engine):
@@ -86,10 +95,7 @@ def test_0006_and_0007_go_down_whole_and_up_again(backend, tmp_path):
 def test_0009_counts_the_items_of_existing_jobs_into_their_counters_and_goes_down(backend, tmp_path):
     with migrated(backend, tmp_path, "0008") as (url, engine):
         with engine.begin() as connection:
-            connection.execute(text(
-                "INSERT INTO jobs (id, tenant, model, task, state, priority, params, batch_key, total_items, attempts, "
-                "created_at) VALUES (:id, 't', 'm', 'text-generation', 'running', 5, '{}', '', 6, 1, "
-                "'2026-01-01 00:00:00+00')"), {"id": "a" * 32})
+            insert_job(connection, "a" * 32, total_items=6, batch_key="", attempts=1)
             for index, state in enumerate(("pending", "pending", "running", "succeeded", "failed", "cancelled")):
                 connection.execute(text("INSERT INTO job_items (job_id, idx, prompt, seed, state, attempts) "
                                         "VALUES (:job, :idx, 'p', 0, :state, 0)"),
@@ -141,10 +147,7 @@ def test_0011_keeps_rows_without_a_lease_or_finish_out_of_their_indexes_and_goes
 
     with migrated(backend, tmp_path, "0010") as (url, engine):
         with engine.begin() as connection:
-            connection.execute(text(
-                "INSERT INTO jobs (id, tenant, model, task, state, priority, params, total_items, pending_items, "
-                "running_items, attempts, created_at) VALUES (:id, 't', 'm', 'text-generation', 'running', 5, '{}', 2, "
-                "1, 1, 0, '2026-01-01 00:00:00+00')"), {"id": "j" * 32})
+            insert_job(connection, "j" * 32, total_items=2, pending_items=1, running_items=1)
             connection.execute(text(
                 "INSERT INTO job_items (job_id, idx, state, prompt, seed, attempts, lease_id, lease_expires_at) VALUES "
                 "(:job, 0, 'running', 'p', 1, 1, 'lease', '2026-01-01 00:00:00+00'), "
