@@ -128,9 +128,9 @@ sys.stdin.readline()
 """
 
 
-def test_a_writer_gives_up_at_its_deadline_and_the_lock_it_came_too_late_for_is_not_kept(tmp_path):
-    """The queue waits in the kernel for another process's lock; a waiter that gave up
-    must not leave it taken for nobody (every later writer would then wait it out)."""
+def test_a_writer_gives_up_at_its_deadline_and_leaves_the_queue_to_the_next(tmp_path):
+    """A waiter that gave up on another process's lock must leave neither this process's
+    turn nor the flock taken for nobody: every later writer would then wait it out."""
     path = str(tmp_path / "q.db-writer.lock")
     holder = subprocess.Popen([sys.executable, "-c", FLOCK_HOLDER, path], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
@@ -147,7 +147,7 @@ def test_a_writer_gives_up_at_its_deadline_and_the_lock_it_came_too_late_for_is_
         got_in = time.monotonic()
         queue.release()
         assert got_in - released < 0.04, f"got in {1000 * (got_in - released):.0f} ms after the release"
-        # and it is free for another process again: the late lock went back
+        # and, released, it is free for another process again
         other = subprocess.run([sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
                                 "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", path], timeout=30)
         assert other.returncode == 0
