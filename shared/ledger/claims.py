@@ -11,7 +11,7 @@ from sqlalchemy import Integer, and_, bindparam, case, select, true, union_all, 
 from sqlalchemy.orm import Session
 
 from shared.items import ItemInput
-from shared.ledger import counters, turns
+from shared.ledger import counters, results, turns
 from shared.ledger.jobs import new_id
 from shared.ledger.plans import row_check
 from shared.orm import ItemState, Job, JobItem, JobState, TenantTurn, utcnow
@@ -47,7 +47,8 @@ class Slice:
 
 
 def release_expired_leases(session: Session, *, max_attempts: int, now: datetime | None = None) -> int:
-    """Running items whose lease expired go back to pending, or fail at the attempt cap.
+    """Running items whose lease expired go back to pending, or fail at the attempt cap,
+    or are cancelled where their job is being cancelled.
 
     Rows another session has locked are skipped (PostgreSQL's SKIP LOCKED; SQLite has
     one writer and nothing to skip): a worker cut off mid-statement can hold its rows
@@ -59,6 +60,7 @@ def release_expired_leases(session: Session, *, max_attempts: int, now: datetime
     def unlocked(*where):
         return JobItem.id.in_(select(JobItem.id).where(expired, *where).with_for_update(skip_locked=True))
 
+    cancelled = results.cancel_items_of_cancelling_jobs(session, unlocked(), now)
     failed = session.execute(
         update(JobItem)
         .where(unlocked(JobItem.attempts >= max_attempts))
@@ -75,8 +77,8 @@ def release_expired_leases(session: Session, *, max_attempts: int, now: datetime
         update(JobItem).where(unlocked()).values(state=ItemState.PENDING, lease_id=None, lease_expires_at=None)
         .returning(JobItem.job_id)
     ).scalars().all()
-    counters.recount(session.connection(), failed + released)
-    return len(failed) + len(released)
+    counters.recount(session.connection(), cancelled + failed + released)
+    return len(cancelled) + len(failed) + len(released)
 
 
 def jobs_in_claim_order(model, tenant, limit, *where, columns: Sequence = (), ranges: Sequence = (true(),)):

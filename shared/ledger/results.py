@@ -3,6 +3,7 @@ and what it gives back when its slice ends early."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 
 from sqlalchemy import and_, bindparam, select, update
@@ -84,10 +85,11 @@ def release_slice(session: Session, lease_id: str) -> int:
     """Give back what a slice did not reach (time budget spent): pending again, without
     spending an attempt, or cancelled where its job is being cancelled. Returns how many
     items went back to pending."""
-    cancelled = _cancel_held_items_of_cancelling_jobs(session, lease_id)
+    held = and_(JobItem.lease_id == lease_id, row_check(JobItem.state) == ItemState.RUNNING)
+    cancelled = cancel_items_of_cancelling_jobs(session, held)
     given_back = session.execute(
         update(JobItem)
-        .where(JobItem.lease_id == lease_id, row_check(JobItem.state) == ItemState.RUNNING)
+        .where(held)
         .values(state=ItemState.PENDING, lease_id=None, lease_expires_at=None, attempts=JobItem.attempts - 1)
         .returning(JobItem.job_id)
     ).scalars().all()
@@ -99,8 +101,8 @@ def abandon_slice(session: Session, lease_id: str, *, error: str, max_attempts: 
     """A slice broke off with an error: its unfinished items keep the attempt they
     spent; those at the cap fail with the error, the rest go back to pending (or are
     cancelled where their job is being cancelled)."""
-    cancelled = _cancel_held_items_of_cancelling_jobs(session, lease_id)
     held = and_(JobItem.lease_id == lease_id, row_check(JobItem.state) == ItemState.RUNNING)
+    cancelled = cancel_items_of_cancelling_jobs(session, held)
     failed = session.execute(
         update(JobItem)
         .where(held, JobItem.attempts >= max_attempts)
@@ -128,13 +130,16 @@ def fail_held_items(session: Session, lease_id: str, error: str) -> int:
     return len(failed)
 
 
-def _cancel_held_items_of_cancelling_jobs(session: Session, lease_id: str) -> list[str]:
-    """The job of each item cancelled (the caller counts them again)."""
+def cancel_items_of_cancelling_jobs(session: Session, held, now: datetime | None = None) -> list[str]:
+    """Held items (`held`, a condition on them) whose job is being cancelled are cancelled
+    where a slice or a lease ends, never given back: no claim takes a cancelling job's
+    items, so a pending one would keep its job cancelling for good. Returns the job of
+    each item cancelled (the caller counts them again)."""
     cancelling = select(Job.id).where(Job.state == JobState.CANCELLING)
     return session.execute(
         update(JobItem)
-        .where(JobItem.lease_id == lease_id, row_check(JobItem.state) == ItemState.RUNNING, JobItem.job_id.in_(cancelling))
-        .values(state=ItemState.CANCELLED, lease_id=None, lease_expires_at=None, finished_at=utcnow())
+        .where(held, JobItem.job_id.in_(cancelling))
+        .values(state=ItemState.CANCELLED, lease_id=None, lease_expires_at=None, finished_at=now or utcnow())
         .returning(JobItem.job_id)
         .execution_options(synchronize_session=False)
     ).scalars().all()

@@ -172,6 +172,28 @@ def test_expired_leases_are_reclaimed_then_failed_at_the_cap(database_url):
         assert ledger.settle_job(session, job_id) == JobState.FAILED
 
 
+def test_a_job_cancelled_while_its_worker_is_lost_ends_cancelled_when_the_lease_expires(database_url):
+    """The held items of a cancelling job are cancelled when their lease expires, not
+    given back: no claim takes a cancelling job's items, so pending ones would keep the
+    job cancelling for good (and out of the reconciler's unsettled jobs)."""
+    job_id = submit(database_url, n=3)
+    other = submit(database_url, n=1)
+    lost = claim(database_url, n=2, owner="gone", lease=1, now=utcnow() - timedelta(hours=1))
+    claim(database_url, n=2, owner="gone", lease=1, now=utcnow() - timedelta(hours=1))  # job_id's last, other's
+    with session_scope(database_url) as session:
+        ledger.cancel_jobs(session, [job_id])
+    assert states(database_url, job_id)[0] == JobState.CANCELLING
+    with session_scope(database_url) as session:
+        assert ledger.release_expired_leases(session, max_attempts=3) == 4
+    assert states(database_url, job_id) == (JobState.CANCELLING, [ItemState.CANCELLED] * 3)
+    assert states(database_url, other) == (JobState.RUNNING, [ItemState.PENDING])  # not cancelled: given back
+    with session_scope(database_url) as session:
+        assert ledger.unsettled_job_ids(session) == [job_id]
+        assert ledger.settle_job(session, job_id) == JobState.CANCELLED
+        assert not ledger.record_item_success(session, lost.lease_id, lost.items[0].id, text="late")
+    assert_counts_are_the_items(database_url, [job_id, other])
+
+
 def test_cancel_a_queued_job_is_immediate(database_url):
     job_id = submit(database_url, n=3)
     with session_scope(database_url) as session:
