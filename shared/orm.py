@@ -71,14 +71,25 @@ class Base(DeclarativeBase):
 DEFAULT_TENANT = "default"
 
 
+def partial(condition: str) -> dict[str, Any]:
+    """The keywords of an index that holds only the rows where `condition` holds, on
+    both backends."""
+    return {"sqlite_where": text(condition), "postgresql_where": text(condition)}
+
+
 def with_value(column: str) -> dict[str, Any]:
     """The keywords of a partial index that holds only the rows where `column` has a
     value (migration 0011): a column that is NULL for most rows, or for most of a row's
     life (a lease, a finish time, an idempotency key). Such an index holds the rows a
     query can find in it, and a submit writes none of them; a query's `column = ?` or
     `column < ?` implies the condition, so SQLite and PostgreSQL read through it."""
-    condition = text(f"{column} IS NOT NULL")
-    return {"sqlite_where": condition, "postgresql_where": condition}
+    return partial(f"{column} IS NOT NULL")
+
+
+# A job with an item left to claim (migration 0012). A query reads the claim-order index
+# only with this very condition among its own, spelled with a literal 0: neither planner
+# proves that `pending_items > ?` implies it.
+HAS_PENDING_ITEMS = "pending_items > 0"
 
 
 class Job(Base):
@@ -122,9 +133,13 @@ class Job(Base):
     )
 
 
-# The claim, once the tenant is chosen: its open jobs of one model in claim order (priority
-# first, then age), read from the index in order, with no sort.
-Index("ix_jobs_claim_order", Job.model, Job.tenant, Job.state, Job.priority.desc(), Job.created_at, Job.id)
+# The claim, once the tenant is chosen: its jobs of one model with an item left to claim,
+# in claim order (priority first, then age), read from the index in order, with no sort.
+# It holds those jobs only (migration 0012): what is queued, never the history, so probing
+# a tenant for work costs the same at any age of the ledger, and a claim that takes a
+# one-item job's item deletes its entry instead of moving it.
+Index("ix_jobs_claim_order", Job.model, Job.tenant, Job.priority.desc(), Job.created_at, Job.id,
+      **partial(HAS_PENDING_ITEMS))
 # A tenant's event stream resumed after a disconnect: the jobs that finished since (migration 0007).
 Index("ix_jobs_tenant_finished", Job.tenant, Job.finished_at, **with_value("finished_at"))
 # Retention: the jobs that finished longest ago, oldest first (migration 0008).

@@ -14,8 +14,7 @@ from shared.items import ItemInput
 from shared.ledger import counters, results, turns
 from shared.ledger.jobs import new_id
 from shared.ledger.plans import row_check
-from shared.orm import ItemState, Job, JobItem, JobState, TenantTurn, utcnow
-from shared.states import OPEN_JOB_STATES
+from shared.orm import ItemState, Job, JobItem, JobState, utcnow
 
 CLAIM_ORDER = (Job.priority.desc(), Job.created_at, Job.id)
 
@@ -83,15 +82,17 @@ def release_expired_leases(session: Session, *, max_attempts: int, now: datetime
 
 def jobs_in_claim_order(model, tenant, limit, *where, columns: Sequence = (), ranges: Sequence = (true(),)):
     """(id, *columns) of the first `limit` open jobs of `model` and `tenant` with pending
-    items (and `where`), in claim order: priority, then age. Each open state is read on
-    its own, in order, and the arms are merged (see `turns.claimable`); so is each of
-    `ranges`, conditions that are each a range of the claim-order index (their OR would
-    be a filter, see `queue_position`). The arguments may be values or bound parameters."""
-    arms = [select(Job.id, Job.priority, Job.created_at, *columns)
-            .where(turns.claimable(model, tenant, state), range_, *where)
-            .order_by(*CLAIM_ORDER).limit(limit).subquery()
-            for state in OPEN_JOB_STATES for range_ in ranges]
-    merged = union_all(*(select(arm) for arm in arms)).subquery()
+    items (and `where`), in claim order: priority, then age, read from the claim-order
+    index in order. Each of `ranges`, conditions that are each a range of that index, is
+    read on its own and the arms are merged (their OR would be a filter, see
+    `queue_position`). The arguments may be values or bound parameters."""
+    def arm(range_, *order_columns):
+        return (select(Job.id, *order_columns, *columns).where(turns.claimable(model, tenant), range_, *where)
+                .order_by(*CLAIM_ORDER).limit(limit))
+
+    if len(ranges) == 1:
+        return arm(ranges[0])
+    merged = union_all(*(select(arm(range_, Job.priority, Job.created_at).subquery()) for range_ in ranges)).subquery()
     return (select(merged.c.id, *(merged.c[column.key] for column in columns))
             .order_by(merged.c.priority.desc(), merged.c.created_at, merged.c.id).limit(limit))
 
@@ -264,4 +265,4 @@ def has_claimable_work(session: Session, model: str) -> bool:
 
 
 def models_with_claimable_work(session: Session) -> list[str]:
-    return list(session.scalars(select(TenantTurn.model).where(turns.has_open_work()).distinct()))
+    return list(session.scalars(turns.models_with_open_work()))

@@ -12,7 +12,8 @@ looked like 700). Guesses that hurt the hot path, and the shapes that avoid them
   table (the reconciler's search for unsettled jobs compared every open job with every
   pending item: seconds at 10,000 queued jobs): `found`, `not_found`;
 - `state IN (...)` on an index's third column became a filter over every row of the
-  first two (a claim read all of a tenant's history): one equality per state, see
+  first two (a claim read all of a tenant's history): the claim-order index now holds
+  only the jobs with a pending item, and the state is a `row_check` on them, see
   `turns.claimable`.
 """
 from __future__ import annotations

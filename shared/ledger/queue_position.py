@@ -139,8 +139,8 @@ def _ahead_ranges() -> list:
     (equal on the runs before it, strictly before on it, a row comparison for a run of
     several): each is a range of the claim-order index, where one OR of them would be a
     filter over the tenant's every open job. CLAIM_ORDER's runs are (priority) descending,
-    then (created_at, id): two ranges, so two arms per open state where one per column
-    made three, and planning them cost more than running them."""
+    then (created_at, id): two ranges, so two arms where one per column made three, and
+    planning them cost more than running them."""
     ranges, equal = [], []
     for columns, descending in _order_runs():
         values = [bindparam(f"ahead_{column.key}", type_=column.type) for column in columns]

@@ -7,12 +7,12 @@ from __future__ import annotations
 from datetime import datetime
 from functools import lru_cache
 
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import bindparam, literal_column, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from shared.ledger.plans import found
+from shared.ledger.plans import found, row_check
 from shared.orm import NEVER_CLAIMED, Job, TenantTurn
 from shared.states import OPEN_JOB_STATES
 
@@ -51,22 +51,25 @@ def _take_statement(dialect: str):
 
 
 def has_pending_items():
-    """The job has a pending item: its counter, on the row the claim order reads."""
-    return Job.pending_items > 0
+    """The job has an item left to claim: its counter, spelled as the claim-order index's
+    condition (`orm.HAS_PENDING_ITEMS`, a literal 0) so that both planners read through
+    that partial index."""
+    return Job.pending_items > literal_column("0")  # HAS_PENDING_ITEMS, with the column of this query
 
 
-def claimable(model, tenant, state):
-    """Jobs of a model and tenant in one open state with a pending item. One state at a
-    time: an equality on `state` is always an index condition, where PostgreSQL without
-    statistics applied `state IN (...)` as a filter over the tenant's whole history."""
-    return (Job.model == model) & (Job.tenant == tenant) & (Job.state == state) & has_pending_items()
+def claimable(model, tenant=None):
+    """Jobs of a model (and tenant, if given) that a claim may take: an item is left to
+    claim (what the claim-order index holds) and the job is open. A job with a pending
+    item is open but for a moment inside a cancel's transaction, so the state is checked
+    row by row and never read by."""
+    condition = (Job.model == model) & has_pending_items() & row_check(Job.state).in_(OPEN_JOB_STATES)
+    return condition if tenant is None else condition & (Job.tenant == tenant)
 
 
 def has_open_work():
     """The turn's tenant has an open job of the turn's model with a pending item: per
-    turn, a probe per open state that stops at the first such job."""
-    return or_(*(found(select(Job.id).where(claimable(TenantTurn.model, TenantTurn.tenant, state)))
-                 for state in OPEN_JOB_STATES))
+    turn, one probe of the claim-order index that stops at the first such job."""
+    return found(select(Job.id).where(claimable(TenantTurn.model, TenantTurn.tenant)))
 
 
 # Whose turn comes first: the tenant served least recently (one never served, first:
@@ -98,3 +101,10 @@ def next_tenant(session: Session, model: str) -> str | None:
 def _next_tenant_statement():
     """Run twice by every claim (the next slice's tenant, then whether work is left)."""
     return tenants_in_turn_order(bindparam("model")).limit(1)
+
+
+def models_with_open_work():
+    """The models with claimable work: one probe of the claim-order index per model that
+    has turns (the reconciler's pass), not one per tenant's turn."""
+    models = select(TenantTurn.model).distinct().subquery()
+    return select(models.c.model).where(found(select(Job.id).where(claimable(models.c.model))))

@@ -166,3 +166,22 @@ def test_0011_keeps_rows_without_a_lease_or_finish_out_of_their_indexes_and_goes
             session.commit()
         command.downgrade(alembic_config(url), "0010")
         assert set(_conditions(engine).values()) == {""}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_0012_keeps_only_jobs_with_pending_items_in_the_claim_order_and_goes_down(backend, tmp_path):
+    from shared.ledger import claims
+
+    with migrated(backend, tmp_path, "0011") as (url, engine):
+        with engine.begin() as connection:
+            insert_job(connection, "q" * 32, state="queued", total_items=2, pending_items=2)
+            insert_job(connection, "r" * 32, total_items=2, pending_items=1, running_items=1, priority=9)
+            insert_job(connection, "s" * 32, state="succeeded", total_items=1, priority=9)
+        upgrade(url, "0012")
+        index = next(index for index in inspect(engine).get_indexes("jobs") if index["name"] == "ix_jobs_claim_order")
+        assert "pending_items > 0" in _where_of(index) and "state" not in index["column_names"]
+        with Session(engine) as session:  # the jobs written before the upgrade, in claim order
+            assert list(session.scalars(claims.jobs_in_claim_order("m", "t", 10))) == ["r" * 32, "q" * 32]
+        command.downgrade(alembic_config(url), "0011")
+        index = next(index for index in inspect(engine).get_indexes("jobs") if index["name"] == "ix_jobs_claim_order")
+        assert _where_of(index) == "" and "state" in index["column_names"]
