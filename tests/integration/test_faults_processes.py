@@ -33,6 +33,26 @@ def test_sigkill_of_the_whole_worker_mid_slice(make_stack):
     assert assert_ledger_consistent(stack.database_url, stack.storage_dir)["succeeded"] == 24
 
 
+def test_a_job_cancelled_after_its_worker_died_ends_cancelled(make_stack):
+    """The dead worker's slice stays leased until the lease runs out; then the reconciler
+    cancels those items (the job is being cancelled, no claim would take them) and
+    settles the job, with no worker left running."""
+    stack = make_stack()
+    stack.start_reconciler()
+    worker = stack.start_worker("worker-a")
+    job_id = stack.submit({"model": "fault", "prompts": [f"slow {i}" for i in range(24)]})
+    wait_for(lambda: succeeded(stack, job_id) >= 4, 60, interval=0.05)
+    worker.signal_group(signal.SIGKILL)
+    worker.process.wait(10)
+    response = stack.post(f"/v1/jobs/{job_id}/cancel")
+    assert response.status_code == 200 and response.json()["state"] == "cancelling", response.text
+    job = stack.wait_terminal(job_id, timeout=60)
+    counts = job["counts"]
+    assert job["state"] == "cancelled" and counts["pending"] == counts["running"] == 0
+    assert counts["succeeded"] >= 4 and counts["succeeded"] + counts["cancelled"] == 24
+    assert_ledger_consistent(stack.database_url, stack.storage_dir)
+
+
 def test_sigkill_of_the_pool_child(make_stack):
     stack = make_stack()
     stack.start_reconciler()
