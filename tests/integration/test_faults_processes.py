@@ -19,14 +19,21 @@ def succeeded(stack, job_id) -> int:
     return stack.get(f"/v1/jobs/{job_id}").json()["counts"]["succeeded"]
 
 
-def test_sigkill_of_the_whole_worker_mid_slice(make_stack):
-    stack = make_stack()
+def kill_the_worker_mid_job(stack) -> str:
+    """A 24-item job whose only worker is killed (SIGKILL, whole process group) once 4
+    items succeeded: the rest of its slice stays leased to a dead worker."""
     stack.start_reconciler()
     worker = stack.start_worker("worker-a")
     job_id = stack.submit({"model": "fault", "prompts": [f"slow {i}" for i in range(24)]})
     wait_for(lambda: succeeded(stack, job_id) >= 4, 60, interval=0.05)
     worker.signal_group(signal.SIGKILL)
     worker.process.wait(10)
+    return job_id
+
+
+def test_sigkill_of_the_whole_worker_mid_slice(make_stack):
+    stack = make_stack()
+    job_id = kill_the_worker_mid_job(stack)
     stack.start_worker("worker-b")
     job = stack.wait_terminal(job_id, timeout=120)
     assert job["state"] == "succeeded" and job["counts"]["succeeded"] == 24
@@ -38,12 +45,7 @@ def test_a_job_cancelled_after_its_worker_died_ends_cancelled(make_stack):
     cancels those items (the job is being cancelled, no claim would take them) and
     settles the job, with no worker left running."""
     stack = make_stack()
-    stack.start_reconciler()
-    worker = stack.start_worker("worker-a")
-    job_id = stack.submit({"model": "fault", "prompts": [f"slow {i}" for i in range(24)]})
-    wait_for(lambda: succeeded(stack, job_id) >= 4, 60, interval=0.05)
-    worker.signal_group(signal.SIGKILL)
-    worker.process.wait(10)
+    job_id = kill_the_worker_mid_job(stack)
     response = stack.post(f"/v1/jobs/{job_id}/cancel")
     assert response.status_code == 200 and response.json()["state"] == "cancelling", response.text
     job = stack.wait_terminal(job_id, timeout=60)
