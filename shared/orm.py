@@ -87,8 +87,8 @@ def with_value(column: str) -> dict[str, Any]:
 
 
 # A job with an item left to claim (migration 0012). A query reads the claim-order index
-# only with this very condition among its own, spelled with a literal 0: neither planner
-# proves that `pending_items > ?` implies it.
+# only with this condition among its own, spelled with a literal 0: PostgreSQL's generic
+# plan of a prepared statement cannot prove that `pending_items > $1` implies it.
 HAS_PENDING_ITEMS = "pending_items > 0"
 
 

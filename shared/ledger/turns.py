@@ -52,8 +52,8 @@ def _take_statement(dialect: str):
 
 def has_pending_items():
     """The job has an item left to claim: its counter, spelled as the claim-order index's
-    condition (`orm.HAS_PENDING_ITEMS`, a literal 0) so that both planners read through
-    that partial index."""
+    condition (`orm.HAS_PENDING_ITEMS`, a literal 0) so that PostgreSQL reads through that
+    partial index in a prepared statement's generic plan too."""
     return Job.pending_items > literal_column("0")  # HAS_PENDING_ITEMS, with the column of this query
 
 
