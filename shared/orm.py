@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    literal_column,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -86,10 +87,6 @@ def with_value(column: str) -> dict[str, Any]:
     return partial(f"{column} IS NOT NULL")
 
 
-# A job with an item left to claim (migration 0012). A query reads the claim-order index
-# only with this condition among its own, spelled with a literal 0: PostgreSQL's generic
-# plan of a prepared statement cannot prove that `pending_items > $1` implies it.
-HAS_PENDING_ITEMS = "pending_items > 0"
 
 
 class Job(Base):
@@ -138,8 +135,16 @@ class Job(Base):
 # It holds those jobs only (migration 0012): what is queued, never the history, so probing
 # a tenant for work costs the same at any age of the ledger, and a claim that takes a
 # one-item job's item deletes its entry instead of moving it.
+def has_pending_items():
+    """A job with an item left to claim (its counter): the claim-order index's condition
+    and the one every query of that index repeats, with a literal 0 — PostgreSQL's
+    generic plan of a prepared statement cannot prove that `pending_items > $1` implies
+    the index's condition, and reads another index instead."""
+    return Job.pending_items > literal_column("0")
+
+
 Index("ix_jobs_claim_order", Job.model, Job.tenant, Job.priority.desc(), Job.created_at, Job.id,
-      **partial(HAS_PENDING_ITEMS))
+      sqlite_where=has_pending_items(), postgresql_where=has_pending_items())
 # A tenant's event stream resumed after a disconnect: the jobs that finished since (migration 0007).
 Index("ix_jobs_tenant_finished", Job.tenant, Job.finished_at, **with_value("finished_at"))
 # Retention: the jobs that finished longest ago, oldest first (migration 0008).

@@ -7,13 +7,13 @@ from __future__ import annotations
 from datetime import datetime
 from functools import lru_cache
 
-from sqlalchemy import bindparam, literal_column, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from shared.ledger.plans import found, row_check
-from shared.orm import NEVER_CLAIMED, Job, TenantTurn
+from shared.orm import NEVER_CLAIMED, Job, TenantTurn, has_pending_items
 from shared.states import OPEN_JOB_STATES
 
 _INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
@@ -50,18 +50,11 @@ def _take_statement(dialect: str):
     return insert.on_conflict_do_update(index_elements=["model", "tenant"], set_={"last_claimed_at": now})
 
 
-def has_pending_items():
-    """The job has an item left to claim: its counter, spelled as the claim-order index's
-    condition (`orm.HAS_PENDING_ITEMS`, a literal 0) so that PostgreSQL reads through that
-    partial index in a prepared statement's generic plan too."""
-    return Job.pending_items > literal_column("0")  # HAS_PENDING_ITEMS, with the column of this query
-
-
 def claimable(model, tenant=None):
     """Jobs of a model (and tenant, if given) that a claim may take: an item is left to
-    claim (what the claim-order index holds) and the job is open. A job with a pending
-    item is open but for a moment inside a cancel's transaction, so the state is checked
-    row by row and never read by."""
+    claim (what the claim-order index holds) and the job is open. A committed job with a
+    pending item is always open; the state is checked row by row all the same, never
+    read by."""
     condition = (Job.model == model) & has_pending_items() & row_check(Job.state).in_(OPEN_JOB_STATES)
     return condition if tenant is None else condition & (Job.tenant == tenant)
 
