@@ -1,6 +1,9 @@
 """The job state machine and the claim, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
+import re
+import time
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -32,6 +35,26 @@ def states(url, job_id):
         job = session.get(Job, job_id)
         items = session.query(JobItem).filter_by(job_id=job_id).order_by(JobItem.index).all()
         return job.state, [i.state for i in items]
+
+
+def test_ids_are_uuid7_and_sort_in_the_order_they_were_made():
+    first = ledger.new_id()
+    time.sleep(0.002)
+    burst = [ledger.new_id() for _ in range(10_000)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", job_id) for job_id in [first, *burst])
+    assert {(uuid.UUID(job_id).version, uuid.UUID(job_id).variant) for job_id in burst} == {(7, uuid.RFC_4122)}
+    assert len(set(burst)) == len(burst)
+    assert first < min(burst)  # a later millisecond sorts later (within one, the order is random)
+
+
+def test_jobs_submitted_in_turn_get_ids_in_that_order(database_url):
+    """What keeps every index that starts with a job's id appending next to the last
+    entry instead of writing a random page of the history."""
+    job_ids = []
+    for _ in range(5):
+        job_ids.append(submit(database_url, n=1))
+        time.sleep(0.002)
+    assert job_ids == sorted(job_ids)
 
 
 def test_claim_takes_items_in_order_and_starts_the_job(database_url):
