@@ -47,9 +47,10 @@ def new_id() -> str:
     """A job's or a lease's id: 32 hex digits of a UUIDv7 (RFC 9562), the time in
     milliseconds then 74 random bits, so that ids made later sort later. Each index that
     starts with an id (the jobs' primary key, a job's items, the items of a lease) then
-    takes a new row's entry next to the previous one's, in a page already in memory; a
-    random id (UUIDv4, before) put it on a random leaf of a B-tree as large as the
-    history: a page read and a page written per index per submit."""
+    takes a new row's entry next to the previous one's, on a leaf already in memory and
+    already written since the last checkpoint; a random id (UUIDv4, before) put it on a
+    random leaf of a B-tree as large as the history: per index and submit, a page to read
+    and one more distinct page for the checkpoint to copy back."""
     unix_ms = time.time_ns() // 1_000_000 & (1 << 48) - 1
     random_bits = int.from_bytes(os.urandom(10), "big") >> 6  # 74
     rand_a, rand_b = random_bits >> 62, random_bits & (1 << 62) - 1
