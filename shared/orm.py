@@ -87,8 +87,6 @@ def with_value(column: str) -> dict[str, Any]:
     return partial(f"{column} IS NOT NULL")
 
 
-
-
 class Job(Base):
     __tablename__ = "jobs"
 
