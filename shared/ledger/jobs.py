@@ -50,7 +50,8 @@ def new_id() -> str:
     takes a new row's entry next to the previous one's, on a leaf already in memory and
     already written since the last checkpoint; a random id (UUIDv4, before) put it on a
     random leaf of a B-tree as large as the history: per index and submit, a page to read
-    and one more distinct page for the checkpoint to copy back."""
+    and one more distinct page for the checkpoint to copy back. (Python 3.14's
+    `uuid.uuid7()` makes the same; this runs on 3.11.)"""
     unix_ms = time.time_ns() // 1_000_000 & (1 << 48) - 1
     random_bits = int.from_bytes(os.urandom(10), "big") >> 6  # 74
     rand_a, rand_b = random_bits >> 62, random_bits & (1 << 62) - 1
