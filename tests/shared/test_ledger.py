@@ -1,7 +1,6 @@
 """The job state machine and the claim, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from datetime import timedelta
@@ -14,6 +13,7 @@ from shared.errors import Conflict
 from shared.ledger import results
 from shared.orm import ItemState, Job, JobItem, JobState, utcnow
 from tests.helpers.ledger import assert_counters_match_items
+from web.queries import JOB_ID
 
 
 def submit(url, model="m", n=5, priority=5) -> str:
@@ -41,7 +41,7 @@ def test_ids_are_uuid7_and_sort_in_the_order_they_were_made():
     first = ledger.new_id()
     time.sleep(0.002)
     burst = [ledger.new_id() for _ in range(10_000)]
-    assert all(re.fullmatch(r"[0-9a-f]{32}", job_id) for job_id in [first, *burst])
+    assert all(JOB_ID.match(job_id) for job_id in [first, *burst])  # what the API takes as a job's id
     assert {(uuid.UUID(job_id).version, uuid.UUID(job_id).variant) for job_id in burst} == {(7, uuid.RFC_4122)}
     assert len(set(burst)) == len(burst)
     assert first < min(burst)  # a later millisecond sorts later (within one, the order is random)
