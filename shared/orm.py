@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
     literal_column,
     text,
 )
@@ -194,6 +195,10 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
+# A pending item that already spent an attempt was in a slice that died.
+SUSPECT = "state = 'pending' AND attempts > 0"
+
+
 class JobItem(Base):
     __tablename__ = "job_items"
 
@@ -220,6 +225,11 @@ class JobItem(Base):
         UniqueConstraint("job_id", "idx", name="uq_job_items_job_id_idx"),
         # Counts per state, and the next pending items of a job in order.
         Index("ix_job_items_job_state_idx", "job_id", "state", "idx"),
+        # Pending items that spent an attempt (a claim runs such an item alone: see
+        # `is_suspect`); nearly always empty (migration 0013). Keyed like the index above,
+        # state included, so that SQLite's planner, finding the two equally good for the
+        # claim's search, takes the partial one (keyed (job_id, idx), it took the other).
+        Index("ix_job_items_suspect", "job_id", "state", "idx", **partial(SUSPECT)),
         # Held items only: an item has a lease from its claim to its result.
         Index("ix_job_items_lease", "lease_id", **with_value("lease_id")),
         Index("ix_job_items_state_lease_expiry", "state", "lease_expires_at", **with_value("lease_expires_at")),
@@ -234,3 +244,13 @@ from shared import openai_orm  # noqa: E402,F401,I001
 
 # Webhook endpoints, the delivery outbox and its attempts (migration 0007).
 from shared import webhook_orm  # noqa: E402,F401
+
+
+def is_suspect():
+    """`SUSPECT` as a query's condition, spelled with the index's literals: both planners
+    then read ix_job_items_suspect, which holds such items only, instead of every pending
+    item of the job through ix_job_items_job_state_idx (a claim of a job's items read
+    the job's whole remaining work: 4,224 rows filtered out, 1.3 ms, in a 6,400-item job
+    on PostgreSQL, growing with the job). With parameters (`state = $1`) neither could
+    prove the index's condition holds."""
+    return and_(JobItem.state == literal_column("'pending'"), JobItem.attempts > literal_column("0"))

@@ -14,7 +14,7 @@ from shared.items import ItemInput
 from shared.ledger import counters, results, turns
 from shared.ledger.jobs import new_id
 from shared.ledger.plans import row_check
-from shared.orm import ItemState, Job, JobItem, JobState, utcnow
+from shared.orm import ItemState, Job, JobItem, JobState, is_suspect, utcnow
 
 CLAIM_ORDER = (Job.priority.desc(), Job.created_at, Job.id)
 
@@ -229,8 +229,7 @@ def _statements() -> _Statements:
     return _Statements(
         first_job=jobs_in_claim_order(bindparam("model"), bindparam("tenant"), 1, columns=(Job.batch_key, Job.params)),
         suspect_item=(select(JobItem.id)
-                      .where(JobItem.job_id == bindparam("job_id"), JobItem.state == ItemState.PENDING,
-                             JobItem.attempts > 0)
+                      .where(JobItem.job_id == bindparam("job_id"), is_suspect())
                       .order_by(JobItem.index).limit(1).with_for_update(skip_locked=True)),
         unspent_items_of_job=_unspent_items([bindparam("job_id")], JobItem.state == ItemState.PENDING).limit(limit),
         next_jobs_of_batch=jobs_in_claim_order(bindparam("model"), bindparam("tenant"), limit,

@@ -185,3 +185,24 @@ def test_0012_keeps_only_jobs_with_pending_items_in_the_claim_order_and_goes_dow
         command.downgrade(alembic_config(url), "0011")
         index = next(index for index in inspect(engine).get_indexes("jobs") if index["name"] == "ix_jobs_claim_order")
         assert _where_of(index) == "" and "state" in index["column_names"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_0013_indexes_the_pending_items_that_spent_an_attempt_and_goes_down(backend, tmp_path):
+    from shared.ledger import claims
+
+    with migrated(backend, tmp_path, "0012") as (url, engine):
+        with engine.begin() as connection:
+            insert_job(connection, "j" * 32, total_items=3, pending_items=3)
+            connection.execute(text(
+                "INSERT INTO job_items (job_id, idx, state, prompt, seed, attempts) VALUES "
+                "(:job, 0, 'pending', 'p', 1, 0), (:job, 1, 'pending', 'p', 2, 1), (:job, 2, 'failed', 'p', 3, 3)"),
+                {"job": "j" * 32})
+        upgrade(url, "0013")
+        index = next(index for index in inspect(engine).get_indexes("job_items") if index["name"] == "ix_job_items_suspect")
+        assert "attempts > 0" in _where_of(index) and index["column_names"] == ["job_id", "state", "idx"]
+        with Session(engine) as session:  # the item written before the upgrade is found through it
+            suspect = claims._suspect_item(session, "j" * 32)
+            assert session.scalar(text("SELECT idx FROM job_items WHERE id = :id"), {"id": suspect[0]}) == 1
+        command.downgrade(alembic_config(url), "0012")
+        assert "ix_job_items_suspect" not in _conditions(engine)
