@@ -7,6 +7,9 @@ Per backend and phase, two services side by side, each on a fresh database with 
 1. Open work: 10 queued one-item jobs, against 10,000 across 50 tenants.
 2. History: an empty ledger (but for what the probes read), against 1,000,000 finished
    items in 100,000 jobs of 50 tenants, timestamps spread over 30 days.
+3. One job's open work: one queued job of 100 items, against one of 10,000 (the most one
+   submit may hold by default): a claim of a job's next items must not read the rest of
+   it; claim and poll only.
 
 The big ledger is grown just before it is measured, never ANALYZEd. The two are measured
 in turn, `--rounds` times, each figure's share of samples on one and then on the other
@@ -15,7 +18,8 @@ minute, and measuring the small ledger first and the big one a minute later coun
 drift as growth (a one-row read by primary key came out 1.5x). Figures:
 - submit: POST /v1/jobs (one item) over HTTP, p50/p99; each job is cancelled after it is
   timed, so the open work stays what the step says;
-- claim: `Ledger.claim` of a 10-item slice in-process, p50/p99; each slice is released;
+- claim: `Ledger.claim` of a 10-item slice (64 in the job phase) in-process, p50/p99;
+  each slice is released;
 - status poll: GET /v1/jobs/<id> of a 10-item finished job, p50/p99;
 - listing: GET /v1/jobs?limit=100 with a tenant's key and with an admin key, p50/p99;
 - reconciler: one pass of its ledger verbs (expired leases, unsettled jobs, models
@@ -29,7 +33,7 @@ of every statement the hot path sends (bench/flat_plans.py), flagging full scans
 
 Usage:
     python bench/flat.py [--backends sqlite,postgres] [--scale 1.0] [--samples 200] [--rounds 4]
-                         [--phases open,history] [--no-plans]
+                         [--phases open,history,job] [--no-plans]
 """
 from __future__ import annotations
 
@@ -50,8 +54,8 @@ from bench import flat_data, flat_plans, harness  # noqa: E402
 MODEL = "flat"
 LISTER, SUBMITTER = "t00", "t01"  # the tenant whose jobs are polled and listed; the one that submits
 GOAL = 1.2
-FIGURES = ("submit", "claim", "poll", "list", "list_admin", "reconcile",
-           *(f"sql:{name}" for name in flat_plans.SHORT_NAMES))
+ALL_FIGURES = ("submit", "claim", "poll", "list", "list_admin", "reconcile", "sql")
+PHASES = ("open", "history", "job")
 
 
 def parse_args() -> argparse.Namespace:
@@ -60,7 +64,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=200, help="timed requests per figure and ledger")
     parser.add_argument("--rounds", type=int, default=4, help="turns of the two ledgers (the samples are shared out)")
     parser.add_argument("--tenants", type=int, default=50)
-    parser.add_argument("--phases", default="open,history", help="open, history or both")
+    parser.add_argument("--phases", default="open,history,job", help="a comma-separated choice of open, history, job")
     parser.add_argument("--no-plans", action="store_true", help="skip the EXPLAIN of the hot path")
     return parser.parse_args()
 
@@ -73,6 +77,8 @@ class Probe:
         from shared.ledger import Ledger
 
         self.stack, self.url, self.keys, self.probe_jobs = stack, url, keys, probe_jobs
+        self.slice_items = 10
+        self.figures = ALL_FIGURES  # which measurements a phase takes (see `measurements`)
         self.ledger = Ledger(url)
         self.http = requests.Session()
 
@@ -110,7 +116,7 @@ class Probe:
         return self._timed(post, n, after=cancel)
 
     def claim(self, n: int) -> list[float]:
-        """A 10-item slice, then untimed: released (its items are pending again) and its
+        """A slice of `slice_items`, then untimed: released (its items are pending again) and its
         jobs queued again as if never started, so that every claim, with 10 jobs queued
         or 10,000, starts the jobs it takes (with 10, the first claim would otherwise
         start them all and every later one would take jobs already running)."""
@@ -119,7 +125,8 @@ class Probe:
         from shared.orm import Job, JobState
 
         def claim(_i):
-            claimed = self.ledger.claim(MODEL, owner="flat-bench", max_items=10, lease_seconds=60, max_attempts=3)
+            claimed = self.ledger.claim(MODEL, owner="flat-bench", max_items=self.slice_items, lease_seconds=60,
+                                        max_attempts=3)
             assert claimed is not None  # 10 items, but where a tenant has fewer queued jobs (a small --scale)
             return claimed
 
@@ -147,22 +154,23 @@ class Probe:
         return self._timed(one_pass, n)
 
     def measurements(self, samples: int) -> list[tuple[int, object]]:
-        """(calls, measure) of every figure; measure(n) returns {figure: seconds}."""
-        return [
-            (samples, lambda n: {"submit": self.submit(n)}),
-            (max(20, samples // 2), lambda n: {"claim": self.claim(n)}),
-            (samples, lambda n: {"poll": self.poll(n)}),
-            (max(20, samples // 2), lambda n: {"list": self.listing(LISTER, n)}),
-            (max(20, samples // 2), lambda n: {"list_admin": self.listing("admin", n)}),
-            (max(10, samples // 10), lambda n: {"reconcile": self.reconcile(n)}),
-            (30, lambda n: flat_plans.time_operations(self.url, MODEL, LISTER, self.probe_jobs[0], runs=n)),
-        ]
+        """(calls, measure) of each of `figures`; measure(n) returns {figure: seconds}."""
+        every = {
+            "submit": (samples, lambda n: {"submit": self.submit(n)}),
+            "claim": (max(20, samples // 2), lambda n: {"claim": self.claim(n)}),
+            "poll": (samples, lambda n: {"poll": self.poll(n)}),
+            "list": (max(20, samples // 2), lambda n: {"list": self.listing(LISTER, n)}),
+            "list_admin": (max(20, samples // 2), lambda n: {"list_admin": self.listing("admin", n)}),
+            "reconcile": (max(10, samples // 10), lambda n: {"reconcile": self.reconcile(n)}),
+            "sql": (30, lambda n: flat_plans.time_operations(self.url, MODEL, LISTER, self.probe_jobs[0], runs=n)),
+        }
+        return [every[name] for name in self.figures]
 
 
 @contextmanager
-def service(root: Path, backend: str, args: argparse.Namespace):
+def service(root: Path, backend: str, args: argparse.Namespace, queued: int = 10):
     """A fresh database, web + Redis (no worker), keys for every tenant, the probe jobs
-    (100 finished 10-item jobs of LISTER) and 10 queued one-item jobs of SUBMITTER."""
+    (100 finished 10-item jobs of LISTER) and `queued` one-item jobs of SUBMITTER."""
     models_file = harness.write_registry(root / "models.yaml", {MODEL: harness.noop_entry()})
     with harness.database(backend, root, args.postgres_url) as url, \
             harness.running_stack(root, url, models_file, worker=False) as stack:
@@ -172,7 +180,7 @@ def service(root: Path, backend: str, args: argparse.Namespace):
         stack.post(f"/v1/jobs/{template}/cancel", key=keys[SUBMITTER])
         params = flat_data.template_params(url, template)
         probe_jobs = flat_data.add_probe_jobs(url, MODEL, params, LISTER, 100, 10)
-        flat_data.add_queued_jobs(url, MODEL, params, [SUBMITTER], 10)
+        flat_data.add_queued_jobs(url, MODEL, params, [SUBMITTER], queued)
         yield url, tenants, params, Probe(stack, url, keys, probe_jobs)
 
 
@@ -200,14 +208,16 @@ def print_step(label: str, figures: dict) -> None:
                                         if not name.startswith("sql:")), flush=True)
 
 
-def compare(small: Probe, big: Probe, labels: tuple[str, str], args: argparse.Namespace) -> tuple[dict, dict, dict | None]:
-    """Both ledgers side by side, printed; and the big one's hot-path plans (unless --no-plans)."""
+def compare(small: Probe, big: Probe, labels: tuple[str, str], args: argparse.Namespace,
+            plans: bool = True) -> tuple[dict, dict, dict | None]:
+    """Both ledgers side by side, printed; and the big one's hot-path plans (unless
+    --no-plans or not `plans`)."""
     started = time.monotonic()
     first, last = side_by_side(small, big, args)
     print_step(labels[0], first)
     print_step(labels[1], last)
     print(f"  (measured in {time.monotonic() - started:.0f} s)")
-    plans = None if args.no_plans else flat_plans.hot_path_plans(big.url, MODEL, LISTER, big.probe_jobs[0])
+    plans = None if args.no_plans or not plans else flat_plans.hot_path_plans(big.url, MODEL, LISTER, big.probe_jobs[0])
     return first, last, plans
 
 
@@ -240,11 +250,26 @@ def history(root: Path, backend: str, args: argparse.Namespace) -> tuple[dict, d
         return compare(small, big, ("empty ledger", f"{done * 10} finished items"), args)
 
 
+def one_job(root: Path, backend: str, args: argparse.Namespace) -> tuple[dict, dict, dict | None]:
+    """One queued job of 100 items against one of 10,000 (scaled), nothing else queued:
+    64-item claims of its next items (each given back) and polls of its status. No plans:
+    the other phases check them at size, and here the jobs table holds a hundred rows,
+    which PostgreSQL rightly reads whole."""
+    size = max(1_000, round(10_000 * args.scale))
+    print(f"\n[{backend}] one job's open work: 100 against {size} queued items (figures p50/p99 ms)", flush=True)
+    with service(root / "small", backend, args, queued=0) as (small_url, _tenants, params, small), \
+            service(root / "big", backend, args, queued=0) as (big_url, _tenants2, _params, big):
+        for probe, url, items in ((small, small_url, 100), (big, big_url, size)):
+            probe.probe_jobs = [flat_data.add_queued_job(url, MODEL, params, LISTER, items)]
+            probe.slice_items, probe.figures = 64, ("claim", "poll")
+        return compare(small, big, ("a job of 100 items", f"a job of {size} items"), args, plans=False)
+
+
 def ratios(first: dict, last: dict) -> dict:
     return {name: {"small_p50_ms": first[name]["p50_ms"], "small_p99_ms": first[name]["p99_ms"],
                    "big_p50_ms": last[name]["p50_ms"], "big_p99_ms": last[name]["p99_ms"],
                    "p50_ratio": last[name]["p50_ms"] / first[name]["p50_ms"],
-                   "p99_ratio": last[name]["p99_ms"] / first[name]["p99_ms"]} for name in FIGURES}
+                   "p99_ratio": last[name]["p99_ms"] / first[name]["p99_ms"]} for name in first}
 
 
 def print_ratios(results: dict) -> None:
@@ -252,7 +277,7 @@ def print_ratios(results: dict) -> None:
     print(f"\n{'backend':<9} {'phase':<8} {'figure':<14} {'small p50/p99 ms':>17} {'big p50/p99 ms':>17} "
           f"{'p50 x':>6} {'p99 x':>6}")
     for backend, phases in results.items():
-        for phase in ("open", "history"):
+        for phase in PHASES:
             for name, row in phases.get(phase, {}).items():
                 mark = "" if row["p99_ratio"] <= GOAL or row["p50_ratio"] <= GOAL else "  > goal"
                 print(f"{backend:<9} {phase:<8} {name:<14} {row['small_p50_ms']:8.2f}/{row['small_p99_ms']:<8.2f} "
@@ -262,7 +287,7 @@ def print_ratios(results: dict) -> None:
 
 def run_backend(root: Path, backend: str, args: argparse.Namespace) -> dict:
     result, scans = {}, 0
-    for phase, measure in (("open", open_work), ("history", history)):
+    for phase, measure in (("open", open_work), ("history", history), ("job", one_job)):
         if phase in args.phases.split(","):
             first, last, plans = measure(root / phase, backend, args)
             result[phase] = ratios(first, last)

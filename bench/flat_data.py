@@ -75,6 +75,17 @@ def add_queued_jobs(url: str, model: str, params: dict, tenants: list[str], coun
     return [job["id"] for job in jobs]
 
 
+def add_queued_job(url: str, model: str, params: dict, tenant: str, items: int) -> str:
+    """One queued job of `tenant` with `items` pending items, created now."""
+    job = _job_row(tenant, model, params, utcnow(), items)
+    rows = [{"job_id": job["id"], "idx": n, "prompt": "p", "seed": n, "state": "pending", "attempts": 0}
+            for n in range(items)]
+    with session_scope(url) as session:
+        join_the_queue(session, model, tenant)
+    _insert(url, [job], rows)
+    return job["id"]
+
+
 def _history_job(rng: random.Random, tenant: str, model: str, params: dict, items: int, newest: datetime,
                  days: float) -> tuple[dict, list[dict]]:
     """One finished job `items` long, created at a random moment in the `days` before

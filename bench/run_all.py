@@ -120,7 +120,8 @@ def figures(name: str, result: dict) -> list[tuple[str, str, str]]:
 
 
 FLAT_FIGURES = {"open": (("submit", "p99"), ("claim", "p50"), ("claim", "p99")),
-                "history": (("submit", "p99"), ("claim", "p50"), ("claim", "p99"), ("poll", "p99"), ("list", "p99"))}
+                "history": (("submit", "p99"), ("claim", "p50"), ("claim", "p99"), ("poll", "p99"), ("list", "p99")),
+                "job": (("claim", "p50"), ("claim", "p99"), ("poll", "p99"))}
 
 
 def flat_figures(result: dict) -> list[tuple[str, str, str]]:
