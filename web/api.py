@@ -3,6 +3,8 @@ view is declared with its OpenAPI operation (`web.operations`); each answer is b
 a response model (`web.response_models`)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from flask import Response, request
 from sqlalchemy.exc import IntegrityError
 
@@ -26,7 +28,6 @@ from web.response_models import (
     JobListResponse,
     JobResponse,
     JobStatusResponse,
-    ModelInfo,
     ModelListResponse,
 )
 
@@ -277,8 +278,9 @@ def retry_job(job_id: str):
 
 @api.operation(
     "GET", "/models", "List models", tag="models",
-    description="Each model with its task, output type, defaults and limits.",
+    description="Each model with its task, output type, defaults and limits (`models`); and, for the "
+                "OpenAI SDK's `client.models.list()`, the same models in OpenAI's shape (`data`).",
     responses={200: Reply("The models.", ModelListResponse)},
 )
 def list_models():
-    return ModelListResponse(models=[ModelInfo.of(spec) for spec in genq().registry]).reply()
+    return ModelListResponse.of(genq().registry, Path(genq().settings.models_file)).reply()

@@ -8,6 +8,7 @@ real responses against the models and against the document.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Literal
 
 from flask import jsonify, url_for
@@ -248,8 +249,33 @@ class ModelInfo(_Response):
                    available=weights.available, unavailable_reason=weights.reason)
 
 
+class OpenAIModel(_Response):
+    """A model as OpenAI's `GET /v1/models` lists it, so that its SDK's
+    `client.models.list()` sees the models its batches may name."""
+
+    id: str = Field(description="The model's name.")
+    object: Literal["model"] = "model"
+    created: int = Field(description="When its weights were installed here (their directory's modification time, "
+                         "Unix seconds); for a model without them, when the model registry was last changed.")
+    owned_by: str = Field(description="Always `genq`: the deployment that serves it.")
+
+    @classmethod
+    def of(cls, spec: ModelSpec, registry_file: Path) -> OpenAIModel:
+        weights = Path(weights_of(spec).where or registry_file)
+        return cls(id=spec.name, created=int((weights if weights.exists() else registry_file).stat().st_mtime),
+                   owned_by="genq")
+
+
 class ModelListResponse(_Response):
     models: list[ModelInfo]
+    object: Literal["list"] = Field("list", description="`object` and `data`: the same models in OpenAI's shape.")
+    data: list[OpenAIModel]
+
+    @classmethod
+    def of(cls, specs, registry_file: Path) -> ModelListResponse:
+        specs = list(specs)
+        return cls(models=[ModelInfo.of(spec) for spec in specs],
+                   data=[OpenAIModel.of(spec, registry_file) for spec in specs])
 
 
 class HealthResponse(_Response):

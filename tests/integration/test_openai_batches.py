@@ -105,6 +105,12 @@ def test_a_completions_batch_runs_to_output_and_error_files(client, stack):
     assert refused.value.code == "batch_not_cancellable"
 
 
+def test_the_sdk_lists_the_models_a_batch_may_name(client, openai_models_file):
+    names = set(yaml.safe_load(openai_models_file.read_text())["models"])
+    models = list(client.models.list())
+    assert {model.id for model in models} == names and {model.owned_by for model in models} == {"genq"}
+
+
 def test_a_completion_prompt_may_be_a_list(client):
     """Each prompt of the list gets its n choices, numbered as OpenAI numbers them (choice
     i * n + j is sample j of prompt i), each the text that prompt gives alone."""

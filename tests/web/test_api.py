@@ -140,6 +140,10 @@ def test_models_health_and_readiness(client):
     models = {m["name"]: m for m in client.get("/v1/models").get_json()["models"]}
     assert set(models) == {"tiny-text", "tiny-uncond", "tiny-sd"}
     assert models["tiny-sd"]["output"] == "image/png" and models["tiny-text"]["limits"]["max_new_tokens"] == {"max": 128}
+    listing = client.get("/v1/models").get_json()  # and in OpenAI's shape, beside genq's own
+    assert listing["object"] == "list" and [m["id"] for m in listing["data"]] == list(models)
+    assert {(m["object"], m["owned_by"]) for m in listing["data"]} == {("model", "genq")}
+    assert all(isinstance(m["created"], int) and m["created"] > 1_600_000_000 for m in listing["data"])
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.get_json()["checks"] == {"database": "ok", "redis": "ok"}
