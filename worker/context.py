@@ -15,6 +15,7 @@ from shared.settings import Settings
 from shared.storage import Storage
 from worker.batch_sizes import BatchSizes
 from worker.cache import ModelCache
+from worker.committer import Committer
 from worker.heartbeat import Heartbeat
 
 
@@ -30,10 +31,12 @@ class WorkerContext:
     name: str = field(default_factory=lambda: f"{socket.gethostname()}")
     heartbeat: Heartbeat = field(init=False)
     batch_sizes: BatchSizes = field(init=False)  # micro-batch sizes learned from out-of-memory
+    committer: Committer = field(init=False)  # a slice's results committed while the model runs on
 
     def __post_init__(self) -> None:
         self.heartbeat = Heartbeat(self.ledger, self.settings.heartbeat_seconds, self.settings.lease_seconds)
         self.batch_sizes = BatchSizes(self.settings.oom_probe_after)
+        self.committer = Committer()
 
     @property
     def owner(self) -> str:

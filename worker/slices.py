@@ -1,7 +1,7 @@
 """The life of one wake-up, told as a story:
 
     claim_next_slice -> announce_claim -> perform_slice (micro-batches, each
-    committed as it finishes, the lease kept alive by a heartbeat) -> finish_slice
+    committed while the model runs the next, the lease kept alive by a heartbeat) -> finish_slice
     (give back what was not reached, settle the jobs, wake again if work was given back)
     -> the next slice, while more is waiting and the wake-up's time budget lasts
 
@@ -72,7 +72,7 @@ def handle_wakeup(ctx: WorkerContext, model: str) -> SliceReport | None:
 def run_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
     announce_claim(ctx, slice_)
     try:
-        with ctx.heartbeat.keeping(slice_.lease_id):
+        with ctx.heartbeat.keeping(slice_.lease_id), ctx.committer.in_order():  # every commit landed after it
             report = perform_slice(ctx, slice_)
     except SoftTimeLimitExceeded:
         time_out_slice(ctx, slice_)
@@ -130,13 +130,18 @@ def perform_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
         except Cancelled:
             report.stopped = "cancelled"
             break
-        commit_results(ctx, slice_, results, report, last=not remaining)
+        if remaining:  # committed in a thread while the model runs the next micro-batch
+            ctx.committer.submit(commit_results, ctx, slice_, results, report)
+        else:  # the last may settle the slice's jobs: the earlier ones first
+            ctx.committer.wait()
+            commit_results(ctx, slice_, results, report, last=True)
     return report
 
 
 def commit_results(ctx: WorkerContext, slice_: Slice, results, report: SliceReport, last: bool = False) -> None:
     """Write image files first (atomic, named by job and item only), then commit every
-    row of the micro-batch in one transaction, conditional on the lease. A dropped
+    row of the micro-batch in one transaction, conditional on the lease (in the
+    committer's thread, but for the `last` micro-batch: see `worker.committer`). A dropped
     database connection is retried: the writes are conditional, so a retry after a
     commit that did land changes nothing. Watchers are notified after the commit, but
     for the slice's `last` micro-batch: the slice's end, a moment later, notifies for

@@ -4,6 +4,10 @@ publish call (the integration tests keep the real broker). A failure here points
 function, not at a worker's log line."""
 from __future__ import annotations
 
+import sqlite3
+import threading
+import time
+
 import pytest
 import yaml
 
@@ -105,6 +109,34 @@ def test_a_wake_up_claims_a_slice_runs_it_in_micro_batches_and_settles_the_job(c
     assert all(item.lease_id is None for item in items)
     assert handle_wakeup(ctx, "fault") is None  # a duplicate wake-up finds nothing
     assert len(ctx.wakeups.sent) == 1 and ctx.wakeups.taken_by_worker == ["fault"] * 3
+
+
+def test_the_model_runs_the_next_micro_batch_while_the_last_ones_results_are_committed(ctx, tmp_path):
+    """A commit held up (SQLite's write lock taken from outside for half a second) does
+    not hold the model up: the next micro-batch starts before that commit can land, and
+    every result lands."""
+    job_id = submit(ctx, [f"ok {i}" for i in range(8)])  # two micro-batches of 4
+    runner = ctx.cache.get(ctx.registry.get("fault"))
+    original, started, released = runner.predict, [], []
+    other_writer = sqlite3.connect(tmp_path / "genq.db", isolation_level=None, check_same_thread=False)
+
+    def release() -> None:
+        released.append(time.monotonic())
+        other_writer.execute("COMMIT")
+
+    def predict(inputs, params, should_stop=None):
+        started.append(time.monotonic())
+        if len(started) == 1:  # the first micro-batch's commit will wait for the other writer
+            other_writer.execute("BEGIN IMMEDIATE")
+            threading.Timer(0.5, release).start()
+        return original(inputs, params, should_stop)
+
+    runner.predict = predict
+    report = handle_wakeup(ctx, "fault")
+    assert len(started) == 2 and started[1] < released[0]
+    assert (report.claimed, report.succeeded, report.lost) == (8, 8, 0)
+    job, items = job_and_items(ctx, job_id)
+    assert job.state == JobState.SUCCEEDED and [item.output_text for item in items] == [f"ok:ok {i}:{i}" for i in range(8)]
 
 
 def test_the_slice_that_settles_a_job_names_it_as_settled(ctx, redis_server):

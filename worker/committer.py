@@ -1,0 +1,58 @@
+"""Committing a slice's results while the model runs: the micro-batch that just finished
+is committed in a thread of this process while the model runs the next one, so a model
+that waits on a device (a GPU) is not held up by the ledger. Measured with a model that
+takes time but no CPU (16-item micro-batches of 32 ms, slices of 64), the commits were
+~12 % of the slice loop on PostgreSQL (4.3 ms each) and ~6 % on SQLite.
+
+At most one commit is in flight, and the next waits for it: results land in the order
+the model made them, and a commit's error is raised in the slice's own thread, at the
+next commit or where the slice ends (`in_order`). One thread for the life of the
+process, started on first use, as the lease heartbeat does (threads do not survive the
+fork of a pool process)."""
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+log = logging.getLogger(__name__)
+
+
+class Committer:
+    def __init__(self) -> None:
+        self._executor: ThreadPoolExecutor | None = None
+        self._pid: int | None = None
+        self._in_flight: Future | None = None
+
+    def submit(self, commit: Callable[..., object], *args) -> None:
+        """Run `commit(*args)` in the thread, once the commit in flight has landed."""
+        self.wait()
+        self._in_flight = self._thread().submit(commit, *args)
+
+    def wait(self) -> None:
+        """Until the commit in flight has landed; raises its error, if it failed."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.result()
+
+    @contextmanager
+    def in_order(self) -> Iterator[None]:
+        """Around a slice: its commits have all landed when the block ends. Where the
+        block raises, its own error is the one raised (a failed commit is logged)."""
+        try:
+            yield
+        except BaseException:
+            try:
+                self.wait()
+            except Exception:
+                log.exception("a result commit failed while its slice broke off")
+            raise
+        self.wait()
+
+    def _thread(self) -> ThreadPoolExecutor:
+        if self._executor is None or self._pid != os.getpid():
+            self._pid, self._in_flight = os.getpid(), None
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="result-commit")
+        return self._executor
