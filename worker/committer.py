@@ -6,7 +6,8 @@ takes time but no CPU (16-item micro-batches of 32 ms, slices of 64), the commit
 
 At most one commit is in flight, and the next waits for it: results land in the order
 the model made them, and a commit's error is raised in the slice's own thread, at the
-next commit or where the slice ends (`in_order`). One thread for the life of the
+next commit or where the slice ends (`in_order`). Other work may queue behind a commit
+without waiting for it (`then`: the claim of the wake-up's next slice). One thread for the life of the
 process, started on first use, as the lease heartbeat does (threads do not survive the
 fork of a pool process)."""
 from __future__ import annotations
@@ -24,18 +25,28 @@ class Committer:
     def __init__(self) -> None:
         self._executor: ThreadPoolExecutor | None = None
         self._pid: int | None = None
-        self._in_flight: Future | None = None
+        self._in_flight: list[Future] = []
 
     def submit(self, commit: Callable[..., object], *args) -> None:
-        """Run `commit(*args)` in the thread, once the commit in flight has landed."""
+        """Run `commit(*args)` in the thread, once what is in flight has landed."""
         self.wait()
-        self._in_flight = self._thread().submit(commit, *args)
+        future = self._thread().submit(commit, *args)
+        self._in_flight.append(future)
+
+    def then(self, work: Callable[..., object], *args) -> Future:
+        """Run `work(*args)` in the thread after what is in flight, without waiting for it
+        here; its result (or error) is the returned future's, never `wait`'s."""
+        future = self._thread().submit(work, *args)
+        self._in_flight.append(_Quiet(future))
+        return future
 
     def wait(self) -> None:
-        """Until the commit in flight has landed; raises its error, if it failed."""
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is not None:
-            in_flight.result()
+        """Until everything in flight has landed; then raises the first commit's error, if
+        one failed."""
+        in_flight, self._in_flight = self._in_flight, []
+        errors = [error for error in (future.exception() for future in in_flight) if error is not None]
+        if errors:
+            raise errors[0]
 
     @contextmanager
     def in_order(self) -> Iterator[None]:
@@ -53,6 +64,17 @@ class Committer:
 
     def _thread(self) -> ThreadPoolExecutor:
         if self._executor is None or self._pid != os.getpid():
-            self._pid, self._in_flight = os.getpid(), None
+            self._pid, self._in_flight = os.getpid(), []
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="result-commit")
         return self._executor
+
+
+class _Quiet:
+    """A future `wait` waits for without taking its error (its owner reads it)."""
+
+    def __init__(self, future: Future):
+        self._future = future
+
+    def exception(self) -> None:
+        self._future.exception()
+        return None

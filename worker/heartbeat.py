@@ -29,14 +29,22 @@ class Heartbeat:
     @contextmanager
     def keeping(self, lease_id: str) -> Iterator[None]:
         """Extend `lease_id` every `interval` seconds while the block runs."""
-        self._start_in_this_process()
-        with self._lock:
-            self._leases.add(lease_id)
+        self.hold(lease_id)
         try:
             yield
         finally:
-            with self._lock:
-                self._leases.discard(lease_id)
+            self.let_go(lease_id)
+
+    def hold(self, lease_id: str) -> None:
+        """Extend `lease_id` every `interval` seconds until `let_go` (or a `keeping` block
+        of it ends)."""
+        self._start_in_this_process()
+        with self._lock:
+            self._leases.add(lease_id)
+
+    def let_go(self, lease_id: str) -> None:
+        with self._lock:
+            self._leases.discard(lease_id)
 
     def _start_in_this_process(self) -> None:
         """Threads do not survive a fork: a pool child starts its own on first use."""

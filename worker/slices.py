@@ -4,6 +4,7 @@
     committed while the model runs the next, the lease kept alive by a heartbeat) -> finish_slice
     (give back what was not reached, settle the jobs, wake again if work was given back)
     -> the next slice, while more is waiting and the wake-up's time budget lasts
+       (claimed while the model runs this slice's last micro-batch: NextSlice)
 
 A slice may hold items of several jobs of one model and tenant whose parameters differ
 only in their seeds; they share micro-batches. A duplicate or stale wake-up finds
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,6 +35,7 @@ from worker.runners.base import Cancelled
 log = logging.getLogger(__name__)
 
 COMMIT_ATTEMPTS = 4
+TIMED_OUT = "soft time limit"
 
 
 @dataclass
@@ -59,24 +62,29 @@ def handle_wakeup(ctx: WorkerContext, model: str) -> SliceReport | None:
     models their turn.) Returns the last slice's report, None if there was nothing."""
     ctx.wakeups.taken(model)
     deadline = time.monotonic() + ctx.settings.wakeup_busy_seconds
-    report = None
-    while True:
-        slice_ = claim_next_slice(ctx, model)
-        if slice_ is None:
+    report, slice_ = None, claim_next_slice(ctx, model)
+    while slice_ is not None:
+        after = NextSlice(ctx, model, deadline if slice_.more_waiting else float("-inf"))
+        try:
+            report = run_slice(ctx, slice_, after)
+        except BaseException:
+            after.give_back()
+            raise
+        if report.stopped == TIMED_OUT:  # the hard limit follows: no more work for this process
+            after.give_back()
             return report
-        report = run_slice(ctx, slice_)
-        if not slice_.more_waiting or time.monotonic() >= deadline:
-            return report
+        slice_ = after.take()
+    return report
 
 
-def run_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
+def run_slice(ctx: WorkerContext, slice_: Slice, after: NextSlice | None = None) -> SliceReport:
     announce_claim(ctx, slice_)
     try:
         with ctx.heartbeat.keeping(slice_.lease_id), ctx.committer.in_order():  # every commit landed after it
-            report = perform_slice(ctx, slice_)
+            report = perform_slice(ctx, slice_, after)
     except SoftTimeLimitExceeded:
         time_out_slice(ctx, slice_)
-        return SliceReport(slice_.job_ids, len(slice_.items), stopped="soft time limit")
+        return SliceReport(slice_.job_ids, len(slice_.items), stopped=TIMED_OUT)
     except Exception as exc:
         abandon_slice(ctx, slice_, exc)
         raise
@@ -102,7 +110,7 @@ def announce_claim(ctx: WorkerContext, slice_: Slice) -> None:
         notices.publish(slice_.job_ids, also=waited)
 
 
-def perform_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
+def perform_slice(ctx: WorkerContext, slice_: Slice, after: NextSlice | None = None) -> SliceReport:
     spec = ctx.registry.get(slice_.model)
     report = SliceReport(slice_.job_ids, len(slice_.items))
     if spec is None:
@@ -125,6 +133,8 @@ def perform_slice(ctx: WorkerContext, slice_: Slice) -> SliceReport:
             break
         size = ctx.batch_sizes.size(spec, slice_.params)  # lowered by out-of-memory for these parameters
         batch, remaining = remaining[:size], remaining[size:]
+        if not remaining and after is not None:  # the last micro-batch: the next slice is claimed meanwhile
+            after.claim_early()
         try:
             results = run_micro_batch(runner, spec, batch, slice_.params, cancels.stops(batch), ctx.batch_sizes)
         except Cancelled:
@@ -250,3 +260,50 @@ class CancelWatch:
         (a batch shared with a live job runs to its end)."""
         jobs = {item.job_id for item in batch}
         return lambda: jobs <= self()
+
+
+class NextSlice:
+    """The wake-up's next slice: claimed in the committer's thread, after the commits in
+    flight, while the model runs this slice's last micro-batch (`claim_early`), its lease
+    kept from then on; or, where the slice ended before its last micro-batch, when it is
+    asked for (`take`). Either only before `deadline` (-inf: no more work was waiting at
+    this slice's claim). With a model that takes time but no CPU (slices of 64 items of
+    2 ms each), the claim was ~7 % of the slice loop on PostgreSQL (10 ms a slice)."""
+
+    def __init__(self, ctx: WorkerContext, model: str, deadline: float):
+        self._ctx, self._model, self._deadline = ctx, model, deadline
+        self._claim: Future | None = None
+
+    def claim_early(self) -> None:
+        if self._claim is None and time.monotonic() < self._deadline:
+            self._claim = self._ctx.committer.then(self._claim_and_hold)
+
+    def take(self) -> Slice | None:
+        if self._claim is None:
+            return claim_next_slice(self._ctx, self._model) if time.monotonic() < self._deadline else None
+        try:
+            return self._claim.result()
+        except Exception:  # the wake-up ends; the wake-up its claim sent, or the reconciler, comes next
+            log.exception("claiming the next slice of %s failed", self._model)
+            return None
+
+    def give_back(self) -> None:
+        """The slice before it broke off or timed out: a slice claimed early goes back
+        unrun, its items pending again without spending an attempt."""
+        if self._claim is None:
+            return
+        slice_ = self.take()
+        if slice_ is None:
+            return
+        try:
+            continue_after(self._ctx, slice_, self._ctx.ledger.release(slice_, holds_items=True))
+        except Exception:  # its lease expires instead
+            log.exception("giving back the next slice of jobs %s failed", ", ".join(slice_.job_ids))
+        finally:
+            self._ctx.heartbeat.let_go(slice_.lease_id)
+
+    def _claim_and_hold(self) -> Slice | None:
+        slice_ = claim_next_slice(self._ctx, self._model)
+        if slice_ is not None:
+            self._ctx.heartbeat.hold(slice_.lease_id)
+        return slice_

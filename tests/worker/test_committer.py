@@ -55,3 +55,12 @@ def test_a_block_ends_with_its_commits_landed_and_its_own_error_wins(caplog):
         committer.submit(fail)
         raise ValueError("model failed")
     assert "a result commit failed while its slice broke off" in caplog.text
+
+
+def test_work_queued_behind_a_commit_runs_after_it_and_keeps_its_own_error():
+    committer, done = Committer(), []
+    committer.submit(lambda: (time.sleep(0.05), done.append("commit")))
+    claim = committer.then(lambda: done.append("claim") or 1 / 0)
+    assert done == []  # the caller did not wait for the commit
+    committer.wait()  # the claim's error is its future's, not the commits'
+    assert done == ["commit", "claim"] and isinstance(claim.exception(), ZeroDivisionError)

@@ -22,6 +22,7 @@ from shared.storage import storage_from_settings
 from tests.helpers.database import create_schema, reset_schema
 from worker.cache import ModelCache
 from worker.context import WorkerContext
+from worker.device import DeviceBroken
 from worker.slices import handle_wakeup
 
 
@@ -137,6 +138,61 @@ def test_the_model_runs_the_next_micro_batch_while_the_last_ones_results_are_com
     assert (report.claimed, report.succeeded, report.lost) == (8, 8, 0)
     job, items = job_and_items(ctx, job_id)
     assert job.state == JobState.SUCCEEDED and [item.output_text for item in items] == [f"ok:ok {i}:{i}" for i in range(8)]
+
+
+def running_items(ctx, job_id: str) -> list[int]:
+    return [item.index for item in job_and_items(ctx, job_id)[1] if item.state == ItemState.RUNNING]
+
+
+def wait_for_the_next_slice(ctx, job_id: str, indices: list[int]) -> bool:
+    """Whether the items `indices` were claimed within 5 s (in the predict of a slice's
+    last micro-batch: they are the next slice's, claimed meanwhile)."""
+    deadline = time.monotonic() + 5
+    while not set(indices) <= set(running_items(ctx, job_id)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_the_next_slice_is_claimed_while_the_model_runs_the_last_micro_batch(ctx):
+    ctx.settings.wakeup_busy_seconds = 60
+    job_id = submit(ctx, [f"ok {i}" for i in range(16)])  # two slices of 8, micro-batches of 4
+    runner = ctx.cache.get(ctx.registry.get("fault"))
+    original, claimed_meanwhile = runner.predict, []
+
+    def predict(inputs, params, should_stop=None):
+        if inputs[0].index == 4:  # the first slice's last micro-batch
+            claimed_meanwhile.append(wait_for_the_next_slice(ctx, job_id, list(range(8, 16))))
+        return original(inputs, params, should_stop)
+
+    runner.predict = predict
+    report = handle_wakeup(ctx, "fault")
+    assert claimed_meanwhile == [True] and (report.claimed, report.succeeded) == (8, 8)
+    job, items = job_and_items(ctx, job_id)
+    assert job.state == JobState.SUCCEEDED and all(item.attempts == 1 for item in items)
+
+
+def test_a_slice_that_breaks_off_gives_the_next_slice_back_unrun(ctx):
+    ctx.settings.wakeup_busy_seconds = 60
+    job_id = submit(ctx, [f"ok {i}" for i in range(7)] + ["cuda-error 7"] + [f"ok {i}" for i in range(8, 16)])
+    runner = ctx.cache.get(ctx.registry.get("fault"))
+    original, claimed_meanwhile = runner.predict, []
+
+    def predict(inputs, params, should_stop=None):
+        if inputs[0].index == 4:  # the last micro-batch, which breaks the device
+            claimed_meanwhile.append(wait_for_the_next_slice(ctx, job_id, list(range(8, 16))))
+        return original(inputs, params, should_stop)
+
+    runner.predict = predict
+    with pytest.raises(DeviceBroken):
+        handle_wakeup(ctx, "fault")
+    assert claimed_meanwhile == [True]
+    _job, items = job_and_items(ctx, job_id)
+    assert [item.state for item in items] == [ItemState.SUCCEEDED] * 4 + [ItemState.PENDING] * 12
+    assert [item.attempts for item in items[4:]] == [1] * 4 + [0] * 8  # the next slice's spent none
+    assert all(item.lease_id is None for item in items)
+    assert ctx.heartbeat._leases == set()  # no lease of it kept alive
 
 
 def test_the_slice_that_settles_a_job_names_it_as_settled(ctx, redis_server):
