@@ -32,6 +32,7 @@ def runs(args) -> list[tuple[str, list[str]]]:
     jobs, backends = (args.jobs, args.backends) if args else (0, "")
     return [
         ("throughput", ["throughput.py"]),
+        ("device-bound", ["device_bound.py", "--backends", backends or "sqlite,postgres"]),
         ("sampling", ["sampling.py"]),
         ("overhead", ["overhead.py", "--jobs", str(jobs), "--backends", backends]),
         ("crossjob-noop", ["crossjob.py", "--model", "noop"]),
@@ -63,6 +64,10 @@ def run_one(name: str, argv: list[str]) -> dict | None:
 
 def figures(name: str, result: dict) -> list[tuple[str, str, str]]:
     """(goal, figure, value) rows of one benchmark's result."""
+    if name == "device-bound":
+        return [("service ~ bare model", f"{backend}: service / model alone, a model that takes time but no CPU",
+                 f"{row['ratio']:.3f} ({row['service_items_per_s']:.1f} / {row['in_process_items_per_s']:.1f})")
+                for backend, row in result["backends"].items()]
     if name == "throughput":
         return [("service ~ bare model", "service / in-process items/s",
                  f"{result['ratio']:.2f} ({result['service_items_per_s']:.1f} / {result['in_process_items_per_s']:.1f})"),
