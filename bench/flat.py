@@ -260,7 +260,7 @@ def one_job(root: Path, backend: str, args: argparse.Namespace) -> tuple[dict, d
     with service(root / "small", backend, args, queued=0) as (small_url, _tenants, params, small), \
             service(root / "big", backend, args, queued=0) as (big_url, _tenants2, _params, big):
         for probe, url, items in ((small, small_url, 100), (big, big_url, size)):
-            probe.probe_jobs = [flat_data.add_queued_job(url, MODEL, params, LISTER, items)]
+            probe.probe_jobs = flat_data.add_queued_jobs(url, MODEL, params, [LISTER], 1, items=items)
             probe.slice_items, probe.figures = 64, ("claim", "poll")
         return compare(small, big, ("a job of 100 items", f"a job of {size} items"), args, plans=False)
 

@@ -60,30 +60,20 @@ def _insert(url: str, jobs: list[dict], items: list[dict]) -> None:
             session.execute(JobItem.__table__.insert(), chunk)
 
 
-def add_queued_jobs(url: str, model: str, params: dict, tenants: list[str], count: int, start: int = 0) -> list[str]:
-    """`count` queued one-item jobs, round-robin over `tenants` (job `start + n` goes to
-    tenant `(start + n) % len(tenants)`), created now, each with one pending item."""
+def add_queued_jobs(url: str, model: str, params: dict, tenants: list[str], count: int, start: int = 0,
+                    items: int = 1) -> list[str]:
+    """`count` queued jobs of `items` pending items each, round-robin over `tenants` (job
+    `start + n` goes to tenant `(start + n) % len(tenants)`), created now."""
     now = utcnow()
-    jobs = [_job_row(tenants[(start + n) % len(tenants)], model, params, now + timedelta(microseconds=n), 1)
+    jobs = [_job_row(tenants[(start + n) % len(tenants)], model, params, now + timedelta(microseconds=n), items)
             for n in range(count)]
-    items = [{"job_id": job["id"], "idx": 0, "prompt": "p", "seed": n, "state": "pending", "attempts": 0}
-             for n, job in enumerate(jobs)]
+    rows = [{"job_id": job["id"], "idx": index, "prompt": "p", "seed": n * items + index, "state": "pending",
+             "attempts": 0} for n, job in enumerate(jobs) for index in range(items)]
     with session_scope(url) as session:
         for tenant in sorted({job["tenant"] for job in jobs}):
             join_the_queue(session, model, tenant)
-    _insert(url, jobs, items)
+    _insert(url, jobs, rows)
     return [job["id"] for job in jobs]
-
-
-def add_queued_job(url: str, model: str, params: dict, tenant: str, items: int) -> str:
-    """One queued job of `tenant` with `items` pending items, created now."""
-    job = _job_row(tenant, model, params, utcnow(), items)
-    rows = [{"job_id": job["id"], "idx": n, "prompt": "p", "seed": n, "state": "pending", "attempts": 0}
-            for n in range(items)]
-    with session_scope(url) as session:
-        join_the_queue(session, model, tenant)
-    _insert(url, [job], rows)
-    return job["id"]
 
 
 def _history_job(rng: random.Random, tenant: str, model: str, params: dict, items: int, newest: datetime,
