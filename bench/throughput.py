@@ -9,8 +9,10 @@
    and seeds sent as N tasks from one loop of `.delay()`.
 
 Prints items/s for all three and the ratios service/in-process and service/tutorial;
-it also counts the tutorial's texts that differ from the in-process loop's (an item's
-text must not depend on its batch, so that count should be 0). 1 and 2 run in turn,
+it also counts the tutorial's texts that differ from the in-process loop's: an item's
+draws do not depend on its batch, but the model's logits do in their last bits, so
+about one sampled text in a thousand differs (docs/determinism.md); many more would
+mean the draws depend on the batch again. 1 and 2 run in turn,
 `--rounds` times, and their medians are compared. Usage:
     python bench/throughput.py [--items 256] [--max-new-tokens 32] [--micro-batch 32] [--rounds 5]
 """
