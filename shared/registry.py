@@ -84,6 +84,13 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._specs)
 
+    def slice_items(self, name: str, slice_max_items: int) -> int:
+        """Most items one claim of model `name` takes: GENQ_SLICE_MAX_ITEMS, or one whole
+        micro-batch where the model's is larger (slices of 64 would cut the demo GAN's
+        micro-batches of 256 to 64)."""
+        spec = self.get(name)
+        return slice_max_items if spec is None else max(slice_max_items, spec.micro_batch_size)
+
     def __iter__(self):
         return iter(self._specs[name] for name in self.names())
 

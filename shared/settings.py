@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     retention_batch_jobs: int = Field(50, ge=1, description="Jobs removed in one transaction; a sweep runs batches until none is left, pausing after each as long as it took so other writers go first.")
 
     # How workers take work.
-    slice_max_items: int = Field(64, ge=1, description="Most items one claim takes.")
+    slice_max_items: int = Field(64, ge=1, description="Most items one claim takes, or one micro-batch of a model whose micro_batch_size is larger.")
     slice_max_seconds: float = Field(60.0, gt=0, description="A slice starts no new micro-batch after this.")
     lease_seconds: float = Field(60.0, gt=0, description="A claimed slice is reclaimable this long after its last heartbeat.")
     slice_soft_time_limit: float = Field(900.0, gt=0, description="Seconds after which a slice's unfinished items fail with `timeout`.")

@@ -182,7 +182,7 @@ def get_job(job_id: str):
     session = db()
     job, counts = queries.find_job_with_counts(session, current_principal(), job_id)
     ctx = genq()
-    outlook = queries.job_outlook(session, job, counts, ctx.settings, metrics.watch(), ctx.outlooks)
+    outlook = queries.job_outlook(session, job, counts, ctx, metrics.watch())
     return JobStatusResponse.of_status(job, counts, outlook).reply()
 
 

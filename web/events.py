@@ -79,7 +79,7 @@ class Streams:
 
     def status(self, session, job, counts) -> dict:
         """The job as GET /v1/jobs/<id> answers it: queue place and ETA included."""
-        outlook = queries.job_outlook(session, job, counts, self.ctx.settings, self.watch, self.ctx.outlooks)
+        outlook = queries.job_outlook(session, job, counts, self.ctx, self.watch)
         return JobStatusResponse.of_status(job, counts, outlook).model_dump(mode="json")
 
 

@@ -144,15 +144,18 @@ class JobOutlook:
     running: list[ItemProgress] = field(default_factory=list)
 
 
-def job_outlook(session: Session, job: Job, counts: Counts, settings, watch, recent: RecentOutlooks) -> JobOutlook:
-    """`watch` is the web's `shared.watch.Watch`. The queue is read from the ledger by the
-    claim's own rule (`ledger.queue_position`), or taken from `recent`; the throughput and
-    the running items' progress come from Redis, where the workers write them."""
+def job_outlook(session: Session, job: Job, counts: Counts, ctx, watch) -> JobOutlook:
+    """`ctx` is the web's context (settings, registry, recent outlooks); `watch` its
+    `shared.watch.Watch`. The queue is read from the ledger by the claim's own rule
+    (`ledger.queue_position`), or taken from the recent outlooks; the throughput and the
+    running items' progress come from Redis, where the workers write them."""
+    settings, recent = ctx.settings, ctx.outlooks
     running = watch.progress.read(job.id) if counts.running else []
 
     def read() -> Outlook | None:
         lost_before = lost_lease_bound(settings) if counts.running else None
-        return outlook(session, job, pending=counts.pending, slice_items=settings.slice_max_items,
+        slice_items = ctx.registry.slice_items(job.model, settings.slice_max_items)
+        return outlook(session, job, pending=counts.pending, slice_items=slice_items,
                        scan_limit=settings.queue_scan_jobs, lost_before=lost_before)
     view = recent.outlook(job, counts.pending, read)
     if view is None:

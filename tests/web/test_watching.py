@@ -65,6 +65,19 @@ def test_a_queued_job_has_a_place_and_no_eta_before_anything_was_measured(client
     assert status(client, conform, second)["queue"]["position"] == 3
 
 
+def test_the_queue_counts_a_slice_as_the_models_micro_batch_where_that_is_larger(settings, api_key):
+    """Tenants take turns a slice each; tiny-text's micro-batch (8) is larger than
+    GENQ_SLICE_MAX_ITEMS (2 here), so a claim takes 8 items, and so does the queue."""
+    client = create_app(settings.model_copy(update={"outlook_cache_seconds": 0, "slice_max_items": 2})).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_key}"
+    submit(client, 20)
+    other = {"Authorization": f"Bearer {make_key(settings, 'globex')}"}
+    response = client.post("/v1/jobs", json={"model": MODEL, "prompts": ["p"]}, headers=other)
+    late = response.get_json()["id"]
+    assert client.get(f"/v1/jobs/{late}", headers=other).get_json()["queue"] == {
+        "position": 2, "items_ahead": 8, "exact": True}
+
+
 def test_a_web_process_keeps_a_jobs_place_for_a_second_and_its_own_pending_items_exact(settings, api_key, monkeypatch):
     import web.queries
 

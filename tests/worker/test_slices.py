@@ -16,7 +16,7 @@ from shared.db import session_scope
 from shared.ledger import Ledger
 from shared.notices import CHANNEL, SETTLED_CHANNEL
 from shared.orm import ItemState, Job, JobItem, JobState
-from shared.registry import load_registry
+from shared.registry import Registry, load_registry
 from shared.settings import Settings
 from shared.storage import storage_from_settings
 from tests.helpers.database import create_schema, reset_schema
@@ -279,6 +279,25 @@ def test_one_item_jobs_share_a_slice_and_a_micro_batch(ctx):
     for job_id in job_ids:
         job, items = job_and_items(ctx, job_id)
         assert job.state == JobState.SUCCEEDED and items[0].output_text == f"ok:ok {job_ids.index(job_id)}:0"
+
+
+def test_a_micro_batch_larger_than_a_slice_is_claimed_whole(ctx):
+    """GENQ_SLICE_MAX_ITEMS (8 here) does not cut the micro-batch the registry asks for
+    (12): a claim takes one whole micro-batch, and the model runs it in one call."""
+    spec = ctx.registry.get("fault").model_copy(update={"micro_batch_size": 12})
+    ctx.registry = Registry({"fault": spec})
+    job_id = submit(ctx, [f"ok {i}" for i in range(20)])
+    runner = ctx.cache.get(spec)
+    original, batches = runner.predict, []
+
+    def recording_predict(inputs, params, should_stop=None):
+        batches.append(len(inputs))
+        return original(inputs, params, should_stop)
+
+    runner.predict = recording_predict
+    assert (handle_wakeup(ctx, "fault").succeeded, batches) == (12, [12])
+    assert (handle_wakeup(ctx, "fault").succeeded, batches) == (8, [12, 8])
+    assert job_and_items(ctx, job_id)[0].state == JobState.SUCCEEDED
 
 
 def test_a_cancel_drops_only_that_jobs_items_from_a_shared_slice(ctx):
