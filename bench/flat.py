@@ -158,7 +158,7 @@ class Probe:
         every = {
             "submit": (samples, lambda n: {"submit": self.submit(n)}),
             # In process and a few ms each: twice the samples, for a p99 that is not the
-            # second slowest of a hundred (0.9-2.6x between runs of the same code, 1.09 at 600)
+            # second slowest of a hundred (the job phase's 1.9-2.6x in runs of the same code read 1.09 at 600)
             "claim": (max(20, samples * 2), lambda n: {"claim": self.claim(n)}),
             "poll": (samples, lambda n: {"poll": self.poll(n)}),
             "list": (max(20, samples // 2), lambda n: {"list": self.listing(LISTER, n)}),

@@ -11,7 +11,7 @@
 Prints items/s for all three and the ratios service/in-process and service/tutorial;
 it also counts the tutorial's texts that differ from the in-process loop's: an item's
 draws do not depend on its batch, but the model's logits do in their last bits, so
-about one sampled text in a thousand differs (docs/determinism.md); many more would
+a rare sampled text differs (1 of 1,024 here: docs/determinism.md); many more would
 mean the draws depend on the batch again. 1 and 2 run in turn,
 `--rounds` times, and their medians are compared. Usage:
     python bench/throughput.py [--items 256] [--max-new-tokens 32] [--micro-batch 32] [--rounds 5]

@@ -94,8 +94,9 @@ def run_slice(ctx: WorkerContext, slice_: Slice, after: NextSlice | None = None)
 
 def claim_next_slice(ctx: WorkerContext, model: str) -> Slice | None:
     settings = ctx.settings
-    return ctx.ledger.claim(model, owner=ctx.owner, max_items=ctx.registry.slice_items(model, settings.slice_max_items),
-                            lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
+    max_items = ctx.registry.slice_items(model, settings.slice_max_items)
+    return ctx.ledger.claim(model, owner=ctx.owner, max_items=max_items, lease_seconds=settings.lease_seconds,
+                            max_attempts=settings.max_attempts)
 
 
 def announce_claim(ctx: WorkerContext, slice_: Slice) -> None:

@@ -5,8 +5,8 @@ output per item, in order. An item's output must depend only on its prompt, the
 parameters and its seed, never on which other items share the micro-batch: that is
 what makes a resumed, retried or re-split job give the same results. What a runner
 controls is its randomness and its per-row logic; the model's arithmetic still
-rounds differently in another batch shape (docs/determinism.md: on the CPU, about
-one sampled text in a thousand differs alone and in a batch).
+rounds differently in another batch shape (docs/determinism.md: on the CPU, 1 of
+1,024 sampled texts differed alone and in a batch).
 """
 from __future__ import annotations
 
