@@ -32,6 +32,8 @@ def fault_models_file(tmp_path_factory, tiny_model_dirs):
         "micro_batch_size": 4,
         "options": {"journal": str(root / "journal.tsv"), "slow_seconds": 0.3, "oom_above": 2},
     }
+    # A slice holds at least one micro-batch: a test that wants one item a slice needs this one
+    entries["models"]["fault-one"] = {**entries["models"]["fault"], "micro_batch_size": 1}
     path = root / "models.yaml"
     path.write_text(yaml.safe_dump(entries))
     return path

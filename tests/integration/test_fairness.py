@@ -46,9 +46,9 @@ def test_a_small_tenant_waits_for_at_most_one_more_slice(make_stack):
 
 
 def test_priority_orders_jobs_within_a_tenant(make_stack):
-    stack = make_stack(slice_max_items=1)  # one item a slice: one job at a time, in claim order
-    low = stack.submit({"model": "fault", "prompts": ["ok low"], "priority": 1})
-    high = stack.submit({"model": "fault", "prompts": ["ok high"], "priority": 9})
+    stack = make_stack(slice_max_items=1)  # one item a slice (a micro-batch of 1): one job at a time, in claim order
+    low = stack.submit({"model": "fault-one", "prompts": ["ok low"], "priority": 1})
+    high = stack.submit({"model": "fault-one", "prompts": ["ok high"], "priority": 9})
     stack.start_worker()
     stack.wait_terminal(low)
     stack.wait_terminal(high)
