@@ -1,14 +1,19 @@
 """Throughput of the whole service against the bare model, in one run.
 
-1. One job of N text prompts through the service: HTTP -> Redis -> a Celery worker
-   process -> SQLite -> polled until done.
+1. One job of N text prompts through the service as deployed: HTTP -> Redis -> a Celery
+   worker process -> SQLite -> polled until done; slices of GENQ_SLICE_MAX_ITEMS' default
+   (64), each sorted by prompt length on its own. Beside it, the same job through a
+   service whose one slice takes the whole job (one claim, every prompt sorted together):
+   what the slicing costs.
 2. The same prompts through the same model and runner in this process, in one batched
-   loop of the same micro-batch size (micro-batches formed as a slice forms them).
+   loop of the same micro-batch size (all prompts sorted by length together, as the
+   one-slice job's are).
 3. The design a tutorial would write: one Celery task per prompt (bench/tutorial_celery_app.py),
    the model kept warm in one prefork worker with concurrency 1, the same prompts, params
    and seeds sent as N tasks from one loop of `.delay()`.
 
-Prints items/s for all three and the ratios service/in-process and service/tutorial;
+Prints items/s for each and the ratios service/in-process (as deployed, and one
+slice) and service/tutorial;
 it also counts the tutorial's texts that differ from the in-process loop's: an item's
 draws do not depend on its batch, but the model's logits do in their last bits, so
 a rare sampled text differs (1 of 1,024 here: docs/determinism.md); many more would
@@ -64,37 +69,51 @@ def prompts(n: int) -> list[str]:
 
 
 def run_side_by_side(root: Path, models_file: Path, params: dict, items: list[str], micro_batch: int,
-                     rounds: int) -> tuple[list[float], list[float], list[float], list[str]]:
-    """`rounds` times in turn: one job of `items` through the service, then the same items
-    through the same runner in this process (this machine's speed swings from minute to
-    minute, so the two are measured alternately, never in two blocks). Returns the
-    service's seconds from the submit to the job's `finished_at` (the ledger's clock, this
-    machine's), the seconds until the client's poll saw it finished (every 0.2 s: the
-    client's choice, not the service's cost), the in-process seconds, and the in-process
-    texts."""
-    redis = RedisServer(root / "redis").start()
-    stack = Stack(root / "stack", f"sqlite:///{root / 'bench.db'}", redis.url, models_file, slice_max_items=len(items))
-    service, seen, direct, texts = [], [], [], []
+                     rounds: int) -> tuple[dict[str, list[float]], list[float], list[float], list[str]]:
+    """`rounds` times in turn: one job of `items` through the service as deployed (slices of
+    GENQ_SLICE_MAX_ITEMS' default), the same job through a service whose one slice takes
+    the whole job (every micro-batch sorted by length together, one claim), then the same
+    items through the same runner in this process (this machine's speed swings from minute
+    to minute, so the three are measured alternately, never in blocks). Returns, per
+    service, the seconds from the submit to the job's `finished_at` (the ledger's clock,
+    this machine's); the seconds until the client's poll saw the deployed one finished
+    (every 0.2 s: the client's choice, not the service's cost); the in-process seconds,
+    and the in-process texts."""
+    redises = [RedisServer(root / "redis-deployed").start(), RedisServer(root / "redis-one-slice").start()]
+    stacks = {"deployed": Stack(root / "deployed", f"sqlite:///{root / 'deployed.db'}", redises[0].url, models_file),
+              "one slice": Stack(root / "one-slice", f"sqlite:///{root / 'one-slice.db'}", redises[1].url,
+                                 models_file, slice_max_items=len(items))}
+    service: dict[str, list[float]] = {name: [] for name in stacks}
+    seen, direct, texts = [], [], []
     try:
-        stack.migrate()
-        stack.start_web()
-        stack.start_worker()
-        warm = stack.submit({"model": "bench-text", "prompts": items[:1], "params": params})
-        stack.wait_terminal(warm, timeout=300)  # load the model before the clock starts
+        for stack in stacks.values():
+            start_stack(stack, items[0], params)
         runner = in_process_runner(models_file, params)
         for _ in range(rounds):
-            started = time.time()
-            job = stack.wait_terminal(stack.submit({"model": "bench-text", "prompts": items, "params": params}),
-                                      timeout=1800)
-            seen.append(time.time() - started)
-            assert job["state"] == "succeeded", job
-            service.append(epoch(datetime.fromisoformat(job["finished_at"].replace("Z", "+00:00"))) - started)
+            for name, stack in stacks.items():
+                started = time.time()
+                job = stack.wait_terminal(stack.submit({"model": "bench-text", "prompts": items, "params": params}),
+                                          timeout=1800)
+                if name == "deployed":
+                    seen.append(time.time() - started)
+                assert job["state"] == "succeeded", job
+                service[name].append(epoch(datetime.fromisoformat(job["finished_at"].replace("Z", "+00:00"))) - started)
             seconds, texts = run_in_process(runner, params, items, micro_batch)
             direct.append(seconds)
     finally:
-        stack.stop()
-        redis.stop()
+        for stack in stacks.values():
+            stack.stop()
+        for redis in redises:
+            redis.stop()
     return service, seen, direct, texts
+
+
+def start_stack(stack: Stack, prompt: str, params: dict) -> None:
+    """Web and worker up, the model loaded by a first job before any clock starts."""
+    stack.migrate()
+    stack.start_web()
+    stack.start_worker()
+    stack.wait_terminal(stack.submit({"model": "bench-text", "prompts": [prompt], "params": params}), timeout=300)
 
 
 def seeds(params: dict, n: int) -> list[int]:
@@ -167,23 +186,36 @@ def main() -> None:
         models_file = write_registry(root / "models.yaml", model_dir, args.micro_batch)
         service, seen, direct, direct_texts = run_side_by_side(root, models_file, params, items, args.micro_batch,
                                                                args.rounds)
-        service_s, service_seen_s, direct_s = median(service), median(seen), median(direct)
         tutorial_s, tutorial_texts = run_tutorial(root, models_file, params, items)
-    service_rate, direct_rate, tutorial_rate = args.items / service_s, args.items / direct_s, args.items / tutorial_s
+    rate = {name: args.items / median(seconds) for name, seconds in service.items()}
+    direct_rate, tutorial_rate = args.items / median(direct), args.items / tutorial_s
     differing = sum(a != b for a, b in zip(direct_texts, tutorial_texts))
     print(f"items={args.items} max_new_tokens={args.max_new_tokens} micro_batch={args.micro_batch} model={model_dir}")
-    print(f"service:    {service_s:8.2f} s  {service_rate:8.1f} items/s  (submit -> the job's finished_at, median of "
-          f"{_seconds(service)}; {service_seen_s:.2f} s until a poll every 0.2 s saw it)")
-    print(f"in-process: {direct_s:8.2f} s  {direct_rate:8.1f} items/s  (same runner, one batched loop, median of "
-          f"{_seconds(direct)}, each right after a service run)")
+    print(f"service:    {median(service['deployed']):8.2f} s  {rate['deployed']:8.1f} items/s  (as deployed: slices "
+          f"of {deployed_slice_items()}; submit -> the job's finished_at, median of {_seconds(service['deployed'])}; "
+          f"{median(seen):.2f} s until a poll every 0.2 s saw it)")
+    print(f"one slice:  {median(service['one slice']):8.2f} s  {rate['one slice']:8.1f} items/s  (the whole job one "
+          f"slice, median of {_seconds(service['one slice'])})")
+    print(f"in-process: {median(direct):8.2f} s  {direct_rate:8.1f} items/s  (same runner, one batched loop, median of "
+          f"{_seconds(direct)}, each right after the service runs)")
     print(f"tutorial:   {tutorial_s:8.2f} s  {tutorial_rate:8.1f} items/s  (one Celery task per prompt, model warm)")
-    print(f"ratio service/in-process: {service_rate / direct_rate:.2f}  service/tutorial: "
-          f"{service_rate / tutorial_rate:.2f}  (tutorial texts differing from in-process: {differing})")
-    emit_result("throughput", {"items": args.items, "service_items_per_s": service_rate,
-                               "service_seen_items_per_s": args.items / service_seen_s,
-                               "in_process_items_per_s": direct_rate, "ratio": service_rate / direct_rate,
-                               "tutorial_items_per_s": tutorial_rate, "ratio_vs_tutorial": service_rate / tutorial_rate,
+    print(f"ratio service/in-process: {rate['deployed'] / direct_rate:.2f} (one slice: "
+          f"{rate['one slice'] / direct_rate:.2f})  service/tutorial: {rate['deployed'] / tutorial_rate:.2f}  "
+          f"(tutorial texts differing from in-process: {differing})")
+    emit_result("throughput", {"items": args.items, "service_items_per_s": rate["deployed"],
+                               "service_seen_items_per_s": args.items / median(seen),
+                               "one_slice_items_per_s": rate["one slice"],
+                               "in_process_items_per_s": direct_rate, "ratio": rate["deployed"] / direct_rate,
+                               "ratio_one_slice": rate["one slice"] / direct_rate,
+                               "tutorial_items_per_s": tutorial_rate, "ratio_vs_tutorial": rate["deployed"] / tutorial_rate,
                                "tutorial_texts_differing": differing})
+
+
+def deployed_slice_items() -> int:
+    """GENQ_SLICE_MAX_ITEMS' default: what `genq up` claims at most per slice."""
+    from shared.settings import Settings
+
+    return Settings.model_fields["slice_max_items"].default
 
 
 def _seconds(values: list[float]) -> str:
