@@ -117,6 +117,20 @@ class Wakeups:
         self._forget(mark)
         return False
 
+    def queued(self, models: list[str]) -> list[str]:
+        """Those of `models` with a wake-up message in their queue (one round trip). All of
+        them when Redis cannot be asked: a caller deciding whether others wait assumes so."""
+        if not models:
+            return []
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for model in models:
+                pipe.llen(queue_name(model))
+            return [model for model, length in zip(models, pipe.execute()) if length]
+        except redis.RedisError as exc:
+            log.warning("could not read the wake-up queues of %s: %s", ", ".join(models), exc)
+            return list(models)
+
     def taken(self, model: str) -> None:
         """A worker took a wake-up for `model` and is about to claim: the next send publishes."""
         self._forget(WAITING_MARK.format(model=model))

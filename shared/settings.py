@@ -101,7 +101,7 @@ class Settings(BaseSettings):
 
     wakeup_mark_seconds: float = Field(
         30.0, gt=0, description="How long a sent wake-up counts as waiting, so that submits publish no other.")
-    wakeup_busy_seconds: float = Field(1.0, ge=0, description="A worker that took a wake-up keeps claiming slices of that model while more is waiting, for this long (0: one slice per wake-up).")
+    wakeup_busy_seconds: float = Field(1.0, ge=0, description="A worker that took a wake-up keeps claiming slices of that model while more is waiting, for this long, and past it while none of the worker's other models has a wake-up queued, up to GENQ_SLICE_MAX_SECONDS (0: one slice per wake-up).")
     reconcile_interval_seconds: float = Field(5.0, gt=0, description="Time between reconciler passes.")
     worker_inspect_seconds: float = Field(1.0, gt=0, le=30, description="How long GET /v1/workers (the console's models page) waits for workers to say which models they serve.")
 

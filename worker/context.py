@@ -29,6 +29,7 @@ class WorkerContext:
     ledger: Ledger
     wakeups: Wakeups | None = None  # set with the Celery app (make_worker_app)
     name: str = field(default_factory=lambda: f"{socket.gethostname()}")
+    models: tuple[str, ...] = ()  # the models whose queues this worker consumes (all in the registry: empty)
     heartbeat: Heartbeat = field(init=False)
     batch_sizes: BatchSizes = field(init=False)  # micro-batch sizes learned from out-of-memory
     committer: Committer = field(init=False)  # a slice's results committed while the model runs on

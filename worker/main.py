@@ -54,6 +54,7 @@ def main(hostname: str, models: str, loglevel: str) -> None:
         cache=ModelCache.from_settings(device, settings),
         ledger=Ledger(settings.database_url),
         name=hostname,
+        models=tuple(served),
     )
     context.set_context(ctx)
     watch.install(watch.Watch.from_settings(settings))  # progress, throughput and counts for watchers (Redis)

@@ -3,7 +3,7 @@
     claim_next_slice -> announce_claim -> perform_slice (micro-batches, each
     committed while the model runs the next, the lease kept alive by a heartbeat) -> finish_slice
     (give back what was not reached, settle the jobs, wake again if work was given back)
-    -> the next slice, while more is waiting and the wake-up's time budget lasts
+    -> the next slice, while more is waiting and the wake-up's turn lasts (worker.turn)
        (claimed while the model runs this slice's last micro-batch: NextSlice)
 
 A slice may hold items of several jobs of one model and tenant whose parameters differ
@@ -31,6 +31,7 @@ from shared.storage import output_key
 from worker.batches import in_batch_order, run_micro_batch
 from worker.context import WorkerContext
 from worker.runners.base import Cancelled
+from worker.turn import Turn
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +56,16 @@ class SliceReport:
 
 
 def handle_wakeup(ctx: WorkerContext, model: str) -> SliceReport | None:
-    """Take the wake-up, then run slices of `model` while more work is waiting, for up to
-    GENQ_WAKEUP_BUSY_SECONDS: in a burst of small jobs a slice costs a claim instead of a
-    message through the broker too. (Every claim that leaves work behind still wakes
-    another worker, and past the budget the queued wake-up gives the worker's other
-    models their turn.) Returns the last slice's report, None if there was nothing."""
+    """Take the wake-up, then run slices of `model` while more work is waiting and the
+    wake-up's turn lasts (GENQ_WAKEUP_BUSY_SECONDS, longer while none of the worker's other
+    models waits: worker.turn): a slice costs a claim instead of a message through the
+    broker too. (Every claim that leaves work behind still wakes another worker.)
+    Returns the last slice's report, None if there was nothing."""
     ctx.wakeups.taken(model)
-    deadline = time.monotonic() + ctx.settings.wakeup_busy_seconds
+    turn = Turn(ctx, model)
     report, slice_ = None, claim_next_slice(ctx, model)
     while slice_ is not None:
-        after = NextSlice(ctx, model, deadline if slice_.more_waiting else float("-inf"))
+        after = NextSlice(ctx, model, turn if slice_.more_waiting else None)
         try:
             report = run_slice(ctx, slice_, after)
         except BaseException:
@@ -267,21 +268,21 @@ class NextSlice:
     """The wake-up's next slice: claimed in the committer's thread, after the commits in
     flight, while the model runs this slice's last micro-batch (`claim_early`), its lease
     kept from then on; or, where the slice ended before its last micro-batch, when it is
-    asked for (`take`). Either only before `deadline` (-inf: no more work was waiting at
-    this slice's claim). With a model that takes time but no CPU (slices of 64 items of
+    asked for (`take`). Either only while the wake-up's `turn` lasts (None: no more work
+    was waiting at this slice's claim). With a model that takes time but no CPU (slices of 64 items of
     2 ms each), the claim was ~7 % of the slice loop on PostgreSQL (10 ms a slice)."""
 
-    def __init__(self, ctx: WorkerContext, model: str, deadline: float):
-        self._ctx, self._model, self._deadline = ctx, model, deadline
+    def __init__(self, ctx: WorkerContext, model: str, turn: Turn | None):
+        self._ctx, self._model, self._turn = ctx, model, turn
         self._claim: Future | None = None
 
     def claim_early(self) -> None:
-        if self._claim is None and time.monotonic() < self._deadline:
+        if self._claim is None and self._lasts():
             self._claim = self._ctx.committer.then(self._claim_and_hold)
 
     def take(self) -> Slice | None:
         if self._claim is None:
-            return claim_next_slice(self._ctx, self._model) if time.monotonic() < self._deadline else None
+            return claim_next_slice(self._ctx, self._model) if self._lasts() else None
         try:
             return self._claim.result()
         except Exception:  # the wake-up ends; the wake-up its claim sent, or the reconciler, comes next
@@ -302,6 +303,9 @@ class NextSlice:
             log.exception("giving back the next slice of jobs %s failed", ", ".join(slice_.job_ids))
         finally:
             self._ctx.heartbeat.let_go(slice_.lease_id)
+
+    def _lasts(self) -> bool:
+        return self._turn is not None and self._turn.lasts()
 
     def _claim_and_hold(self) -> Slice | None:
         slice_ = claim_next_slice(self._ctx, self._model)

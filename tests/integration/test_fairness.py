@@ -53,3 +53,21 @@ def test_priority_orders_jobs_within_a_tenant(make_stack):
     stack.wait_terminal(low)
     stack.wait_terminal(high)
     assert first_start(stack.database_url, high) < first_start(stack.database_url, low)
+
+
+def test_a_worker_running_one_models_long_job_gives_its_other_model_a_turn(make_stack):
+    """A wake-up goes on past GENQ_WAKEUP_BUSY_SECONDS only while none of the worker's
+    other models has a wake-up queued (worker.turn): through the real broker, with the
+    worker's prefetch, the other model's job starts within a few slices, not after the
+    long job (100 items of 0.3 s, slices of 4)."""
+    stack = make_stack(slice_max_items=4)
+    stack.start_worker(models="fault,fault-one")
+    long = stack.submit({"model": "fault", "prompts": [f"slow {i}" for i in range(100)]})
+    wait_for(lambda: claimed_items(stack.database_url, long) >= 12, 60, interval=0.05)  # past its 1 s budget
+    claimed_when_other_came = claimed_items(stack.database_url, long)
+    other = stack.submit({"model": "fault-one", "prompts": ["ok other"]})
+    assert stack.wait_terminal(other, timeout=60)["state"] == "succeeded"
+    more_of_long = claimed_items(stack.database_url, long, before=first_start(stack.database_url, other))
+    print(f"{more_of_long - claimed_when_other_came} items of the long job started after the other model's job came")
+    assert more_of_long - claimed_when_other_came <= 12  # the budget (1 s) and a slice or two of 1.2 s
+    stack.post(f"/v1/jobs/{long}/cancel")

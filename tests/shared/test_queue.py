@@ -26,3 +26,11 @@ def test_a_second_send_waits_on_the_first_and_what_rides_along_is_sent_each_time
     assert not client.exists(WAITING_MARK.format(model="m"))
     assert wakeups.send("m", also=lambda pipe: pipe.incr("riders"))
     assert client.llen(queue_name("m")) == 2 and client.get("riders") == b"3"
+
+
+def test_queued_names_the_models_with_a_wake_up_waiting_and_all_of_them_without_redis(wakeups, tmp_path):
+    assert wakeups.queued(["m", "n"]) == []
+    wakeups.send("n")
+    assert wakeups.queued(["m", "n"]) == ["n"]
+    unreachable = Wakeups(make_celery(Settings(data_dir=tmp_path / "var")), "redis://127.0.0.1:1/0", mark_seconds=60)
+    assert unreachable.queued(["m", "n"]) == ["m", "n"]  # a caller deciding whether others wait assumes they do

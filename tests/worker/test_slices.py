@@ -33,6 +33,7 @@ class RecordingWakeups:
         self.sent: list[str] = []
         self.taken_by_worker: list[str] = []
         self.alongside: list[tuple] = []  # commands queued on a wake-up's round trip (`also`)
+        self.waiting: list[str] = []  # models with a wake-up queued (`queued`)
 
     def send(self, model: str, *, force: bool = False, also=None) -> bool:
         self.sent.append(model)
@@ -42,6 +43,9 @@ class RecordingWakeups:
 
     def taken(self, model: str) -> None:
         self.taken_by_worker.append(model)
+
+    def queued(self, models: list[str]) -> list[str]:
+        return [model for model in models if model in self.waiting]
 
 
 class RecordingPipe:
@@ -87,6 +91,25 @@ def test_a_wake_up_keeps_claiming_while_work_waits_within_its_time_budget(ctx):
     assert ctx.wakeups.alongside == [("publish", CHANNEL, job_id)] * 2
     job, items = job_and_items(ctx, job_id)
     assert job.state == JobState.SUCCEEDED and all(item.attempts == 1 for item in items)
+
+
+def test_past_its_budget_a_wake_up_goes_on_while_no_other_model_of_the_worker_waits(ctx):
+    ctx.settings.wakeup_busy_seconds = 0.1  # a slice of 8 slow items takes 0.4 s
+    ctx.models = ("fault", "other")
+    job_id = submit(ctx, [f"slow {i}" for i in range(24)])
+    last = handle_wakeup(ctx, "fault")
+    assert (last.claimed, last.succeeded) == (8, 8)
+    assert job_and_items(ctx, job_id)[0].state == JobState.SUCCEEDED  # three slices in one wake-up
+
+
+def test_past_its_budget_a_wake_up_ends_when_another_model_of_the_worker_waits(ctx):
+    ctx.settings.wakeup_busy_seconds = 0.1
+    ctx.models = ("fault", "other")
+    ctx.wakeups.waiting = ["other"]
+    job_id = submit(ctx, [f"slow {i}" for i in range(24)])
+    handle_wakeup(ctx, "fault")
+    _, items = job_and_items(ctx, job_id)
+    assert sum(item.state == ItemState.SUCCEEDED for item in items) == 8  # one slice; the other model's turn next
 
 
 def job_and_items(ctx, job_id: str) -> tuple[Job, list[JobItem]]:
