@@ -6,8 +6,10 @@ takes time but no CPU (16-item micro-batches of 32 ms, slices of 64), the commit
 
 At most one commit is in flight, and the next waits for it: results land in the order
 the model made them, and a commit's error is raised in the slice's own thread, at the
-next commit or where the slice ends (`in_order`). Other work may queue behind a commit
-without waiting for it (`then`: the claim of the wake-up's next slice). One thread for
+next commit or where the slice ends (`in_order`). The slice's last micro-batch and its
+end are committed here too (worker.slices.end_slice, which handles its own errors) while
+the model starts the next slice. Other work may queue behind a commit without waiting
+for it (`then`: the claim of the wake-up's next slice). One thread for
 the life of the process, started on first use, as the lease heartbeat does (threads do
 not survive the fork of a pool process)."""
 from __future__ import annotations

@@ -39,6 +39,7 @@ class Slice:
     items: list[ClaimedItem]
     more_waiting: bool = False  # whether claimable work of the model was left after this claim
     waited: dict[str, float] = field(default_factory=dict)  # seconds from each job's submission to this claim
+    suspect: bool = False  # one item that was in a slice that died (`_suspect_item`): it may kill this one's process
 
     @property
     def job_ids(self) -> list[str]:
@@ -116,7 +117,8 @@ def claim_slice(
     if first is None:
         return None
     lease_id = new_id()
-    candidate_ids = _suspect_item(session, first.id) or _candidates(session, first, max_items)
+    suspect = _suspect_item(session, first.id)
+    candidate_ids = suspect or _candidates(session, first, max_items)
     if not candidate_ids:
         return None
     rows = session.connection().execute(_statements().take_items, {
@@ -130,7 +132,7 @@ def claim_slice(
     waited = _start_jobs(session, items, now)
     turns.take_turn(session, model, first.tenant, now)
     return Slice(lease_id, model, dict(first.params or {}), items, more_waiting=has_claimable_work(session, model),
-                 waited=waited)
+                 waited=waited, suspect=bool(suspect))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import yaml
+from sqlalchemy.exc import OperationalError
 
 from shared import ledger
 from shared.db import session_scope
@@ -216,6 +217,62 @@ def test_a_slice_that_breaks_off_gives_the_next_slice_back_unrun(ctx):
     assert [item.attempts for item in items[4:]] == [1] * 4 + [0] * 8  # the next slice's spent none
     assert all(item.lease_id is None for item in items)
     assert ctx.heartbeat._leases == set()  # no lease of it kept alive
+
+
+def test_a_slice_whose_end_fails_is_abandoned_alone_while_the_next_slice_runs(ctx, monkeypatch):
+    """The last micro-batch's commit and the slice's end run in the committer's thread
+    (end_slice): when they fail, that slice alone is abandoned there, and the next slice,
+    already on the model, completes."""
+    ctx.settings.wakeup_busy_seconds = 60
+    job_id = submit(ctx, [f"ok {i}" for i in range(16)])  # two slices of 8, micro-batches of 4
+    record_results, failed = ctx.ledger.record_results, []
+
+    def database_gone_at_the_first_slices_end(lease_id, rows, last_of=None):
+        if last_of is not None and not failed or failed == [lease_id]:
+            failed[:] = [lease_id]
+            raise OperationalError("UPDATE job_items", {}, Exception("server closed the connection"))
+        return record_results(lease_id, rows, last_of=last_of)
+
+    monkeypatch.setattr(ctx.ledger, "record_results", database_gone_at_the_first_slices_end)
+    monkeypatch.setattr("worker.slices.time.sleep", lambda seconds: None)  # the commit's retries
+    last = handle_wakeup(ctx, "fault")
+    assert (last.claimed, last.succeeded) == (8, 8)  # the second slice
+    _job, items = job_and_items(ctx, job_id)
+    assert [item.state for item in items] == [ItemState.SUCCEEDED] * 4 + [ItemState.PENDING] * 4 + [ItemState.SUCCEEDED] * 8
+    assert [item.attempts for item in items[4:8]] == [1] * 4  # abandoned: the attempt spent
+    assert ctx.wakeups.sent[-1] == "fault"  # its items given back: another wake-up
+    assert all(item.lease_id is None for item in items) and ctx.heartbeat._leases == set()
+
+
+def test_a_suspect_slice_runs_once_the_slice_before_it_has_ended(ctx, monkeypatch):
+    """A slice ends in the committer's thread while the model runs the next, but for a
+    suspect slice (an item that was in a slice that died): it may kill the process, and
+    with it the end of the slice before, whose items would each lose an attempt."""
+    ctx.settings.wakeup_busy_seconds = 60
+    first = submit(ctx, [f"ok {i}" for i in range(8)])
+    suspect = submit(ctx, ["ok suspect"])
+    with session_scope(ctx.settings.database_url) as session:
+        session.query(JobItem).filter_by(job_id=suspect).update({"attempts": 1})  # it was in a slice that died
+    record_results = ctx.ledger.record_results
+
+    def slow_end(lease_id, rows, last_of=None):
+        if last_of is not None:
+            time.sleep(0.3)
+        return record_results(lease_id, rows, last_of=last_of)
+
+    monkeypatch.setattr(ctx.ledger, "record_results", slow_end)
+    runner = ctx.cache.get(ctx.registry.get("fault"))
+    original, first_job_when_suspect_ran = runner.predict, []
+
+    def predict(inputs, params, should_stop=None):
+        if inputs[0].prompt == "ok suspect":
+            first_job_when_suspect_ran.append(job_and_items(ctx, first)[0].state)
+        return original(inputs, params, should_stop)
+
+    runner.predict = predict
+    handle_wakeup(ctx, "fault")
+    assert first_job_when_suspect_ran == [JobState.SUCCEEDED]
+    assert job_and_items(ctx, suspect)[0].state == JobState.SUCCEEDED
 
 
 def test_the_slice_that_settles_a_job_names_it_as_settled(ctx, redis_server):
