@@ -104,6 +104,9 @@ def run_slice(ctx: WorkerContext, slice_: Slice, after: NextSlice | None = None)
         ctx.heartbeat.let_go(slice_.lease_id)
         abandon_slice(ctx, slice_, exc)
         raise
+    except BaseException:  # the process is going: its lease expires
+        ctx.heartbeat.let_go(slice_.lease_id)
+        raise
     ctx.committer.submit(end_slice, ctx, slice_, report)
     return report
 
