@@ -8,8 +8,6 @@ import logging
 import os
 import threading
 import time
-from contextlib import contextmanager
-from typing import Iterator
 
 from shared.ledger import Ledger
 
@@ -26,18 +24,9 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
 
-    @contextmanager
-    def keeping(self, lease_id: str) -> Iterator[None]:
-        """Extend `lease_id` every `interval` seconds while the block runs."""
-        self.hold(lease_id)
-        try:
-            yield
-        finally:
-            self.let_go(lease_id)
-
     def hold(self, lease_id: str) -> None:
-        """Extend `lease_id` every `interval` seconds until `let_go` (or a `keeping` block
-        of it ends)."""
+        """Extend `lease_id` every `interval` seconds until `let_go` (where its slice ends,
+        in whichever thread that is: worker.slices.end_slice)."""
         self._start_in_this_process()
         with self._lock:
             self._leases.add(lease_id)
