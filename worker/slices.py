@@ -96,16 +96,13 @@ def run_slice(ctx: WorkerContext, slice_: Slice, after: NextSlice | None = None)
     try:
         with ctx.committer.in_order():  # every commit but the last landed after it
             report = perform_slice(ctx, slice_, after)
-    except SoftTimeLimitExceeded:
+    except BaseException as exc:  # the slice stops here, not in end_slice
         ctx.heartbeat.let_go(slice_.lease_id)
-        time_out_slice(ctx, slice_)
-        return SliceReport(slice_.job_ids, len(slice_.items), stopped=TIMED_OUT)
-    except Exception as exc:
-        ctx.heartbeat.let_go(slice_.lease_id)
-        abandon_slice(ctx, slice_, exc)
-        raise
-    except BaseException:  # the process is going: its lease expires
-        ctx.heartbeat.let_go(slice_.lease_id)
+        if isinstance(exc, SoftTimeLimitExceeded):
+            time_out_slice(ctx, slice_)
+            return SliceReport(slice_.job_ids, len(slice_.items), stopped=TIMED_OUT)
+        if isinstance(exc, Exception):  # else the process is going: its lease expires
+            abandon_slice(ctx, slice_, exc)
         raise
     ctx.committer.submit(end_slice, ctx, slice_, report)
     return report
