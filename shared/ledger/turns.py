@@ -10,7 +10,7 @@ from functools import lru_cache
 from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from shared.ledger.plans import found, row_check
 from shared.orm import NEVER_CLAIMED, Job, TenantTurn, has_pending_items
@@ -97,7 +97,14 @@ def _next_tenant_statement():
 
 
 def models_with_open_work():
-    """The models with claimable work: one probe of the claim-order index per model that
-    has turns (the reconciler's pass), not one per tenant's turn."""
+    """The models with claimable work (the reconciler's pass): per model that has turns,
+    its turns until one has work, each one probe of the claim-order index
+    by model and tenant, as a claim's. Probed by model alone, PostgreSQL's planner (the
+    table's statistics lagging a burst of submits) read every claimable job of the
+    model into a bitmap before it returned the first: 9.5 ms with 100,000 queued one-item
+    jobs, 0.1 ms this way (bench/flat.py --small-open 10000 --scale 10). The cost grows
+    with the model's tenants that have no work before one that has, never with the work."""
     models = select(TenantTurn.model).distinct().subquery()
-    return select(models.c.model).where(found(select(Job.id).where(claimable(models.c.model))))
+    turn = aliased(TenantTurn)
+    has_work = found(select(Job.id).where(claimable(turn.model, turn.tenant)))
+    return select(models.c.model).where(found(select(turn.tenant).where(turn.model == models.c.model, has_work)))

@@ -6,12 +6,13 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from shared import ledger
 from shared.db import session_scope
 from shared.errors import Conflict
-from shared.ledger import results
-from shared.orm import ItemState, Job, JobItem, JobState, utcnow
+from shared.ledger import results, turns
+from shared.orm import ItemState, Job, JobItem, JobState, TenantTurn, utcnow
 from tests.helpers.ledger import assert_counters_match_items
 from web.queries import JOB_ID
 
@@ -278,6 +279,24 @@ def test_models_with_claimable_work(database_url):
     with session_scope(database_url) as session:
         assert ledger.models_with_claimable_work(session) == ["a"]
         assert ledger.has_claimable_work(session, "a") and not ledger.has_claimable_work(session, "b")
+
+
+def test_a_model_has_claimable_work_when_any_of_its_tenants_has_some(database_url):
+    """The reconciler's search looks past the turns without work: here the two tenants
+    served longest ago (first in turn order) have all their work running, and the third
+    tenant's pending item must still be found."""
+    for tenant in ("a-idle", "b-idle", "c-waiting", "c-waiting"):
+        submit_as(database_url, tenant)
+    for _tenant in ("a-idle", "b-idle", "c-waiting"):  # one item each, in turn order
+        claim(database_url, n=1)
+    with session_scope(database_url) as session:
+        assert ledger.models_with_claimable_work(session) == ["m"]
+        in_turn_order = select(TenantTurn.tenant).where(TenantTurn.model == "m").order_by(*turns.TURN_ORDER)
+        assert list(session.scalars(in_turn_order)) == ["a-idle", "b-idle", "c-waiting"]
+    claim(database_url, n=1)
+    with session_scope(database_url) as session:
+        assert ledger.models_with_claimable_work(session) == []
+        assert session.query(TenantTurn).filter_by(model="m").count() == 3  # the turns stay; none has work
 
 
 def test_an_abandoned_slice_keeps_its_attempts_and_fails_at_the_cap(database_url):
