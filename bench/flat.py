@@ -29,11 +29,12 @@ drift as growth (a one-row read by primary key came out 1.5x). Figures:
 The ratio of each figure, big over small, is the goal's figure (<= 1.2). Last, EXPLAIN
 of every statement the hot path sends (bench/flat_plans.py), flagging full scans.
 
---scale 0.1 makes a quick check run.
+--scale 0.1 makes a quick check run. `--small-open 10000 --scale 10` asks whether the open
+work's figures go on growing past the goal's sizes: 10,000 queued jobs against 100,000.
 
 Usage:
     python bench/flat.py [--backends sqlite,postgres] [--scale 1.0] [--samples 200] [--rounds 4]
-                         [--phases open,history,job] [--no-plans]
+                         [--phases open,history,job] [--no-plans] [--small-open 10]
 """
 from __future__ import annotations
 
