@@ -38,7 +38,7 @@ COUNTERS = {
     "jobs_submitted": ("model",),
     "items_submitted": ("model",),
     "oom_halvings": ("model",),  # a micro-batch that ran out of device memory, split and run again
-    "leases_expired": (),  # running items whose lease expired, given back or failed at the attempt cap
+    "leases_expired": (),  # running items whose lease expired or whose process died, given back or failed at the cap
     "reconciler_repairs": ("repair",),  # what a reconciler pass fixed (see worker.reconciler)
     "webhook_attempts": ("event", "result"),  # each delivery attempt: delivered, retrying or failed (for good)
 }

@@ -126,7 +126,8 @@ def webhook_attempted(event: str, result: str) -> None:
 
 
 def leases_expired(items: int) -> None:
-    """`items` running items were found with an expired lease and given back (or failed)."""
+    """`items` running items were found with an expired lease, or held by a dead process,
+    and given back (or failed)."""
     if items:
         _count(lambda tallies, pipe: tallies.add("leases_expired", (), items, pipe))
 

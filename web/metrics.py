@@ -43,8 +43,8 @@ COUNTER_HELP = {
     "jobs_submitted": "Jobs accepted, by model.",
     "items_submitted": "Items of the jobs accepted, by model.",
     "oom_halvings": "Micro-batches that ran out of device memory and were split in halves, by model.",
-    "leases_expired": "Running items whose lease expired (a worker lost or stalled): given back, or failed at the "
-                      "attempt cap.",
+    "leases_expired": "Running items whose lease expired (a worker lost or stalled), or whose pool process was found "
+                      "dead by the next one: given back, or failed at the attempt cap.",
     "reconciler_repairs": "What reconciler passes repaired: lease_released (items), job_settled (jobs), "
                           "wakeup_sent (wake-ups for work nobody was woken for).",
     "webhook_attempts": "Webhook delivery attempts by event and result: delivered, retrying (to be tried again) or "

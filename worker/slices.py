@@ -1,6 +1,7 @@
 """The life of one wake-up, told as a story:
 
-    claim_next_slice -> announce_claim -> perform_slice (micro-batches, each
+    (a pool process's first: the slices a dead one of this worker left leased go back,
+    worker.predecessors) -> claim_next_slice -> announce_claim -> perform_slice (micro-batches, each
     committed while the model runs the next, the lease kept alive by a heartbeat) -> end_slice
     (the last micro-batch committed, then finish_slice: give back what was not reached, settle
     the jobs, wake again if work was given back; in the committer's thread, while the model
@@ -31,6 +32,7 @@ from shared.notices import notices_for
 from shared.storage import output_key
 from worker.batches import in_batch_order, run_micro_batch
 from worker.context import WorkerContext
+from worker.predecessors import release_dead_predecessors_once
 from worker.runners.base import Cancelled
 from worker.turn import Turn
 
@@ -64,6 +66,7 @@ def handle_wakeup(ctx: WorkerContext, model: str) -> SliceReport | None:
     broker too. (Every claim that leaves work behind still wakes another worker.)
     Returns the last slice's report, None if there was nothing."""
     ctx.wakeups.taken(model)
+    release_dead_predecessors_once(ctx)  # a pool process that died here left its slice leased
     turn = Turn(ctx, model)
     report, slice_ = None, claim_next_slice(ctx, model)
     while slice_ is not None:

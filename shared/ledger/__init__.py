@@ -22,8 +22,10 @@ from shared.ledger.claims import (
     claim_slice,
     extend_lease,
     has_claimable_work,
+    lease_owners,
     models_with_claimable_work,
     release_expired_leases,
+    release_leases_of,
 )
 from shared.ledger.jobs import (
     OPEN_JOB_STATES,
@@ -55,7 +57,7 @@ from shared.ledger.transactions import Ledger, ResultRow
 __all__ = [
     "OPEN_JOB_STATES", "UNFINISHED_JOB_STATES", "ClaimedItem", "Counts", "batch_key", "Ledger", "ResultRow", "Slice",
     "Submitted", "abandon_slice", "cancel_job", "cancel_jobs", "cancelling_jobs", "claim_slice", "create_job", "extend_lease", "fail_held_items",
-    "has_claimable_work", "indices_without_output", "item_counts", "models_with_claimable_work",
-    "new_id", "record_item_failure", "record_item_success", "release_expired_leases",
+    "has_claimable_work", "indices_without_output", "item_counts", "lease_owners", "models_with_claimable_work",
+    "new_id", "record_item_failure", "record_item_success", "release_expired_leases", "release_leases_of",
     "release_slice", "retry_job", "settle_job", "submit_job", "unsettled_job_ids",
 ]

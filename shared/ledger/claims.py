@@ -55,10 +55,33 @@ def release_expired_leases(session: Session, *, max_attempts: int, now: datetime
     until its connection is found dead, and the pass (and a claim that runs it) must not
     queue behind it; those rows are taken by a later pass."""
     now = now or utcnow()
-    expired = and_(JobItem.state == ItemState.RUNNING, JobItem.lease_expires_at < now)
+    return _release_held(session, JobItem.lease_expires_at < now, max_attempts, now)
+
+
+def release_leases_of(session: Session, owners: Sequence[str], *, max_attempts: int) -> int:
+    """The running items of `owners`, processes known to be dead, as if their leases had
+    expired: a worker whose pool process died need not wait out the lease."""
+    if not owners:
+        return 0
+    held_by = and_(JobItem.lease_expires_at.is_not(None), JobItem.lease_owner.in_(list(owners)))  # the expiry index
+    return _release_held(session, held_by, max_attempts, utcnow())
+
+
+def lease_owners(session: Session, prefix: str) -> list[str]:
+    """The owners whose names start with `prefix` (a worker's node name and a colon) that
+    hold running items: read through the lease-expiry index, which holds running items
+    only, so the cost is the work running now, never the queue or the history."""
+    held = and_(JobItem.state == ItemState.RUNNING, JobItem.lease_expires_at.is_not(None),
+                JobItem.lease_owner.startswith(prefix, autoescape=True))
+    return list(session.scalars(select(JobItem.lease_owner).where(held).distinct()))
+
+
+def _release_held(session: Session, condition, max_attempts: int, now: datetime) -> int:
+    """Running items that meet `condition` and whose holder is gone (see the callers)."""
+    lost = and_(JobItem.state == ItemState.RUNNING, condition)
 
     def unlocked(*where):
-        return JobItem.id.in_(select(JobItem.id).where(expired, *where).with_for_update(skip_locked=True))
+        return JobItem.id.in_(select(JobItem.id).where(lost, *where).with_for_update(skip_locked=True))
 
     cancelled = results.cancel_items_of_cancelling_jobs(session, unlocked(), now)
     failed = session.execute(
@@ -66,7 +89,7 @@ def release_expired_leases(session: Session, *, max_attempts: int, now: datetime
         .where(unlocked(JobItem.attempts >= max_attempts))
         .values(
             state=ItemState.FAILED,
-            error=f"worker lost: lease expired on each of {max_attempts} attempts",
+            error=f"worker lost on each of {max_attempts} attempts (its process died or its lease expired)",
             lease_id=None,
             lease_expires_at=None,
             finished_at=now,

@@ -64,6 +64,16 @@ class Ledger:
         watch.leases_expired(released)
         return released
 
+    def lease_owners(self, prefix: str) -> list[str]:
+        with self.transaction() as session:
+            return claims.lease_owners(session, prefix)
+
+    def release_leases_of(self, owners: list[str], max_attempts: int) -> int:
+        with self.transaction() as session:
+            released = claims.release_leases_of(session, owners, max_attempts=max_attempts)
+        watch.leases_expired(released)
+        return released
+
     # --- results --------------------------------------------------------------------
     def record_results(self, lease_id: str, rows: list[ResultRow], *, last_of: Slice | None = None) -> Stored:
         """Every row of a micro-batch in one transaction, each conditional on the lease.

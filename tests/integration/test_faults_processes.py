@@ -70,6 +70,24 @@ def test_sigkill_of_the_pool_child(make_stack):
     assert_ledger_consistent(stack.database_url, stack.storage_dir)
 
 
+def test_the_pool_child_after_a_killed_one_runs_its_slice_again_without_waiting_for_the_lease(make_stack):
+    """A lease of 300 s: the items the killed pool process held run again as soon as the
+    next pool process takes its first wake-up (the killed one's, requeued by Celery),
+    not 300 s later."""
+    stack = make_stack(lease_seconds=300)
+    stack.start_reconciler()
+    stack.start_worker()
+    job_id = stack.submit({"model": "fault", "prompts": [f"slow {i}" for i in range(24)]})
+    wait_for(lambda: succeeded(stack, job_id) >= 4, 60, interval=0.05)
+    [child] = stack.pool_children()
+    child.send_signal(signal.SIGKILL)
+    job = stack.wait_terminal(job_id, timeout=60)
+    assert job["state"] == "succeeded" and job["counts"]["succeeded"] == 24
+    assert re.search(rf"released \d+ item\(s\) held by dead process\(es\) \S+:{child.pid}\b",
+                     stack.processes["worker"].log())
+    assert_ledger_consistent(stack.database_url, stack.storage_dir)
+
+
 def test_an_item_that_crashes_its_process_fails_alone_at_the_cap(make_stack):
     stack = make_stack()
     stack.start_reconciler()

@@ -196,6 +196,35 @@ def test_expired_leases_are_reclaimed_then_failed_at_the_cap(database_url):
         assert ledger.settle_job(session, job_id) == JobState.FAILED
 
 
+def test_the_leases_of_dead_owners_are_released_before_they_expire(database_url):
+    """A worker's pool process that died: its items go back as an expiry sends them (the
+    attempt kept, each a suspect, failed at the cap); a live owner's lease stays, and so
+    does one of another worker whose node name shares the prefix's letters."""
+    dead_job, live_job, other_job = submit(database_url, n=2), submit(database_url, n=1), submit(database_url, n=1)
+    dead = claim(database_url, n=2, owner="gpu_0@host:41")
+    live = claim(database_url, n=1, owner="gpu_0@host:42")
+    other = claim(database_url, n=1, owner="gpu00@host:41")  # `_` is no wildcard here
+    assert {dead.job_ids[0], live.job_ids[0], other.job_ids[0]} == {dead_job, live_job, other_job}
+    with session_scope(database_url) as session:
+        assert sorted(ledger.lease_owners(session, "gpu_0@host:")) == ["gpu_0@host:41", "gpu_0@host:42"]
+        assert ledger.release_leases_of(session, ["gpu_0@host:41"], max_attempts=3) == 2
+        assert ledger.lease_owners(session, "gpu_0@host:") == ["gpu_0@host:42"]
+    assert states(database_url, dead_job) == (JobState.RUNNING, [ItemState.PENDING] * 2)
+    assert states(database_url, live_job)[1] == states(database_url, other_job)[1] == [ItemState.RUNNING]
+    with session_scope(database_url) as session:
+        assert not ledger.record_item_success(session, dead.lease_id, dead.items[0].id, text="late")
+        assert [i.attempts for i in session.query(JobItem).filter_by(job_id=dead_job)] == [1, 1]
+    for attempt in (2, 3):  # each runs alone now; dying every time, it fails at the cap
+        alone = claim(database_url, n=2, owner=f"gpu_0@host:{attempt}0")
+        assert len(alone.items) == 1
+        with session_scope(database_url) as session:
+            ledger.release_leases_of(session, [f"gpu_0@host:{attempt}0"], max_attempts=2)
+    with session_scope(database_url) as session:
+        first = session.query(JobItem).filter_by(job_id=dead_job, index=0).one()
+        assert first.state == ItemState.FAILED and "2 attempts" in first.error and "process died" in first.error
+        assert_counters_match_items(session.query(Job).all(), session.query(JobItem).all())
+
+
 def test_a_job_cancelled_while_its_worker_is_lost_ends_cancelled_when_the_lease_expires(database_url):
     """The held items of a cancelling job are cancelled when their lease expires, not
     given back: no claim takes a cancelling job's items, so pending ones would keep the
