@@ -55,14 +55,21 @@ def test_a_job_cancelled_after_its_worker_died_ends_cancelled(make_stack):
     assert_ledger_consistent(stack.database_url, stack.storage_dir)
 
 
-def test_sigkill_of_the_pool_child(make_stack):
-    stack = make_stack()
+def kill_the_pool_child_mid_job(stack) -> tuple[str, int]:
+    """A 24-item job whose worker's pool process is killed (SIGKILL) once 4 items
+    succeeded; Celery starts another. Returns the job and the killed process's pid."""
     stack.start_reconciler()
     stack.start_worker()
     job_id = stack.submit({"model": "fault", "prompts": [f"slow {i}" for i in range(24)]})
     wait_for(lambda: succeeded(stack, job_id) >= 4, 60, interval=0.05)
     [child] = stack.pool_children()
     child.send_signal(signal.SIGKILL)
+    return job_id, child.pid
+
+
+def test_sigkill_of_the_pool_child(make_stack):
+    stack = make_stack()
+    job_id, _pid = kill_the_pool_child_mid_job(stack)
     job = stack.wait_terminal(job_id, timeout=120)
     assert job["state"] == "succeeded" and job["counts"]["succeeded"] == 24
     assert stack.processes["worker"].alive()
@@ -75,15 +82,10 @@ def test_the_pool_child_after_a_killed_one_runs_its_slice_again_without_waiting_
     next pool process takes its first wake-up (the killed one's, requeued by Celery),
     not 300 s later."""
     stack = make_stack(lease_seconds=300)
-    stack.start_reconciler()
-    stack.start_worker()
-    job_id = stack.submit({"model": "fault", "prompts": [f"slow {i}" for i in range(24)]})
-    wait_for(lambda: succeeded(stack, job_id) >= 4, 60, interval=0.05)
-    [child] = stack.pool_children()
-    child.send_signal(signal.SIGKILL)
+    job_id, killed = kill_the_pool_child_mid_job(stack)
     job = stack.wait_terminal(job_id, timeout=60)
     assert job["state"] == "succeeded" and job["counts"]["succeeded"] == 24
-    assert re.search(rf"released \d+ item\(s\) held by dead process\(es\) \S+:{child.pid}\b",
+    assert re.search(rf"released \d+ item\(s\) held by dead process\(es\) \S+:{killed}\b",
                      stack.processes["worker"].log())
     assert_ledger_consistent(stack.database_url, stack.storage_dir)
 
