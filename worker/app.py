@@ -17,7 +17,7 @@ from celery.signals import worker_process_init, worker_ready
 
 from shared.db import dispose_engines
 from shared.processes import die_with_parent, freeze_heap
-from shared.queue import WAKE_TASK, Wakeups, make_celery, queue_name
+from shared.queue import WAKE_TASK, Wakeups, make_celery
 from worker import context
 from worker.slices import handle_wakeup
 
@@ -50,11 +50,7 @@ def _fresh_connections_after_fork(**_kwargs) -> None:
     context.current().cache.freeze_loaded = True
 
 
-def _wake_own_models(sender=None, **_kwargs) -> None:
+def _wake_own_models(**_kwargs) -> None:
     """On start, send a wake-up for each served model that has work waiting
     (covers work submitted while no worker or no Redis was up)."""
-    ctx = context.current()
-    queues = {q.name for q in sender.app.amqp.queues.consume_from.values()} if sender else set()
-    for model in ctx.ledger.models_with_claimable_work():
-        if queue_name(model) in queues:
-            ctx.wakeups.send(model)
+    context.current().wake_models_with_work()

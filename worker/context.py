@@ -39,6 +39,13 @@ class WorkerContext:
         self.batch_sizes = BatchSizes(self.settings.oom_probe_after)
         self.committer = Committer()
 
+    def wake_models_with_work(self) -> None:
+        """A wake-up for each model this worker serves that has claimable work (at start,
+        for work submitted while no worker was up; after a dead process's items went back)."""
+        for model in self.ledger.models_with_claimable_work():
+            if not self.models or model in self.models:
+                self.wakeups.send(model)
+
     @property
     def owner(self) -> str:
         """Who holds a lease: the node name and the process that runs the slice."""

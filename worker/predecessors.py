@@ -46,7 +46,7 @@ def release_dead_predecessors(ctx) -> int:
             return 0
         released = ctx.ledger.release_leases_of(dead, ctx.settings.max_attempts)
         log.warning("released %d item(s) held by dead process(es) %s of this worker", released, ", ".join(dead))
-        wake_models_with_work(ctx)
+        ctx.wake_models_with_work()
         return released
     except Exception:
         log.exception("could not release the leases of this worker's dead processes; they expire instead")
@@ -65,10 +65,3 @@ def is_gone(pid_text: str) -> bool:
     except psutil.Error:
         return False
 
-
-def wake_models_with_work(ctx) -> None:
-    """A wake-up for each model this worker serves that has claimable work (every
-    model, where it serves all of the registry's)."""
-    for model in ctx.ledger.models_with_claimable_work():
-        if not ctx.models or model in ctx.models:
-            ctx.wakeups.send(model)
