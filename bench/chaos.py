@@ -30,7 +30,12 @@ from shared.db import session_scope
 from shared.orm import ItemState, Job, JobItem
 from shared.states import TERMINAL_JOB_STATES
 from tests import tiny_models
-from tests.helpers.ledger import count_result_writes, items_written_more_than_once, jobs_with_wrong_counters
+from tests.helpers.ledger import (
+    count_result_writes,
+    items_written_more_than_once,
+    jobs_with_wrong_counters,
+    tenants_with_wrong_pending_totals,
+)
 
 HARD_LIMIT = 60
 
@@ -169,6 +174,7 @@ class Chaos:
         with session_scope(self.stack.database_url) as session:
             jobs = session.query(Job).all()
             items = session.query(JobItem).all()
+            wrong_pending = tenants_with_wrong_pending_totals(session)
         duplicated = items_written_more_than_once(self.stack.database_url)
         keys = {i.output_key for i in items if i.output_key and i.state == ItemState.SUCCEEDED}
         files = self.stored_files()
@@ -183,6 +189,7 @@ class Chaos:
             "items failed": sum(i.state == ItemState.FAILED for i in items),
             "items with more than one result": duplicated,
             "jobs whose counters disagree with their items": len(jobs_with_wrong_counters(jobs, items)),
+            "tenants whose pending total disagrees with their jobs": len(wrong_pending),
             "orphaned files": len(files - keys),
             "succeeded items without their file": len(keys - files),
             "max seconds an item ran past the hard limit": round(max(0.0, longest - HARD_LIMIT), 2),
@@ -216,7 +223,8 @@ def main() -> int:
     for key, value in result.items():
         print(f"{key:>45}: {value}")
     bad = result["jobs lost"] or result["items with more than one result"] or result["orphaned files"] \
-        or result["succeeded items without their file"] or result["jobs whose counters disagree with their items"]
+        or result["succeeded items without their file"] or result["jobs whose counters disagree with their items"] \
+        or result["tenants whose pending total disagrees with their jobs"]
     return 1 if bad else 0
 
 

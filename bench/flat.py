@@ -31,6 +31,8 @@ of every statement the hot path sends (bench/flat_plans.py), flagging full scans
 
 --scale 0.1 makes a quick check run. `--small-open 10000 --scale 10` asks whether the open
 work's figures go on growing past the goal's sizes: 10,000 queued jobs against 100,000.
+`--tenants 2 --small-open 1000 --scale 10` gives the submitting tenant 500 queued jobs
+against 50,000, half the default pending cap, where the quota's check is exact.
 
 Usage:
     python bench/flat.py [--backends sqlite,postgres] [--scale 1.0] [--samples 200] [--rounds 4]

@@ -1,18 +1,19 @@
 """How bench/flat.py grows the ledger: tenants with API keys, queued one-item jobs, and
 finished history, written in bulk (multi-row INSERTs in chunks, one transaction a chunk)
 with the very rows `shared.ledger.create_job` and a worker would leave behind: the same
-columns, batch key and tenant turns. Bulk, because 10,000 submits or 1,000,000 item
+columns, batch key, tenant turns and pending totals. Bulk, because 10,000 submits or 1,000,000 item
 results over HTTP would measure the loader, not the ledger.
 """
 from __future__ import annotations
 
 import random
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any, Iterator
 
 from shared.db import session_scope
 from shared.keys import create_api_key
-from shared.ledger import batch_key, new_id
+from shared.ledger import batch_key, new_id, tenant_pending
 from shared.ledger.turns import join_the_queue
 from shared.orm import Job, JobItem, utcnow
 
@@ -72,6 +73,8 @@ def add_queued_jobs(url: str, model: str, params: dict, tenants: list[str], coun
     with session_scope(url) as session:
         for tenant in sorted({job["tenant"] for job in jobs}):
             join_the_queue(session, model, tenant)
+        tenant_pending.move(session.connection(), {tenant: jobs_of * items for tenant, jobs_of in
+                                                   Counter(job["tenant"] for job in jobs).items()})
     _insert(url, jobs, rows)
     return [job["id"] for job in jobs]
 

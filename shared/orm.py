@@ -180,6 +180,20 @@ class TenantTurn(Base):
     last_claimed_at: Mapped[datetime] = mapped_column(default=NEVER_CLAIMED)
 
 
+class TenantPending(Base):
+    """A tenant's pending items, the sum of its jobs' `pending_items`, kept beside them
+    (`shared.ledger.tenant_pending`) so that the pending quota reads a few rows instead
+    of every open job. Spread over shards, each a running total a transaction moves by
+    what it changed (a shard may go below zero): concurrent submits and claims of one
+    tenant each lock one shard, rarely the same."""
+
+    __tablename__ = "tenant_pending_items"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    pending_items: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class ApiKey(Base):
     """An API key: only its SHA-256 is stored, and a short prefix that names it."""
 

@@ -59,7 +59,6 @@ class Settings(BaseSettings):
     rate_limit_block: int = Field(16, ge=1, description="Requests of a key's window a web process takes from Redis at once and then admits without a round trip (never more than a sixteenth of what the window has left); 1 counts each request in Redis.")
     auth_cache_seconds: float = Field(5.0, ge=0, description="How long a web process trusts an API key it has checked: a revoked key stops working within this time (0: check every request).")
     max_pending_items_per_tenant: int = Field(100_000, ge=1, description="Pending items a tenant may have queued (429 beyond).")
-    quota_count_cache_seconds: float = Field(1.0, ge=0, description="How long a web process reuses its count of a tenant's pending items (plus what it accepted since) while under half of GENQ_MAX_PENDING_ITEMS_PER_TENANT; nearer the cap every submit counts (0: always count).")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API from a browser (JSON list; none by default).")
 
     # Limits checked at the door.

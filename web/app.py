@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         storage=storage_from_settings(settings),
         token_limits=PromptTokenLimits(),
         keys=KeyCache(settings.auth_cache_seconds),
-        quota=PendingQuota(settings.max_pending_items_per_tenant, settings.quota_count_cache_seconds),
+        quota=PendingQuota(settings.max_pending_items_per_tenant),
         outlooks=RecentOutlooks(settings.outlook_cache_seconds),
     )
     app.teardown_appcontext(close_db)

@@ -14,12 +14,13 @@ from sqlalchemy.orm import Session
 
 from shared.errors import InvalidRequest, NotFound
 from shared.keys import Principal
+from shared.ledger import tenant_pending
 from shared.ledger.jobs import Counts, counts_of
 from shared.ledger.plans import row_check
 from shared.ledger.queue_position import Outlook, QueuePlace, outlook
 from shared.orm import Job, JobItem, JobState, utcnow
 from shared.progress import ItemProgress
-from shared.states import OPEN_JOB_STATES, UNFINISHED_JOB_STATES
+from shared.states import UNFINISHED_JOB_STATES
 from shared.throughput import KEY as THROUGHPUT_KEY
 from shared.throughput import Throughput, ThroughputLog, estimate
 
@@ -118,18 +119,9 @@ def list_jobs(
 
 
 def pending_items_of_tenant(session: Session, tenant: str) -> int:
-    """Pending items live only in open jobs: the sum of their counters, read through the
-    (tenant, state) index."""
-    return int(session.connection().scalar(_pending_of_tenant_statement(), {"tenant": tenant}) or 0)
-
-
-@lru_cache(maxsize=1)
-def _pending_of_tenant_statement():
-    """Built once per process, on the tables (no ORM entity to set up): every submit
-    runs it, and building and keying it cost more than running it."""
-    jobs = Job.__table__
-    return (select(func.sum(jobs.c.pending_items))
-            .where(jobs.c.tenant == bindparam("tenant"), jobs.c.state.in_([state.value for state in OPEN_JOB_STATES])))
+    """Read from the tenant's pending total (`shared.ledger.tenant_pending`), a few rows
+    whatever the tenant has queued."""
+    return tenant_pending.of_tenant(session.connection(), tenant)
 
 
 @dataclass(frozen=True)

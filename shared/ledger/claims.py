@@ -11,7 +11,7 @@ from sqlalchemy import Integer, and_, bindparam, case, select, true, union_all, 
 from sqlalchemy.orm import Session
 
 from shared.items import ItemInput
-from shared.ledger import counters, results, turns
+from shared.ledger import counters, results, tenant_pending, turns
 from shared.ledger.jobs import new_id
 from shared.ledger.plans import row_check
 from shared.orm import ItemState, Job, JobItem, JobState, is_suspect, utcnow
@@ -154,6 +154,7 @@ def claim_slice(
     items = sorted((ClaimedItem(*row) for row in rows), key=lambda item: order[item.id])
     waited = _start_jobs(session, items, now)
     turns.take_turn(session, model, first.tenant, now)
+    tenant_pending.move(session.connection(), {first.tenant: -len(items)})
     return Slice(lease_id, model, dict(first.params or {}), items, more_waiting=has_claimable_work(session, model),
                  waited=waited, suspect=bool(suspect))
 

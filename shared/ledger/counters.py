@@ -2,7 +2,8 @@
 pending quota and a settle read one row instead of counting items.
 
 The counters change in the transaction that changes the items, and only in this
-package (shared.ledger), two ways:
+package (shared.ledger), two ways, each moving the tenants' pending totals
+(`tenant_pending`) by what it moved the jobs' pending counters:
 
 - `add`: the hot paths (a claim, a micro-batch's results) know what they changed and
   move the counters by that much: `UPDATE jobs SET pending_items = pending_items - 3 ...`,
@@ -23,6 +24,7 @@ from typing import Iterable
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
+from shared.ledger import tenant_pending
 from shared.orm import ItemState, Job, JobItem
 
 COUNTED = {ItemState.PENDING: "pending_items", ItemState.RUNNING: "running_items",
@@ -33,8 +35,14 @@ def add(connection: Connection, moves: Iterable[tuple[str, ItemState, ItemState]
     """Move items between states in their jobs' counters: `moves` holds (job id, from
     state, to state) once per item. One UPDATE per distinct change, usually one in all (a
     micro-batch of one job, or of many one-item jobs), its jobs in id order."""
+    into_pending: Counter[str] = Counter()
     for (source, target, amount), job_ids in by_change(moves):
-        connection.execute(_move_statement(source, target), {"ids": job_ids, "amount": amount})
+        rows = connection.execute(_move_statement(source, target), {"ids": job_ids, "amount": amount})
+        sign = (target == ItemState.PENDING) - (source == ItemState.PENDING)
+        if sign:
+            for (tenant,) in rows:
+                into_pending[tenant] += sign * amount
+    tenant_pending.move(connection, into_pending)
 
 
 def by_change(per_item: Iterable[tuple]) -> list[tuple[tuple, list[str]]]:
@@ -56,26 +64,34 @@ def _move_statement(source: ItemState, target: ItemState):
         values[COUNTED[source]] = jobs.c[COUNTED[source]] - amount
     if target in COUNTED:
         values[COUNTED[target]] = jobs.c[COUNTED[target]] + amount
-    return update(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True))).values(**values)
+    statement = update(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True))).values(**values)
+    return statement.returning(jobs.c.tenant) if ItemState.PENDING in (source, target) else statement
 
 
 def recount(connection: Connection, job_ids: Iterable[str]) -> None:
-    """Count the items of `job_ids` again and store the counts (see the module's doc)."""
+    """Count the items of `job_ids` again and store the counts (see the module's doc),
+    and move their tenants' pending totals by what their pending counters moved."""
     ids = sorted(set(job_ids))
     if not ids:
         return
     lock, store = _recount_statements()
-    if connection.dialect.name != "sqlite":  # SQLite: one writer at a time, nothing to order
-        connection.execute(lock, {"ids": ids}).all()
-    connection.execute(store, {"ids": ids})
+    before = {job_id: (tenant, pending) for job_id, tenant, pending in connection.execute(lock, {"ids": ids})}
+    into_pending: Counter[str] = Counter()
+    for job_id, pending in connection.execute(store, {"ids": ids}):
+        tenant, was = before[job_id]
+        into_pending[tenant] += pending - was
+    tenant_pending.move(connection, into_pending)
 
 
 @lru_cache(maxsize=1)
 def _recount_statements():
+    """The lock (PostgreSQL; SQLite, one writer at a time, reads the rows the same way)
+    reads each job's pending counter before the count, which returns it after."""
     jobs = Job.__table__
     ids = bindparam("ids", expanding=True)
-    lock = select(jobs.c.id).where(jobs.c.id.in_(ids)).order_by(jobs.c.id).with_for_update()
+    lock = (select(jobs.c.id, jobs.c.tenant, jobs.c.pending_items).where(jobs.c.id.in_(ids))
+            .order_by(jobs.c.id).with_for_update())
     counts = {column: (select(func.count()).select_from(JobItem)
                        .where(JobItem.job_id == jobs.c.id, JobItem.state == state).scalar_subquery())
               for state, column in COUNTED.items()}
-    return lock, update(jobs).where(jobs.c.id.in_(ids)).values(**counts)
+    return lock, update(jobs).where(jobs.c.id.in_(ids)).values(**counts).returning(jobs.c.id, jobs.c.pending_items)

@@ -9,16 +9,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import BigInteger, Integer, bindparam, insert, literal, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from shared import webhooks
 from shared.errors import Conflict
-from shared.ledger import counters, turns
+from shared.ledger import counters, tenant_pending, turns
 from shared.ledger.plans import not_found, row_check
-from shared.orm import DEFAULT_TENANT, ItemState, Job, JobItem, JobState, TenantTurn, utcnow
+from shared.orm import DEFAULT_TENANT, NEVER_CLAIMED, ItemState, Job, JobItem, JobState, TenantTurn, utcnow
 from shared.states import OPEN_JOB_STATES, UNFINISHED_JOB_STATES  # noqa: F401  (OPEN_JOB_STATES re-exported)
 
 
@@ -109,14 +109,16 @@ def submit_job(
         job["webhook"] = webhook
     items = item_rows(job_id, inputs)
     connection = session.connection()  # Core statements: nothing for the ORM to track
-    if connection.dialect.name == "postgresql" and len(items) == 1:  # one round trip, not three
+    if connection.dialect.name == "postgresql" and len(items) == 1:  # one round trip, not four
         statement = _one_item_statement(tuple(job))
         connection.execute(statement, {**{f"job_{k}": v for k, v in job.items()},
-                                       **{f"item_{k}": v for k, v in items[0].items()}})
+                                       **{f"item_{k}": v for k, v in items[0].items()},
+                                       "shard": tenant_pending.random_shard()})
     else:
         connection.execute(_INSERT_JOB, job)
         turns.join_the_queue(connection, model, tenant)
         connection.execute(_INSERT_ITEMS, items)
+        tenant_pending.move(connection, {tenant: len(items)})  # last: its row lock is held to the commit
     return Submitted(job_id, model, JobState.QUEUED, len(inputs))
 
 
@@ -126,17 +128,20 @@ _INSERT_ITEMS = JobItem.__table__.insert()
 
 @lru_cache(maxsize=4)
 def _one_item_statement(job_columns: tuple[str, ...]):
-    """A one-item job on PostgreSQL as one statement: the job and the tenant's turn are
-    inserted by data-modifying CTEs of the item's INSERT (its foreign key is checked at
-    the statement's end, where the job's row is there)."""
+    """A one-item job on PostgreSQL as one statement: the job, the tenant's turn and its
+    pending total are written by data-modifying CTEs of the item's INSERT (its foreign
+    key is checked at the statement's end, where the job's row is there)."""
     jobs, items, turns_table = Job.__table__, JobItem.__table__, TenantTurn.__table__
     job_values = {name: bindparam(f"job_{name}", type_=jobs.c[name].type) for name in job_columns}
     new_job = insert(jobs).values(job_values).cte("new_job")
-    turn = (postgresql.insert(turns_table).values(model=job_values["model"], tenant=job_values["tenant"])
-            .on_conflict_do_nothing().cte("new_turn"))
+    turn = (postgresql.insert(turns_table).values(model=job_values["model"], tenant=job_values["tenant"],
+                                                  last_claimed_at=NEVER_CLAIMED)
+            .on_conflict_do_nothing().returning(turns_table.c.model).cte("new_turn"))
     item_values = {name: bindparam(f"item_{name}", type_=items.c[name].type)
                    for name in ("job_id", "idx", "prompt", "seed", "state", "attempts")}
-    return insert(items).values(item_values).add_cte(new_job).add_cte(turn)
+    pending = tenant_pending.upsert("postgresql", job_values["tenant"], bindparam("shard", type_=Integer),
+                                    literal(1, BigInteger), after=turn).cte("new_pending")
+    return insert(items).values(item_values).add_cte(new_job).add_cte(turn).add_cte(pending)
 
 
 def item_rows(job_id: str, inputs: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import sqlalchemy
-from sqlalchemy import text
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from shared.db import session_scope
 from shared.ledger import Ledger, ResultRow, Slice
-from shared.orm import ItemState, Job, JobItem
+from shared.orm import ItemState, Job, JobItem, TenantPending
 
 WRITES_TABLE = "chaos_result_writes"
 
@@ -25,6 +26,8 @@ def assert_ledger_consistent(database_url: str, storage_dir: Path) -> dict[str, 
         assert has_output == (1 if item.state == ItemState.SUCCEEDED else 0), (item.index, item.state)
         assert item.lease_id is None
     assert_counters_match_items(jobs, items)
+    with session_scope(database_url) as session:
+        assert tenants_with_wrong_pending_totals(session) == {}
     keys = [item.output_key for item in items if item.output_key]
     assert len(keys) == len(set(keys))
     files = {str(p.relative_to(storage_dir)) for p in Path(storage_dir).rglob("*") if p.is_file()} if Path(storage_dir).exists() else set()
@@ -49,6 +52,15 @@ def jobs_with_wrong_counters(jobs: list[Job], items: list[JobItem]) -> list[str]
         if kept != {state: counted.get((job.id, state), 0) for state in kept}:
             wrong.append(job.id)
     return wrong
+
+
+def tenants_with_wrong_pending_totals(session: Session) -> dict[str, tuple[int, int]]:
+    """The tenants whose pending total (shared.ledger.tenant_pending, the quota's count)
+    differs from the sum of their jobs' pending counters: tenant -> (total, sum)."""
+    kept = dict(session.execute(select(TenantPending.tenant, func.sum(TenantPending.pending_items)).group_by(TenantPending.tenant)).all())
+    summed = dict(session.execute(select(Job.tenant, func.sum(Job.pending_items)).group_by(Job.tenant)).all())
+    return {tenant: (int(kept.get(tenant) or 0), int(summed.get(tenant) or 0)) for tenant in set(kept) | set(summed)
+            if int(kept.get(tenant) or 0) != int(summed.get(tenant) or 0)}
 
 
 def count_result_writes(url: str) -> None:

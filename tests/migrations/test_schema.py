@@ -159,6 +159,7 @@ def test_0011_keeps_rows_without_a_lease_or_finish_out_of_their_indexes_and_goes
                              ("ix_jobs_tenant_finished", "finished_at"),
                              ("ix_jobs_tenant_idempotency_key", "idempotency_key")):
             assert f"{column} IS NOT NULL" in conditions[name], name
+        upgrade(url, "head")  # the ledger's verbs of today
         with Session(engine) as session:  # the item leased before the upgrade is found through them
             assert claims.extend_lease(session, "lease", 60) == 1
             session.execute(text("UPDATE job_items SET lease_expires_at = '2026-01-01 00:00:00+00' WHERE idx = 0"))
@@ -206,3 +207,19 @@ def test_0013_indexes_the_pending_items_that_spent_an_attempt_and_goes_down(back
             assert session.scalar(text("SELECT idx FROM job_items WHERE id = :id"), {"id": suspect[0]}) == 1
         command.downgrade(alembic_config(url), "0012")
         assert "ix_job_items_suspect" not in _conditions(engine)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_0014_sums_each_tenants_pending_items_into_its_total_and_goes_down(backend, tmp_path):
+    from shared.ledger import tenant_pending
+
+    with migrated(backend, tmp_path, "0013") as (url, engine):
+        with engine.begin() as connection:
+            insert_job(connection, "a" * 32, tenant="t", total_items=5, pending_items=3, running_items=2)
+            insert_job(connection, "b" * 32, tenant="t", total_items=4, pending_items=4)
+            insert_job(connection, "c" * 32, tenant="u", state="succeeded", total_items=1)
+        upgrade(url, "0014")
+        with engine.connect() as connection:
+            assert [tenant_pending.of_tenant(connection, tenant) for tenant in "tuv"] == [7, 0, 0]
+        command.downgrade(alembic_config(url), "0013")
+        assert "tenant_pending_items" not in inspect(engine).get_table_names()

@@ -7,7 +7,7 @@ from shared import ledger
 from shared.db import session_scope
 from shared.ledger import Ledger, ResultRow
 from shared.orm import Job, JobItem, JobState
-from tests.helpers.ledger import assert_counters_match_items
+from tests.helpers.ledger import assert_counters_match_items, tenants_with_wrong_pending_totals
 
 
 def submit(url, n: int) -> str:
@@ -66,3 +66,4 @@ def test_two_workers_finishing_one_job_at_once_settle_it_exactly_once(database_u
             assert session.get(Job, job_id).state == JobState.SUCCEEDED
             assert_counters_match_items([session.get(Job, job_id)],
                                         session.query(JobItem).filter(JobItem.job_id == job_id).all())
+            assert tenants_with_wrong_pending_totals(session) == {}

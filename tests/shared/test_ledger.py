@@ -13,7 +13,7 @@ from shared.db import session_scope
 from shared.errors import Conflict
 from shared.ledger import results, turns
 from shared.orm import ItemState, Job, JobItem, JobState, TenantTurn, utcnow
-from tests.helpers.ledger import assert_counters_match_items
+from tests.helpers.ledger import assert_counters_match_items, tenants_with_wrong_pending_totals
 from web.queries import JOB_ID
 
 
@@ -223,6 +223,7 @@ def test_the_leases_of_dead_owners_are_released_before_they_expire(database_url)
         first = session.query(JobItem).filter_by(job_id=dead_job, index=0).one()
         assert first.state == ItemState.FAILED and "2 attempts" in first.error and "process died" in first.error
         assert_counters_match_items(session.query(Job).all(), session.query(JobItem).all())
+        assert tenants_with_wrong_pending_totals(session) == {}
 
 
 def test_a_job_cancelled_while_its_worker_is_lost_ends_cancelled_when_the_lease_expires(database_url):
@@ -423,3 +424,4 @@ def assert_counts_are_the_items(url, job_ids):
     with session_scope(url) as session:
         jobs = session.query(Job).filter(Job.id.in_(job_ids)).all()
         assert_counters_match_items(jobs, session.query(JobItem).filter(JobItem.job_id.in_(job_ids)).all())
+        assert tenants_with_wrong_pending_totals(session) == {}
