@@ -71,3 +71,18 @@ def test_a_worker_running_one_models_long_job_gives_its_other_model_a_turn(make_
     print(f"{more_of_long - claimed_when_other_came} items of the long job started after the other model's job came")
     assert more_of_long - claimed_when_other_came <= 12  # the budget (1 s) and a slice or two of 1.2 s
     stack.post(f"/v1/jobs/{long}/cancel")
+
+
+def test_the_pending_quota_refuses_past_the_cap_and_admits_again_once_a_worker_ran_the_items(make_stack):
+    """The cap counts pending items across processes: the web's submits add to the
+    tenant's total, the worker's claims take from it; another tenant is not counted."""
+    stack = make_stack(max_pending_items_per_tenant=60)
+    key_a, key_b = stack.new_key("tenant-a"), stack.new_key("tenant-b")
+    first = stack.submit({"model": "fault", "prompts": [f"ok {i}" for i in range(50)]}, key=key_a)
+    refused = stack.post("/v1/jobs", key=key_a, json={"model": "fault", "prompts": [f"ok {i}" for i in range(11)]})
+    assert refused.status_code == 429 and "50 pending items" in refused.json()["error"]["message"], refused.text
+    stack.submit({"model": "fault", "prompts": [f"ok b{i}" for i in range(60)]}, key=key_b)  # a tenant of its own
+    stack.start_worker()
+    assert stack.wait_terminal(first, timeout=120, key=key_a)["state"] == "succeeded"
+    again = stack.submit({"model": "fault", "prompts": [f"ok {i}" for i in range(60)]}, key=key_a)
+    assert stack.wait_terminal(again, timeout=120, key=key_a)["state"] == "succeeded"
