@@ -1,12 +1,12 @@
-"""Each job's items counted by state, kept on the job's row: a poll, a listing, the
-pending quota and a settle read one row instead of counting items.
+"""Each job's items counted by state, kept on the job's row: a poll, a listing and a
+settle read one row instead of counting items.
 
 The counters change in the transaction that changes the items, and only in this
-package (shared.ledger), two ways, each moving the tenants' pending totals
-(`tenant_pending`) by what it moved the jobs' pending counters:
+package (shared.ledger), two ways (`recount` moves the tenants' pending totals,
+`tenant_pending`, by what it moved the jobs' pending counters):
 
-- `add`: the hot paths (a claim, a micro-batch's results) know what they changed and
-  move the counters by that much: `UPDATE jobs SET pending_items = pending_items - 3 ...`,
+- `add`: the hot path (a micro-batch's results) knows what it changed and
+  moves the counters by that much: `UPDATE jobs SET running_items = running_items - 3 ...`,
   whose row lock orders concurrent changes of one job;
 - `recount`: the rare paths (a slice given back, an expired lease, a cancel, a retry)
   count the job's items again. The job rows are locked first, in a statement of their
@@ -34,15 +34,13 @@ COUNTED = {ItemState.PENDING: "pending_items", ItemState.RUNNING: "running_items
 def add(connection: Connection, moves: Iterable[tuple[str, ItemState, ItemState]]) -> None:
     """Move items between states in their jobs' counters: `moves` holds (job id, from
     state, to state) once per item. One UPDATE per distinct change, usually one in all (a
-    micro-batch of one job, or of many one-item jobs), its jobs in id order."""
-    into_pending: Counter[str] = Counter()
+    micro-batch of one job, or of many one-item jobs), its jobs in id order. Only moves
+    that leave pending alone (a micro-batch's results): a move in or out of pending moves
+    a tenant's total too, which the claim and `recount` keep."""
     for (source, target, amount), job_ids in by_change(moves):
-        rows = connection.execute(_move_statement(source, target), {"ids": job_ids, "amount": amount})
-        sign = (target == ItemState.PENDING) - (source == ItemState.PENDING)
-        if sign:
-            for (tenant,) in rows:
-                into_pending[tenant] += sign * amount
-    tenant_pending.move(connection, into_pending)
+        if ItemState.PENDING in (source, target):
+            raise ValueError(f"counters.add cannot move items from {source.value} to {target.value}: use recount")
+        connection.execute(_move_statement(source, target), {"ids": job_ids, "amount": amount})
 
 
 def by_change(per_item: Iterable[tuple]) -> list[tuple[tuple, list[str]]]:
@@ -64,8 +62,7 @@ def _move_statement(source: ItemState, target: ItemState):
         values[COUNTED[source]] = jobs.c[COUNTED[source]] - amount
     if target in COUNTED:
         values[COUNTED[target]] = jobs.c[COUNTED[target]] + amount
-    statement = update(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True))).values(**values)
-    return statement.returning(jobs.c.tenant) if ItemState.PENDING in (source, target) else statement
+    return update(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True))).values(**values)
 
 
 def recount(connection: Connection, job_ids: Iterable[str]) -> None:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from shared import ledger
 from shared.db import session_scope
-from shared.ledger import Ledger, ResultRow
-from shared.orm import Job, JobItem, JobState
+from shared.ledger import Ledger, ResultRow, counters
+from shared.orm import ItemState, Job, JobItem, JobState
 from tests.helpers.ledger import assert_counters_match_items, tenants_with_wrong_pending_totals
 
 
@@ -67,3 +69,10 @@ def test_two_workers_finishing_one_job_at_once_settle_it_exactly_once(database_u
             assert_counters_match_items([session.get(Job, job_id)],
                                         session.query(JobItem).filter(JobItem.job_id == job_id).all())
             assert tenants_with_wrong_pending_totals(session) == {}
+
+
+def test_a_move_in_or_out_of_pending_is_refused_by_add(database_url):
+    """It would move a job's pending counter without its tenant's total (the quota's)."""
+    job_id = submit(database_url, 1)
+    with session_scope(database_url) as session, pytest.raises(ValueError, match="recount"):
+        counters.add(session.connection(), [(job_id, ItemState.PENDING, ItemState.CANCELLED)])
