@@ -18,13 +18,12 @@ from functools import lru_cache
 from typing import Mapping
 
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from shared.ledger.turns import INSERTS
 from shared.orm import TenantPending
 
 SHARDS = 16
-_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
 def move(connection: Connection, changes: Mapping[str, int]) -> None:
@@ -59,7 +58,7 @@ def upsert(dialect: str, tenant, shard, items, *, after=None):
     and a submit must lock the tenant's turn before its shard, as a claim does (a submit
     that held a shard while it waited for a claim's turn deadlocked with it)."""
     table = TenantPending.__table__
-    insert = _INSERTS[dialect](table)
+    insert = INSERTS[dialect](table)
     if after is None:
         insert = insert.values(tenant=tenant, shard=shard, pending_items=items)
     else:

@@ -16,7 +16,7 @@ from shared.ledger.plans import found, row_check
 from shared.orm import NEVER_CLAIMED, Job, TenantTurn, has_pending_items
 from shared.states import OPEN_JOB_STATES
 
-_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}  # INSERT ... ON CONFLICT, per dialect
 
 
 def _dialect(session: Session | Connection) -> str:
@@ -37,7 +37,7 @@ def take_turn(session: Session | Connection, model: str, tenant: str, now: datet
 @lru_cache(maxsize=None)
 def _join_statement(dialect: str):
     table = TenantTurn.__table__
-    insert = _INSERTS[dialect](table).values(model=bindparam("model"), tenant=bindparam("tenant"),
+    insert = INSERTS[dialect](table).values(model=bindparam("model"), tenant=bindparam("tenant"),
                                              last_claimed_at=NEVER_CLAIMED)
     return insert.on_conflict_do_nothing()
 
@@ -46,7 +46,7 @@ def _join_statement(dialect: str):
 def _take_statement(dialect: str):
     now = bindparam("now", type_=TenantTurn.last_claimed_at.type)
     table = TenantTurn.__table__
-    insert = _INSERTS[dialect](table).values(model=bindparam("model"), tenant=bindparam("tenant"), last_claimed_at=now)
+    insert = INSERTS[dialect](table).values(model=bindparam("model"), tenant=bindparam("tenant"), last_claimed_at=now)
     return insert.on_conflict_do_update(index_elements=["model", "tenant"], set_={"last_claimed_at": now})
 
 
