@@ -71,6 +71,9 @@ def figures(name: str, result: dict) -> list[tuple[str, str, str]]:
     if name == "throughput":
         return [("service ~ bare model", "service as deployed / in-process items/s",
                  f"{result['ratio']:.2f} ({result['service_items_per_s']:.1f} / {result['in_process_items_per_s']:.1f})"),
+                ("service ~ bare model", "service as deployed / in-process, each round's own ratio",
+                 f"{result['ratio_by_round']:.2f} (median of "
+                 f"[{', '.join(f'{ratio:.2f}' for ratio in result['round_ratios'])}])"),
                 ("service ~ bare model", "service, the job one slice / in-process items/s",
                  f"{result['ratio_one_slice']:.2f} ({result['one_slice_items_per_s']:.1f} / "
                  f"{result['in_process_items_per_s']:.1f})"),

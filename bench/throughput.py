@@ -13,7 +13,7 @@
    and seeds sent as N tasks from one loop of `.delay()`.
 
 Prints items/s for each and the ratios service/in-process (as deployed, and one
-slice) and service/tutorial;
+slice; and, as deployed, the median of each round's own ratio) and service/tutorial;
 it also counts the tutorial's texts that differ from the in-process loop's: an item's
 draws do not depend on its batch, but the model's logits do in their last bits, so
 a rare sampled text differs (1 of 1,024 here: docs/determinism.md); many more would
@@ -189,6 +189,7 @@ def main() -> None:
         tutorial_s, tutorial_texts = run_tutorial(root, models_file, params, items)
     rate = {name: args.items / median(seconds) for name, seconds in service.items()}
     direct_rate, tutorial_rate = args.items / median(direct), args.items / tutorial_s
+    paired = round_ratios(service["deployed"], direct)
     differing = sum(a != b for a, b in zip(direct_texts, tutorial_texts))
     print(f"items={args.items} max_new_tokens={args.max_new_tokens} micro_batch={args.micro_batch} model={model_dir}")
     print(f"service:    {median(service['deployed']):8.2f} s  {rate['deployed']:8.1f} items/s  (as deployed: slices "
@@ -202,13 +203,24 @@ def main() -> None:
     print(f"ratio service/in-process: {rate['deployed'] / direct_rate:.2f} (one slice: "
           f"{rate['one slice'] / direct_rate:.2f})  service/tutorial: {rate['deployed'] / tutorial_rate:.2f}  "
           f"(tutorial texts differing from in-process: {differing})")
+    print(f"ratio service/in-process round by round: median {median(paired):.2f} of "
+          f"[{', '.join(f'{ratio:.2f}' for ratio in paired)}]")
     emit_result("throughput", {"items": args.items, "service_items_per_s": rate["deployed"],
                                "service_seen_items_per_s": args.items / median(seen),
                                "one_slice_items_per_s": rate["one slice"],
                                "in_process_items_per_s": direct_rate, "ratio": rate["deployed"] / direct_rate,
                                "ratio_one_slice": rate["one slice"] / direct_rate,
+                               "ratio_by_round": median(paired), "round_ratios": paired,
                                "tutorial_items_per_s": tutorial_rate, "ratio_vs_tutorial": rate["deployed"] / tutorial_rate,
                                "tutorial_texts_differing": differing})
+
+
+def round_ratios(service_seconds: list[float], direct_seconds: list[float]) -> list[float]:
+    """Each round's service ÷ in-process rate: the in-process run of a round comes right
+    after its service runs, so a minute in which this shared machine runs slow slows
+    both sides of one ratio (the medians of the two columns may come from different
+    minutes: their rounds spread by ±15 %)."""
+    return [direct / service for service, direct in zip(service_seconds, direct_seconds)]
 
 
 def deployed_slice_items() -> int:
