@@ -10,7 +10,6 @@ from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import BigInteger, Integer, bindparam, insert, literal, select, update
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -18,7 +17,7 @@ from shared import webhooks
 from shared.errors import Conflict
 from shared.ledger import counters, tenant_pending, turns
 from shared.ledger.plans import not_found, row_check
-from shared.orm import DEFAULT_TENANT, NEVER_CLAIMED, ItemState, Job, JobItem, JobState, TenantTurn, utcnow
+from shared.orm import DEFAULT_TENANT, ItemState, Job, JobItem, JobState, TenantTurn, utcnow
 from shared.states import OPEN_JOB_STATES, UNFINISHED_JOB_STATES  # noqa: F401  (OPEN_JOB_STATES re-exported)
 
 
@@ -131,12 +130,11 @@ def _one_item_statement(job_columns: tuple[str, ...]):
     """A one-item job on PostgreSQL as one statement: the job, the tenant's turn and its
     pending total are written by data-modifying CTEs of the item's INSERT (its foreign
     key is checked at the statement's end, where the job's row is there)."""
-    jobs, items, turns_table = Job.__table__, JobItem.__table__, TenantTurn.__table__
+    jobs, items = Job.__table__, JobItem.__table__
     job_values = {name: bindparam(f"job_{name}", type_=jobs.c[name].type) for name in job_columns}
     new_job = insert(jobs).values(job_values).cte("new_job")
-    turn = (postgresql.insert(turns_table).values(model=job_values["model"], tenant=job_values["tenant"],
-                                                  last_claimed_at=NEVER_CLAIMED)
-            .on_conflict_do_nothing().returning(turns_table.c.model).cte("new_turn"))
+    turn = (turns.join_insert("postgresql", job_values["model"], job_values["tenant"])
+            .returning(TenantTurn.__table__.c.model).cte("new_turn"))
     item_values = {name: bindparam(f"item_{name}", type_=items.c[name].type)
                    for name in ("job_id", "idx", "prompt", "seed", "state", "attempts")}
     pending = tenant_pending.upsert("postgresql", job_values["tenant"], bindparam("shard", type_=Integer),

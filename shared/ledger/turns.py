@@ -36,10 +36,15 @@ def take_turn(session: Session | Connection, model: str, tenant: str, now: datet
 # each run one, and building and keying a statement cost more than running it.
 @lru_cache(maxsize=None)
 def _join_statement(dialect: str):
-    table = TenantTurn.__table__
-    insert = INSERTS[dialect](table).values(model=bindparam("model"), tenant=bindparam("tenant"),
-                                             last_claimed_at=NEVER_CLAIMED)
-    return insert.on_conflict_do_nothing()
+    return join_insert(dialect, bindparam("model"), bindparam("tenant"))
+
+
+def join_insert(dialect: str, model, tenant):
+    """The INSERT that gives `tenant` a turn at `model` as one never served, and leaves a
+    turn it has alone (values or bound parameters; the one-item submit of
+    `shared.ledger.jobs` runs it as a CTE)."""
+    insert = INSERTS[dialect](TenantTurn.__table__)
+    return insert.values(model=model, tenant=tenant, last_claimed_at=NEVER_CLAIMED).on_conflict_do_nothing()
 
 
 @lru_cache(maxsize=None)
